@@ -1,0 +1,2 @@
+//! Standalone fake hub. Placeholder.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The fake Hugging Face hub used by tests, benchmarks and demos. Placeholder.

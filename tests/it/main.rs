@@ -1,0 +1,12 @@
+//! The one integration-test binary: real binary, real HTTP on loopback, real files.
+//! Each module is owned by one area; the fake hub lives in `tests/fake_hub/`.
+
+#[path = "../fake_hub/mod.rs"]
+#[allow(dead_code)]
+mod fake_hub;
+
+mod apply_engine;
+mod cli;
+mod fake_hub_selftest;
+mod hub_client;
+mod interop;
