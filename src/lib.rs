@@ -21,6 +21,7 @@
 //! | [`hub`] | Hugging Face Hub HTTP client |
 //! | [`resolve`] | declared models -> [`plan::DesiredModel`] via the hub or caches |
 //! | [`plan`] | desired + observed -> `Plan` |
+//! | [`sys`] | machine facts (free disk) |
 //! | [`apply`] | executes a `Plan` |
 //! | [`cli`] | the `kmm` command line |
 //!
@@ -44,6 +45,7 @@ pub mod manifest;
 pub mod plan;
 pub mod registry;
 pub mod resolve;
+pub mod sys;
 pub mod store;
 pub mod upstream;
 

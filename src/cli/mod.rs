@@ -1,6 +1,107 @@
-//! The `kmm` command line.
+//! The `kmm` command line: parse, settle settings, run a verb, print, pick the exit code.
+//!
+//! Verbs are thin: each one is a few lines over the library (`resolve`, `store`, `plan`,
+//! `apply`). This is the only module that reads the environment and writes to stdout/stderr.
+//!
+//! Edges: nothing else in the crate imports `cli`.
+
+mod args;
+mod output;
+mod progress;
+mod reconcile;
+pub mod settings;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::error::{Error, Result};
+
+pub use args::{Cli, Command, GlobalArgs};
+pub use output::{Envelope, Output};
 
 /// Runs kmm with the process arguments and returns the exit code.
 pub fn main() -> i32 {
-    todo!()
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&raw) {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(error, &raw),
+    };
+    let out = Output {
+        json: cli.global.json,
+        quiet: cli.global.quiet,
+    };
+    init_tracing(cli.global.verbose);
+    match run(&cli, out) {
+        Ok(code) => code,
+        Err(error) => {
+            out.error(&error);
+            error.exit_code()
+        }
+    }
+}
+
+/// Runs the parsed command; returns the exit code on success (0, or 2 for
+/// `plan --detailed-exitcode` with changes).
+pub fn run(cli: &Cli, out: Output) -> Result<i32> {
+    let cwd = std::env::current_dir()
+        .map_err(|error| Error::io("reading the current directory", &error))?;
+    let env = |name: &str| std::env::var(name).ok();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| Error::internal(format!("starting the async runtime: {error}")))?;
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Plan(args) => reconcile::plan(&cli.global, args, &env, &cwd, out).await,
+            Command::Apply(args) => reconcile::apply(&cli.global, args, &env, &cwd, out).await,
+        }
+    })
+}
+
+/// clap's errors become `E_ARGS` (exit code 18, not clap's 2); `--help` and `--version` print
+/// and exit 0.
+fn usage_error(error: clap::Error, raw: &[std::ffi::OsString]) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
+    {
+        let _ = error.print();
+        return 0;
+    }
+    let json = raw.iter().any(|arg| arg == "--json");
+    let out = Output { json, quiet: false };
+    let rendered = error.render().to_string();
+    let first_line = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let error = Error::args(first_line).with_hint("run `kmm --help` for usage");
+    out.error(&error);
+    error.exit_code()
+}
+
+/// Logs go to stderr; `RUST_LOG` wins over `-v`.
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "kmm=info",
+        2 => "kmm=debug",
+        _ => "kmm=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The manifest path as the user would recognise it in messages.
+fn display_path(path: &std::path::Path, cwd: &std::path::Path) -> PathBuf {
+    path.strip_prefix(cwd)
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| path.to_path_buf())
 }

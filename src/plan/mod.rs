@@ -35,6 +35,8 @@ pub struct DesiredModel {
     pub pinned: Option<bool>,
     /// License acceptance declared in the manifest, recorded into the registry as is.
     pub license_accepted: Option<serde_json::Value>,
+    /// The include/exclude globs, recorded so later plans can reuse the registry's file list.
+    pub selection: crate::resolve::Selection,
 }
 
 /// Everything the planner looks at.

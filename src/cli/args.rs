@@ -1,0 +1,87 @@
+//! Command-line arguments as clap parses them. No I/O here: turning them into settings (with the
+//! environment and the manifest) is `settings`'s job.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// kmm keeps a models directory in the state that kari-models.toml declares.
+#[derive(Debug, Parser)]
+#[command(name = "kmm", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after the verb.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// Print exactly one JSON document {"success","message","error_code","data"} on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print only errors and the data the verb exists to print.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// Never use the network (also HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// Use this Hugging Face compatible mirror instead of the Hub (checked for reachability first).
+    #[arg(long, global = true, value_name = "URL")]
+    pub mirror: Option<String>,
+    /// The manifest [default: $KMM_MANIFEST, else ./kari-models.toml].
+    #[arg(long, global = true, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// The models directory [default: $KMM_MODELS_DIR, else the manifest's models_dir, else models/ beside the manifest].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Files downloaded in parallel [default: $KMM_MAX_WORKERS, else the manifest's max_workers, else 8].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_workers: Option<u16>,
+    /// How long to wait for another kmm holding the store lock, e.g. `30s`, `5m`, `0s` [default: wait forever].
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+    /// More logs on stderr (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what apply would change, without changing anything.
+    Plan(PlanArgs),
+    /// Make the models directory match the manifest.
+    Apply(ApplyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Exit 0 when there are no changes, 2 when there are (other codes are errors).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|error| format!("{error} (examples: 30s, 5m, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_work_after_the_verb() {
+        let cli = Cli::try_parse_from(["kmm", "plan", "--json", "--offline", "-q"]).unwrap();
+        assert!(cli.global.json && cli.global.offline && cli.global.quiet);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

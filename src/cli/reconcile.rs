@@ -1,0 +1,193 @@
+//! `kmm plan` and `kmm apply`: the reconcile pipeline shared by both verbs.
+//!
+//! manifest -> settings -> (mirror check) -> resolve -> observe -> plan -> checks (quota, disk)
+//! -> render, or apply under the store lock.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::apply::{self, ApplyContext, ApplyReport};
+use crate::error::{Error, Result};
+use crate::hub::{HubClient, HubConfig};
+use crate::manifest::Manifest;
+use crate::plan::{self, DesiredModel, Plan, PlanInput};
+use crate::registry::Registry;
+use crate::resolve::{self, ResolveContext};
+use crate::store::{self, StoreLock, StorePaths};
+
+use super::args::{ApplyArgs, GlobalArgs, PlanArgs};
+use super::output::Output;
+use super::progress::ProgressReporter;
+use super::settings::{self, EnvLookup, Settings};
+
+/// What both verbs start from.
+struct Session {
+    manifest: Manifest,
+    settings: Settings,
+    paths: StorePaths,
+    hub: Option<HubClient>,
+}
+
+impl Session {
+    async fn open(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {
+        let manifest_path = settings::manifest_path(global, env, cwd);
+        let manifest = Manifest::load(&manifest_path)?;
+        let settings = settings::resolve(global, env, &manifest, cwd)?;
+        let hub = if settings.offline {
+            None
+        } else {
+            let mut config = HubConfig::new(settings.endpoint.clone());
+            config.token = settings.token.clone();
+            let hub = HubClient::new(config)?;
+            if settings.mirror {
+                hub.ping().await.map_err(|error| {
+                    error
+                        .context(format!("the mirror {} is not reachable", settings.endpoint))
+                })?;
+            }
+            Some(hub)
+        };
+        let paths = StorePaths::new(settings.models_dir.clone());
+        Ok(Session {
+            manifest,
+            settings,
+            paths,
+            hub,
+        })
+    }
+
+    /// Resolves, observes and plans. Read-only.
+    async fn compute_plan(&self) -> Result<Computed> {
+        let registry = Registry::load(&self.paths.registry_file())?;
+        let desired = resolve::resolve_all(
+            &self.manifest,
+            &ResolveContext {
+                hub: self.hub.as_ref(),
+                has_token: self.settings.token.is_some(),
+                registry: &registry,
+                concurrency: self.settings.max_workers,
+            },
+        )
+        .await?;
+        let dirs = dirs_to_observe(&desired, &registry, self.paths.root());
+        let observed = store::observe(&self.paths, &dirs)?;
+        let plan = plan::compute(PlanInput {
+            models_dir: self.paths.root(),
+            desired: &desired,
+            observed: &observed,
+            prune: self.settings.prune,
+        });
+        check_quota(&plan, &desired, &observed.registry, self.settings.quota_gb)?;
+        Ok(Computed { plan })
+    }
+}
+
+struct Computed {
+    plan: Plan,
+}
+
+/// The folders whose files the planner must see: where each declared model goes and where each
+/// registered model is.
+fn dirs_to_observe(desired: &[DesiredModel], registry: &Registry, root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = desired.iter().map(|model| model.install_dir.clone()).collect();
+    for record in registry.models.values() {
+        if let Ok(relative) = Path::new(&record.install_path).strip_prefix(root) {
+            dirs.push(relative.to_path_buf());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// `quota_gb`: the store after the plan must fit.
+fn check_quota(plan: &Plan, desired: &[DesiredModel], registry: &Registry, quota_gb: Option<f64>) -> Result<()> {
+    let Some(quota_gb) = quota_gb else {
+        return Ok(());
+    };
+    let after = plan::store_size_after(plan, desired, registry);
+    let quota = (quota_gb * 1e9) as u64;
+    if after > quota {
+        return Err(Error::quota(format!(
+            "the models directory would hold {} after this plan, over quota_gb = {quota_gb} ({})",
+            plan::format_bytes(after),
+            plan::format_bytes(quota)
+        ))
+        .with_hint("raise quota_gb, narrow `include` globs, or remove models from kari-models.toml with prune = true"));
+    }
+    Ok(())
+}
+
+/// `kmm plan`.
+pub async fn plan(global: &GlobalArgs, args: &PlanArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
+    let session = Session::open(global, env, cwd).await?;
+    let Computed { plan } = session.compute_plan().await?;
+    out.success(&plan.summary_line(), &plan::render_text(&plan), &plan);
+    Ok(if args.detailed_exitcode && !plan.is_empty() { 2 } else { 0 })
+}
+
+/// The `--json` data of `kmm apply`.
+#[derive(Serialize)]
+struct ApplyOutput<'a> {
+    plan: &'a Plan,
+    report: ApplyReport,
+}
+
+/// `kmm apply`.
+pub async fn apply(global: &GlobalArgs, _args: &ApplyArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
+    let session = Session::open(global, env, cwd).await?;
+    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
+        out.status("Waiting for another kmm process to release the store lock...")
+    })?;
+    let Computed { plan } = session.compute_plan().await?;
+    if plan.is_empty() {
+        let message = "No changes. The models directory matches kari-models.toml.";
+        out.success(message, if out.quiet { "" } else { message }, &ApplyOutput { plan: &plan, report: ApplyReport::default() });
+        return Ok(0);
+    }
+    out.status(&plan::render_text(&plan));
+    check_free_disk(&session.paths, plan.download_bytes())?;
+
+    let reporter = ProgressReporter::new(out);
+    let report = apply::apply(
+        &plan,
+        &ApplyContext {
+            paths: &session.paths,
+            hub: session.hub.as_ref(),
+            max_workers: session.settings.max_workers,
+            reporter: &reporter,
+        },
+    )
+    .await;
+    reporter.finish();
+    let report = report?;
+    let message = format!(
+        "Apply complete: {} installed, {} updated, {} removed; {} downloaded in {} files.",
+        report.models_installed.len(),
+        report.models_updated.len(),
+        report.models_removed.len(),
+        plan::format_bytes(report.bytes_downloaded),
+        report.files_downloaded
+    );
+    out.success(&message, if out.quiet { "" } else { &message }, &ApplyOutput { plan: &plan, report });
+    Ok(0)
+}
+
+/// Refuses to start when the downloads cannot fit on the disk holding the models directory.
+fn check_free_disk(paths: &StorePaths, needed: u64) -> Result<()> {
+    if needed == 0 {
+        return Ok(());
+    }
+    let free = crate::sys::free_disk_bytes(paths.root())?;
+    if free < needed {
+        return Err(Error::disk(format!(
+            "not enough free space under {}: the plan downloads {}, only {} is free",
+            paths.root().display(),
+            plan::format_bytes(needed),
+            plan::format_bytes(free)
+        ))
+        .with_hint("free some space, or narrow `include` globs"));
+    }
+    Ok(())
+}

@@ -1,0 +1,314 @@
+//! Effective settings: flags > environment > manifest > defaults.
+//!
+//! The only place kmm reads environment variables. The environment arrives as a lookup function
+//! so tests can pass a map instead of mutating the process environment.
+//!
+//! | setting | flag | environment | manifest | default |
+//! | --- | --- | --- | --- | --- |
+//! | manifest | `--manifest` | `KMM_MANIFEST` | | `./kari-models.toml` |
+//! | models dir | `--models-dir` | `KMM_MODELS_DIR` | `settings.models_dir` | `models/` beside the manifest |
+//! | endpoint | `--mirror` | `HF_ENDPOINT` | `settings.endpoint` | `https://huggingface.co` |
+//! | offline | `--offline` | `HF_HUB_OFFLINE` | `settings.offline` | false |
+//! | workers | `--max-workers` | `KMM_MAX_WORKERS` | `settings.max_workers` | 8 |
+//! | token | | `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, file `HF_TOKEN_PATH` or `$HF_HOME/token` | | none |
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::hub::Token;
+use crate::manifest::Manifest;
+
+use super::args::GlobalArgs;
+
+/// The Hub itself, used when nothing else names an endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+/// Parallel downloads when nothing else says.
+pub const DEFAULT_MAX_WORKERS: usize = 8;
+
+/// Looks up an environment variable.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Everything a verb needs to know about where and how to work.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub manifest_path: PathBuf,
+    /// Absolute.
+    pub models_dir: PathBuf,
+    pub endpoint: String,
+    /// The endpoint came from `--mirror`: its reachability is checked before anything else.
+    pub mirror: bool,
+    pub offline: bool,
+    pub max_workers: usize,
+    pub token: Option<Token>,
+    pub quota_gb: Option<f64>,
+    pub prune: bool,
+    pub lock_timeout: Option<Duration>,
+}
+
+/// Where the manifest is: `--manifest`, else `KMM_MANIFEST`, else `./kari-models.toml`,
+/// made absolute against `cwd`.
+pub fn manifest_path(args: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> PathBuf {
+    let path = args
+        .manifest
+        .clone()
+        .or_else(|| non_empty(env("KMM_MANIFEST")).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("kari-models.toml"));
+    absolute(cwd, &path)
+}
+
+/// Combines flags, environment and manifest. Reads the token file when no token variable is set.
+pub fn resolve(
+    args: &GlobalArgs,
+    env: EnvLookup<'_>,
+    manifest: &Manifest,
+    cwd: &Path,
+) -> Result<Settings> {
+    let manifest_path = absolute(cwd, &manifest.path);
+    let manifest_dir = manifest_path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cwd.to_path_buf());
+
+    let models_dir = if let Some(dir) = &args.models_dir {
+        absolute(cwd, dir)
+    } else if let Some(dir) = non_empty(env("KMM_MODELS_DIR")) {
+        absolute(cwd, Path::new(&dir))
+    } else if let Some(dir) = &manifest.settings.models_dir {
+        absolute(&manifest_dir, dir)
+    } else {
+        manifest_dir.join("models")
+    };
+
+    let (endpoint, mirror) = if let Some(url) = &args.mirror {
+        (check_endpoint(url, "--mirror")?, true)
+    } else if let Some(url) = non_empty(env("HF_ENDPOINT")) {
+        (check_endpoint(&url, "HF_ENDPOINT")?, false)
+    } else if let Some(url) = &manifest.settings.endpoint {
+        (check_endpoint(url, "settings.endpoint")?, false)
+    } else {
+        (DEFAULT_ENDPOINT.to_string(), false)
+    };
+
+    let offline = args.offline
+        || env("HF_HUB_OFFLINE").is_some_and(|value| is_truthy(&value))
+        || manifest.settings.offline.unwrap_or(false);
+
+    let max_workers = if let Some(n) = args.max_workers {
+        usize::from(n)
+    } else if let Some(text) = non_empty(env("KMM_MAX_WORKERS")) {
+        match text.trim().parse::<usize>() {
+            Ok(n) if (1..=256).contains(&n) => n,
+            _ => {
+                return Err(Error::args(format!(
+                    "KMM_MAX_WORKERS must be a number from 1 to 256, got `{text}`"
+                )));
+            }
+        }
+    } else {
+        manifest
+            .settings
+            .max_workers
+            .unwrap_or(DEFAULT_MAX_WORKERS)
+    };
+
+    Ok(Settings {
+        manifest_path,
+        models_dir,
+        endpoint,
+        mirror,
+        offline,
+        max_workers,
+        token: find_token(env)?,
+        quota_gb: manifest.settings.quota_gb,
+        prune: manifest.settings.prune,
+        lock_timeout: args.lock_timeout,
+    })
+}
+
+/// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the token file (`HF_TOKEN_PATH`, else
+/// `$HF_HOME/token`), as huggingface_hub looks it up. The value is trimmed; empty means none.
+fn find_token(env: EnvLookup<'_>) -> Result<Option<Token>> {
+    if let Some(token) = non_empty(env("HF_TOKEN")).or_else(|| non_empty(env("HUGGING_FACE_HUB_TOKEN"))) {
+        return Ok(Some(Token::new(token.trim())));
+    }
+    let token_file = match non_empty(env("HF_TOKEN_PATH")) {
+        Some(path) => PathBuf::from(path),
+        None => hf_home(env).join("token"),
+    };
+    match std::fs::read_to_string(&token_file) {
+        Ok(text) => Ok(non_empty(Some(text.trim().to_string())).map(Token::new)),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(Error::io(
+            format!("reading the token file {}", token_file.display()),
+            &error,
+        )),
+    }
+}
+
+/// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+pub fn hf_home(env: EnvLookup<'_>) -> PathBuf {
+    if let Some(home) = non_empty(env("HF_HOME")) {
+        return PathBuf::from(home);
+    }
+    if let Some(cache) = non_empty(env("XDG_CACHE_HOME")) {
+        return PathBuf::from(cache).join("huggingface");
+    }
+    let home = non_empty(env("HOME")).unwrap_or_else(|| "/".to_string());
+    PathBuf::from(home).join(".cache").join("huggingface")
+}
+
+fn check_endpoint(url: &str, source: &str) -> Result<String> {
+    let trimmed = url.trim().trim_end_matches('/');
+    match url::Url::parse(trimmed) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            Ok(trimmed.to_string())
+        }
+        _ => Err(Error::args(format!(
+            "{source} must be an http(s) URL such as https://huggingface.co, got `{url}`"
+        ))),
+    }
+}
+
+/// huggingface_hub's truthy values for boolean variables.
+fn is_truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_uppercase().as_str(),
+        "1" | "ON" | "YES" | "TRUE"
+    )
+}
+
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty())
+}
+
+fn absolute(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn manifest_with(text: &str, dir: &Path) -> Manifest {
+        Manifest::parse(&dir.join("kari-models.toml"), text).unwrap()
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name: &str| map.get(name).cloned()
+    }
+
+    #[test]
+    fn flags_beat_env_beat_manifest_beat_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_with(
+            "[settings]\nmodels_dir = \"store\"\nendpoint = \"http://127.0.0.1:1\"\nmax_workers = 3\n",
+            dir.path(),
+        );
+        let empty_home = dir.path().join("hf");
+        let home = empty_home.to_str().unwrap();
+
+        let from_manifest = resolve(
+            &GlobalArgs::default(),
+            &env_of(&[("HF_HOME", home)]),
+            &manifest,
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(from_manifest.models_dir, dir.path().join("store"));
+        assert_eq!(from_manifest.endpoint, "http://127.0.0.1:1");
+        assert_eq!(from_manifest.max_workers, 3);
+        assert!(!from_manifest.offline);
+
+        let env = env_of(&[
+            ("HF_HOME", home),
+            ("HF_ENDPOINT", "http://127.0.0.1:2/"),
+            ("KMM_MAX_WORKERS", "5"),
+            ("HF_HUB_OFFLINE", "yes"),
+            ("KMM_MODELS_DIR", "/srv/models"),
+        ]);
+        let from_env = resolve(&GlobalArgs::default(), &env, &manifest, dir.path()).unwrap();
+        assert_eq!(from_env.endpoint, "http://127.0.0.1:2");
+        assert_eq!(from_env.max_workers, 5);
+        assert!(from_env.offline);
+        assert_eq!(from_env.models_dir, PathBuf::from("/srv/models"));
+
+        let args = GlobalArgs {
+            mirror: Some("http://127.0.0.1:3".into()),
+            max_workers: Some(7),
+            models_dir: Some("flag-models".into()),
+            ..GlobalArgs::default()
+        };
+        let from_flags = resolve(&args, &env, &manifest, dir.path()).unwrap();
+        assert_eq!(from_flags.endpoint, "http://127.0.0.1:3");
+        assert!(from_flags.mirror);
+        assert_eq!(from_flags.max_workers, 7);
+        assert_eq!(from_flags.models_dir, dir.path().join("flag-models"));
+    }
+
+    #[test]
+    fn defaults_without_anything() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_with("", dir.path());
+        let home = dir.path().join("hf");
+        let settings = resolve(
+            &GlobalArgs::default(),
+            &env_of(&[("HF_HOME", home.to_str().unwrap())]),
+            &manifest,
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(settings.endpoint, DEFAULT_ENDPOINT);
+        assert_eq!(settings.models_dir, dir.path().join("models"));
+        assert_eq!(settings.max_workers, DEFAULT_MAX_WORKERS);
+        assert!(settings.token.is_none());
+    }
+
+    #[test]
+    fn token_lookup_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_with("", dir.path());
+        let home = dir.path().join("hf");
+        fs_err::create_dir_all(&home).unwrap();
+        fs_err::write(home.join("token"), "hf_from_file\n").unwrap();
+        let home = home.to_str().unwrap();
+        let token_of = |pairs: &[(&str, &str)]| {
+            resolve(&GlobalArgs::default(), &env_of(pairs), &manifest, dir.path())
+                .unwrap()
+                .token
+                .map(|t| t.expose().to_string())
+        };
+        assert_eq!(token_of(&[("HF_HOME", home)]).as_deref(), Some("hf_from_file"));
+        assert_eq!(
+            token_of(&[("HF_HOME", home), ("HF_TOKEN", "hf_env")]).as_deref(),
+            Some("hf_env")
+        );
+        let other = dir.path().join("other-token");
+        fs_err::write(&other, "  hf_path  ").unwrap();
+        assert_eq!(
+            token_of(&[("HF_HOME", home), ("HF_TOKEN_PATH", other.to_str().unwrap())]).as_deref(),
+            Some("hf_path")
+        );
+    }
+
+    #[test]
+    fn bad_mirror_is_an_args_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_with("", dir.path());
+        let args = GlobalArgs {
+            mirror: Some("ftp://example".into()),
+            ..GlobalArgs::default()
+        };
+        let error = resolve(&args, &env_of(&[]), &manifest, dir.path()).unwrap_err();
+        assert_eq!(error.code(), crate::ErrorCode::Args);
+    }
+}
