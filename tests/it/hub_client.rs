@@ -456,6 +456,32 @@ async fn gated_repos_need_an_approved_token() {
 }
 
 #[tokio::test]
+async fn private_repos_are_not_found_without_an_allowed_token() {
+    let repo = RepoSpec::new("org/private")
+        .commit(vec![FileSpec::regular("config.json", b"{}".to_vec())])
+        .private()
+        .allow_token("hf_good");
+    let head = repo.head();
+    let hub = FakeHub::start(vec![repo]);
+    for token in [None, Some("hf_stranger")] {
+        let error = client(&hub, token)
+            .model_info("org/private", "main")
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), ErrorCode::NotFound, "{token:?}: {error}");
+        assert!(error.hint().unwrap().contains("HF_TOKEN"));
+    }
+    let owner = client(&hub, Some("hf_good"));
+    let info = owner.model_info("org/private", "main").await.unwrap();
+    assert_eq!(info.sha, head);
+    assert!(info.private);
+    assert_eq!(
+        owner.list_tree("org/private", &head).await.unwrap().len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn an_invalid_token_is_e_perm_with_a_token_hint() {
     let hub = FakeHub::start(vec![model_repo()]);
     let client = client(&hub, Some("not-a-hub-token"));
