@@ -69,7 +69,11 @@ pub struct StoreLock {
 impl StoreLock {
     /// Takes the exclusive store lock, creating `.kmm/` if needed. If another process holds it,
     /// calls `on_wait` once and waits up to `timeout` (`None` = forever); then `E_LOCKED`.
-    pub fn acquire(paths: &StorePaths, timeout: Option<Duration>, on_wait: &mut dyn FnMut()) -> Result<StoreLock> {
+    pub fn acquire(
+        paths: &StorePaths,
+        timeout: Option<Duration>,
+        on_wait: &mut dyn FnMut(),
+    ) -> Result<StoreLock> {
         todo!("{paths:?} {timeout:?} {:p}", on_wait)
     }
 }
