@@ -1063,6 +1063,12 @@ basic_cls = false
             "3:28",
             "unknown key `x`",
         );
+        // A byte-order mark and CRLF line ends (Windows editors) change nothing.
+        assert_error(
+            "\u{feff}[settings]\r\nprune = true\r\nx = 1\r\n",
+            "3:1",
+            "unknown key `x` in [settings]",
+        );
         let message = schema_error("[settings]\nendpoint = \"unterminated\n");
         assert!(!message.contains('\n'), "{message:?}");
     }
