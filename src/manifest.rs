@@ -335,11 +335,23 @@ impl Checker<'_> {
     }
 
     fn syntax_error(&self, span: Option<Range<usize>>, message: &str) -> Error {
-        let message = message.trim().replace('\n', "; ");
-        let error = self.error(span.clone(), format!("invalid TOML: {message}"));
-        let offset = span.map_or(0, |span| span.start).min(self.text.len());
+        let mut message = message.trim().replace('\n', "; ");
+        let offset = span
+            .as_ref()
+            .map_or(0, |span| span.start)
+            .min(self.text.len());
         let line_start = self.text[..offset].rfind('\n').map_or(0, |index| index + 1);
         let line = self.text[line_start..].lines().next().unwrap_or_default();
+        // `key =` with nothing after it: toml_edit says "invalid string; expected `"`, `'`".
+        let rest = self.text[offset..]
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim();
+        if message.starts_with("invalid string") && (rest.is_empty() || rest.starts_with('#')) {
+            message = "missing value after `=`".to_string();
+        }
+        let error = self.error(span, format!("invalid TOML: {message}"));
         if line.trim_start().starts_with("[models.") && line.contains('/') && !line.contains('"') {
             return error.with_hint(
                 "repo ids contain `/`, so quote them in table headers: [models.\"owner/name\"]",
@@ -1050,7 +1062,16 @@ basic_cls = false
 
     #[test]
     fn syntax_errors_have_positions() {
-        assert_error("[settings]\nprune = \n", "2:9", "invalid TOML: ");
+        assert_error(
+            "[settings]\nprune = \n",
+            "2:9",
+            "invalid TOML: missing value after `=`",
+        );
+        assert_error(
+            "[settings]\nprune = # later\n",
+            "2:9",
+            "invalid TOML: missing value after `=`",
+        );
         assert_error("[settings\n", "1:10", "invalid TOML: ");
         assert_error(
             "[settings]\nprune = true\nprune = false\n",
