@@ -116,7 +116,7 @@ pub(crate) fn tree_page(
         if entry.kind != "file" {
             continue;
         }
-        check_listed_path(&entry.path).map_err(|reason| {
+        crate::layout::check_repo_path(&entry.path).map_err(|reason| {
             Error::schema(format!(
                 "the hub's tree listing from {url} has an unsafe path `{}`",
                 entry.path.escape_debug()
@@ -164,31 +164,6 @@ fn hex_digest(value: &str, len: usize, path: &str, url: &str) -> Result<String> 
             "the hub's tree listing from {url} has an invalid hash for `{path}` (expected {len} hex digits)"
         )))
     }
-}
-
-/// The rules of [`crate::layout::check_repo_path`], kept here so that the hub client never
-/// hands out a path that could escape a folder even on its own: relative, `/`-separated, no
-/// empty/`.`/`..` segments, no backslash, NUL or control characters, segments at most 255
-/// bytes, the whole at most 4096.
-pub(crate) fn check_listed_path(path: &str) -> std::result::Result<(), String> {
-    if path.is_empty() {
-        return Err("empty path".into());
-    }
-    if path.len() > 4096 {
-        return Err("path longer than 4096 bytes".into());
-    }
-    if let Some(c) = path.chars().find(|c| *c == '\\' || c.is_control()) {
-        return Err(format!("forbidden character {c:?}"));
-    }
-    for segment in path.split('/') {
-        match segment {
-            "" => return Err("empty path segment (leading, trailing or double `/`)".into()),
-            "." | ".." => return Err(format!("`{segment}` segment")),
-            _ if segment.len() > 255 => return Err("path segment longer than 255 bytes".into()),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -315,7 +290,7 @@ mod tests {
             "a b/ü.bin",
             "..a/b..",
         ] {
-            assert_eq!(check_listed_path(good), Ok(()), "{good}");
+            assert_eq!(crate::layout::check_repo_path(good), Ok(()), "{good}");
         }
         let long_segment = "x".repeat(256);
         let long_path = ["y"; 2049].join("/");
@@ -333,7 +308,7 @@ mod tests {
             long_segment.as_str(),
             long_path.as_str(),
         ] {
-            assert!(check_listed_path(bad).is_err(), "{bad:?}");
+            assert!(crate::layout::check_repo_path(bad).is_err(), "{bad:?}");
         }
     }
 }
