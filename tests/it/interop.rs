@@ -19,7 +19,9 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::fake_hub::{FakeHub, Fault, FileSpec, PageSizes, RepoSpec, ServerKind, fixtures, sha256_hex};
+use crate::fake_hub::{
+    FakeHub, Fault, FileSpec, PageSizes, RepoSpec, ServerKind, fixtures, sha256_hex,
+};
 
 const REQUIREMENTS: &str = "tests/interop/requirements.txt";
 const SCRIPT: &str = "tests/interop/hf_client_check.py";
@@ -90,15 +92,25 @@ fn pinned_client_version() -> String {
 }
 
 fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) { venv.join("Scripts").join("python.exe") } else { venv.join("bin").join("python") }
+    if cfg!(windows) {
+        venv.join("Scripts").join("python.exe")
+    } else {
+        venv.join("bin").join("python")
+    }
 }
 
 fn installed_client_version(python: &Path) -> Option<String> {
     let output = Command::new(python)
-        .args(["-c", "import huggingface_hub; print(huggingface_hub.__version__)"])
+        .args([
+            "-c",
+            "import huggingface_hub; print(huggingface_hub.__version__)",
+        ])
         .output()
         .ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 /// The venv's python, with the pinned client installed (reused when it already is).
@@ -110,8 +122,16 @@ pub(crate) fn ensure_venv() -> PathBuf {
     if installed_client_version(&python).as_deref() == Some(pinned.as_str()) {
         return python;
     }
-    eprintln!("interop: creating {} with huggingface_hub=={pinned}", venv.display());
-    let created = Command::new("python3").arg("-m").arg("venv").arg("--clear").arg(&venv).output();
+    eprintln!(
+        "interop: creating {} with huggingface_hub=={pinned}",
+        venv.display()
+    );
+    let created = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg("--clear")
+        .arg(&venv)
+        .output();
     match created {
         Err(error) => panic!(
             "interop: cannot run `python3` ({error}). Install Python 3 with the venv module, or set KMM_SKIP_INTEROP=1 \
@@ -125,7 +145,15 @@ pub(crate) fn ensure_venv() -> PathBuf {
         Ok(_) => {}
     }
     let installed = Command::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            "-r",
+        ])
         .arg(manifest_dir().join(REQUIREMENTS))
         .output()
         .expect("interop: run pip from the new venv");
@@ -135,12 +163,21 @@ pub(crate) fn ensure_venv() -> PathBuf {
         String::from_utf8_lossy(&installed.stderr)
     );
     let version = installed_client_version(&python);
-    assert_eq!(version.as_deref(), Some(pinned.as_str()), "interop: the venv does not import the pinned client");
+    assert_eq!(
+        version.as_deref(),
+        Some(pinned.as_str()),
+        "interop: the venv does not import the pinned client"
+    );
     python
 }
 
 /// Runs the check script; returns its report and how long it took.
-fn run_script(python: &Path, hub: &FakeHub, out: &Path, args: &[&str]) -> (Report, std::time::Duration) {
+fn run_script(
+    python: &Path,
+    hub: &FakeHub,
+    out: &Path,
+    args: &[&str],
+) -> (Report, std::time::Duration) {
     let started = Instant::now();
     let output = Command::new(python)
         .arg(manifest_dir().join(SCRIPT))
@@ -165,22 +202,58 @@ fn run_script(python: &Path, hub: &FakeHub, out: &Path, args: &[&str]) -> (Repor
         .checks
         .iter()
         .filter(|check| !check.passed)
-        .map(|check| format!("{}: {}\n{}", check.name, check.detail, check.traceback.as_deref().unwrap_or("")))
+        .map(|check| {
+            format!(
+                "{}: {}\n{}",
+                check.name,
+                check.detail,
+                check.traceback.as_deref().unwrap_or("")
+            )
+        })
         .collect();
-    assert!(failed.is_empty(), "interop: real client checks failed:\n{}", failed.join("\n"));
-    assert!(report.passed && output.status.success(), "interop: script failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        failed.is_empty(),
+        "interop: real client checks failed:\n{}",
+        failed.join("\n")
+    );
+    assert!(
+        report.passed && output.status.success(),
+        "interop: script failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     (report, elapsed)
 }
 
 /// Downloads `repo` at `revision` with the real client's `snapshot_download(local_dir=dest)`.
 /// Returns repo path -> sha256 of what the client wrote. Panics if the client fails; callers
 /// should check `interop_skip_reason()` first.
-pub(crate) fn snapshot_with_real_client(hub: &FakeHub, repo: &str, revision: &str, dest: &Path) -> BTreeMap<String, String> {
+pub(crate) fn snapshot_with_real_client(
+    hub: &FakeHub,
+    repo: &str,
+    revision: &str,
+    dest: &Path,
+) -> BTreeMap<String, String> {
     let python = ensure_venv();
     let work = tempfile::tempdir().unwrap();
     let dest = dest.to_str().expect("utf-8 destination");
-    let (report, _) = run_script(&python, hub, work.path(), &["--snapshot", repo, "--revision", revision, "--local-dir", dest]);
-    report.files.into_iter().map(|file| (file.path, file.sha256)).collect()
+    let (report, _) = run_script(
+        &python,
+        hub,
+        work.path(),
+        &[
+            "--snapshot",
+            repo,
+            "--revision",
+            revision,
+            "--local-dir",
+            dest,
+        ],
+    );
+    report
+        .files
+        .into_iter()
+        .map(|file| (file.path, file.sha256))
+        .collect()
 }
 
 /// Deterministic bytes that do not compress or repeat (xorshift64).
@@ -200,13 +273,19 @@ fn interop_repos() -> Vec<RepoSpec> {
     let mut repos = fixtures::load_dir(&manifest_dir().join("examples/hub"));
     repos.push(
         RepoSpec::new(PRIVATE_REPO)
-            .commit(vec![FileSpec::regular("config.json", br#"{"model_type":"bert"}"#.to_vec())])
+            .commit(vec![FileSpec::regular(
+                "config.json",
+                br#"{"model_type":"bert"}"#.to_vec(),
+            )])
             .private()
             .allow_token(PRIVATE_TOKEN),
     );
     repos.push(RepoSpec::new(RESUME_REPO).commit(vec![
         FileSpec::regular("README.md", b"# resume check\n".to_vec()),
-        FileSpec::lfs(RESUME_FILE, pseudo_random(RESUME_SIZE, 0x9E37_79B9_7F4A_7C15)),
+        FileSpec::lfs(
+            RESUME_FILE,
+            pseudo_random(RESUME_SIZE, 0x9E37_79B9_7F4A_7C15),
+        ),
     ]));
     repos
 }
@@ -232,10 +311,22 @@ fn real_client_passes_every_check_and_gets_the_fixture_bytes() {
     let repos = interop_repos();
     let hub = FakeHub::start(repos.clone());
     // Small pages, so that a handful of repos and files still spans several pages.
-    hub.set_page_sizes(PageSizes { models: 2, tree: 3, tree_expand: 2 });
-    hub.add_fault(Fault::DropAfter { path_contains: RESUME_FILE.to_string(), bytes: DROP_AFTER, times: 1 });
+    hub.set_page_sizes(PageSizes {
+        models: 2,
+        tree: 3,
+        tree_expand: 2,
+    });
+    hub.add_fault(Fault::DropAfter {
+        path_contains: RESUME_FILE.to_string(),
+        bytes: DROP_AFTER,
+        times: 1,
+    });
 
-    let listed: Vec<&str> = repos.iter().filter(|repo| !repo.private).map(|repo| repo.id.as_str()).collect();
+    let listed: Vec<&str> = repos
+        .iter()
+        .filter(|repo| !repo.private)
+        .map(|repo| repo.id.as_str())
+        .collect();
     let plan = serde_json::json!({
         "list_models": {"limit": 4, "expect_ids": listed, "author": "acme"},
         "private": {"repo": PRIVATE_REPO, "filename": "config.json", "token": PRIVATE_TOKEN},
@@ -245,11 +336,20 @@ fn real_client_passes_every_check_and_gets_the_fixture_bytes() {
     let plan_path = work.path().join("plan.json");
     fs_err::write(&plan_path, serde_json::to_vec(&plan).unwrap()).unwrap();
     let out = work.path().join("out");
-    let (report, script_time) = run_script(&python, &hub, &out, &["--plan", plan_path.to_str().unwrap()]);
+    let (report, script_time) = run_script(
+        &python,
+        &hub,
+        &out,
+        &["--plan", plan_path.to_str().unwrap()],
+    );
 
     let pinned = pinned_client_version();
     assert_eq!(report.client.get("huggingface_hub"), Some(&pinned));
-    let names: Vec<&str> = report.checks.iter().map(|check| check.name.as_str()).collect();
+    let names: Vec<&str> = report
+        .checks
+        .iter()
+        .map(|check| check.name.as_str())
+        .collect();
     for expected in [
         "snapshot_cache:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
         "snapshot_cache:acme/tiny-bert",
@@ -266,7 +366,10 @@ fn real_client_passes_every_check_and_gets_the_fixture_bytes() {
         "error_mapping",
         "resume_after_drop",
     ] {
-        assert!(names.contains(&expected), "check {expected} did not run; ran {names:?}");
+        assert!(
+            names.contains(&expected),
+            "check {expected} did not run; ran {names:?}"
+        );
     }
 
     // Every byte the client wrote is the fixture's, and each snapshot is complete.
@@ -276,17 +379,42 @@ fn real_client_passes_every_check_and_gets_the_fixture_bytes() {
             .head_files()
             .iter()
             .find(|f| f.path == file.path)
-            .unwrap_or_else(|| panic!("{}: the client wrote {} which the repo lacks", file.repo, file.path));
-        assert_eq!(file.size, fixture.content.len() as u64, "{} {} size", file.repo, file.path);
-        assert_eq!(file.sha256, sha256_hex(&fixture.content), "{} {} bytes ({})", file.repo, file.path, file.check);
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: the client wrote {} which the repo lacks",
+                    file.repo, file.path
+                )
+            });
+        assert_eq!(
+            file.size,
+            fixture.content.len() as u64,
+            "{} {} size",
+            file.repo,
+            file.path
+        );
+        assert_eq!(
+            file.sha256,
+            sha256_hex(&fixture.content),
+            "{} {} bytes ({})",
+            file.repo,
+            file.path,
+            file.check
+        );
     }
     for check in ["snapshot_cache", "snapshot_local_dir"] {
         let mut by_repo: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for file in report.files.iter().filter(|f| f.check == check) {
-            by_repo.entry(file.repo.as_str()).or_default().push(file.path.as_str());
+            by_repo
+                .entry(file.repo.as_str())
+                .or_default()
+                .push(file.path.as_str());
         }
         for (asked, mut paths) in by_repo {
-            let mut expected: Vec<&str> = spec_for(&repos, asked).head_files().iter().map(|f| f.path.as_str()).collect();
+            let mut expected: Vec<&str> = spec_for(&repos, asked)
+                .head_files()
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect();
             paths.sort();
             expected.sort();
             assert_eq!(paths, expected, "{check} of {asked} is incomplete");
@@ -296,21 +424,47 @@ fn real_client_passes_every_check_and_gets_the_fixture_bytes() {
     let log = hub.requests();
     // The requests came from the pinned client.
     let agent = format!("hf_hub/{pinned}");
-    assert!(log.iter().filter(|r| r.server == ServerKind::Api).all(|r| r.header("user-agent").is_some_and(|ua| ua.contains(&agent))));
+    assert!(
+        log.iter()
+            .filter(|r| r.server == ServerKind::Api)
+            .all(|r| r.header("user-agent").is_some_and(|ua| ua.contains(&agent)))
+    );
     // Pagination was followed through the Link header, for listings and trees.
-    assert!(log.iter().any(|r| r.path == "/api/models" && r.query.contains("cursor=") && r.status == 200));
-    assert!(log.iter().any(|r| r.path.contains("/tree/") && r.query.contains("cursor=") && r.status == 200));
+    assert!(
+        log.iter()
+            .any(|r| r.path == "/api/models" && r.query.contains("cursor=") && r.status == 200)
+    );
+    assert!(
+        log.iter()
+            .any(|r| r.path.contains("/tree/") && r.query.contains("cursor=") && r.status == 200)
+    );
     // Legacy ids were redirected, then served under the canonical id.
-    assert!(log.iter().any(|r| r.path.starts_with("/api/models/gpt2/") && r.status == 307));
+    assert!(
+        log.iter()
+            .any(|r| r.path.starts_with("/api/models/gpt2/") && r.status == 307)
+    );
     // The token never left the hub's origin, and LFS bytes came from the CDN.
     let cdn: Vec<_> = log.iter().filter(|r| r.server == ServerKind::Cdn).collect();
     assert!(!cdn.is_empty());
-    assert!(cdn.iter().all(|r| r.header("authorization").is_none()), "a token was sent to the CDN origin");
+    assert!(
+        cdn.iter().all(|r| r.header("authorization").is_none()),
+        "a token was sent to the CDN origin"
+    );
     // The dropped download was resumed from the client's last whole read, not restarted.
-    let resume: Vec<_> = cdn.iter().filter(|r| r.path.ends_with(RESUME_FILE) && r.method == "GET").collect();
-    assert_eq!(resume.len(), 2, "expected one dropped and one resumed GET: {resume:#?}");
+    let resume: Vec<_> = cdn
+        .iter()
+        .filter(|r| r.path.ends_with(RESUME_FILE) && r.method == "GET")
+        .collect();
+    assert_eq!(
+        resume.len(),
+        2,
+        "expected one dropped and one resumed GET: {resume:#?}"
+    );
     assert_eq!(resume[0].header("range"), None);
-    assert_eq!(resume[1].header("range"), Some(format!("bytes={CLIENT_READ_SIZE}-").as_str()));
+    assert_eq!(
+        resume[1].header("range"),
+        Some(format!("bytes={CLIENT_READ_SIZE}-").as_str())
+    );
     assert_eq!(resume[1].status, 206);
 
     eprintln!(
@@ -337,10 +491,18 @@ fn snapshot_helper_writes_the_fixture_bytes() {
     let dest = tempfile::tempdir().unwrap();
     let written = snapshot_with_real_client(&hub, "acme/tiny-bert", "v1.0", dest.path());
     let spec = spec_for(&repos, "acme/tiny-bert");
-    let expected: BTreeMap<String, String> =
-        spec.head_files().iter().map(|f| (f.path.clone(), sha256_hex(&f.content))).collect();
+    let expected: BTreeMap<String, String> = spec
+        .head_files()
+        .iter()
+        .map(|f| (f.path.clone(), sha256_hex(&f.content)))
+        .collect();
     assert_eq!(written, expected);
     for file in spec.head_files() {
-        assert_eq!(fs_err::read(dest.path().join(&file.path)).unwrap(), file.content.as_ref(), "{}", file.path);
+        assert_eq!(
+            fs_err::read(dest.path().join(&file.path)).unwrap(),
+            file.content.as_ref(),
+            "{}",
+            file.path
+        );
     }
 }
