@@ -1082,3 +1082,137 @@ async fn put_repo_moves_main_while_old_commits_stay_resolvable() {
     assert_eq!(plain_info["id"], "plain-id");
     assert!(plain_info.get("author").is_none());
 }
+
+/// Reads a GGUF v3 header: (version, tensor_count, metadata key -> string or u32 value).
+fn parse_gguf_header(bytes: &[u8]) -> (u32, u64, std::collections::BTreeMap<String, String>) {
+    assert_eq!(&bytes[..4], b"GGUF");
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let (version, tensors, count) = (u32_at(4), u64_at(8), u64_at(16));
+    let mut at = 24;
+    let mut metadata = std::collections::BTreeMap::new();
+    for _ in 0..count {
+        let key_len = u64_at(at) as usize;
+        let key = String::from_utf8(bytes[at + 8..at + 8 + key_len].to_vec()).unwrap();
+        at += 8 + key_len;
+        let value_type = u32_at(at);
+        at += 4;
+        let value = match value_type {
+            4 => {
+                at += 4;
+                u32_at(at - 4).to_string()
+            }
+            8 => {
+                let len = u64_at(at) as usize;
+                at += 8 + len;
+                String::from_utf8(bytes[at - len..at].to_vec()).unwrap()
+            }
+            other => panic!("unexpected GGUF value type {other} for {key}"),
+        };
+        metadata.insert(key, value);
+    }
+    (version, tensors, metadata)
+}
+
+#[test]
+fn shipped_fixtures_are_what_their_readme_promises() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hub");
+    let repos = crate::fake_hub::fixtures::load_dir(&root);
+    let ids: Vec<&str> = repos.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+            "acme/gated-model",
+            "acme/tiny-bert",
+            "distilbert/distilbert-base-uncased",
+            "openai-community/gpt2",
+        ]
+    );
+    let total: usize = repos
+        .iter()
+        .flat_map(|r| r.head_files())
+        .map(|f| f.content.len())
+        .sum();
+    assert!(
+        total < 3 * 1024 * 1024,
+        "fixtures must stay small: {total} bytes"
+    );
+    let repo = |id: &str| repos.iter().find(|r| r.id == id).unwrap();
+    let file = |id: &str, path: &str| {
+        repo(id)
+            .head_files()
+            .iter()
+            .find(|f| f.path == path)
+            .cloned()
+            .unwrap()
+    };
+
+    for quant in ["Q4_K_M", "Q2_K"] {
+        let gguf = file(
+            "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+            &format!("tinyllama-1.1b-chat-v1.0.{quant}.gguf"),
+        );
+        assert!(gguf.lfs);
+        let (version, tensors, metadata) = parse_gguf_header(&gguf.content);
+        assert_eq!((version, tensors), (3, 0));
+        assert_eq!(metadata["general.architecture"], "llama");
+        assert_eq!(metadata["llama.context_length"], "2048");
+        assert!(metadata.contains_key("general.name"));
+    }
+
+    for (id, path) in [
+        ("acme/tiny-bert", "model.safetensors"),
+        ("distilbert/distilbert-base-uncased", "model.safetensors"),
+        ("openai-community/gpt2", "model.safetensors"),
+        ("acme/gated-model", "model.safetensors"),
+    ] {
+        let weights = file(id, path);
+        assert!(weights.lfs, "{id}/{path}");
+        let header_len = u64::from_le_bytes(weights.content[..8].try_into().unwrap()) as usize;
+        let header: Value = serde_json::from_slice(&weights.content[8..8 + header_len]).unwrap();
+        let data_len = weights.content.len() - 8 - header_len;
+        let end = header
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(name, _)| *name != "__metadata__")
+            .map(|(_, tensor)| {
+                assert_eq!(tensor["dtype"], "F32");
+                tensor["data_offsets"][1].as_u64().unwrap() as usize
+            })
+            .max()
+            .unwrap();
+        assert_eq!(
+            end, data_len,
+            "{id}/{path}: tensors must cover the data exactly"
+        );
+    }
+
+    let bert = repo("acme/tiny-bert");
+    let paths: Vec<(&str, bool)> = bert
+        .head_files()
+        .iter()
+        .map(|f| (f.path.as_str(), f.lfs))
+        .collect();
+    assert!(paths.contains(&("tokenizer/tokenizer.json", false)));
+    assert!(paths.contains(&("tokenizer/vocab.txt", false)));
+    assert!(paths.contains(&(".gitattributes", false)));
+    assert!(
+        !paths.iter().any(|(p, _)| p.ends_with("_hub.json")),
+        "metadata is not a repo file"
+    );
+    assert!(
+        std::str::from_utf8(&file("acme/tiny-bert", "README.md").content)
+            .unwrap()
+            .contains("license: apache-2.0")
+    );
+    assert_eq!(
+        repo("distilbert/distilbert-base-uncased").aliases,
+        ["distilbert-base-uncased"]
+    );
+    assert_eq!(repo("openai-community/gpt2").aliases, ["gpt2"]);
+    let gated = repo("acme/gated-model");
+    assert_eq!(gated.gated, Some(GatedMode::Manual));
+    assert_eq!(gated.allowed_tokens, ["hf_fixture_token"]);
+}

@@ -506,3 +506,33 @@ fn snapshot_helper_writes_the_fixture_bytes() {
         );
     }
 }
+
+#[test]
+fn fixture_generator_reproduces_the_committed_bytes() {
+    if let Some(reason) = interop_skip_reason() {
+        eprintln!("{reason}");
+        return;
+    }
+    let committed = manifest_dir().join("examples/hub");
+    let regenerated = tempfile::tempdir().unwrap();
+    let status = Command::new("python3")
+        .arg(committed.join("generate.py"))
+        .arg("--out")
+        .arg(regenerated.path())
+        .status()
+        .expect("run python3 examples/hub/generate.py (set KMM_SKIP_INTEROP=1 without Python)");
+    assert!(status.success());
+    let fresh = fixtures::load_dir(regenerated.path());
+    let shipped = fixtures::load_dir(&committed);
+    let summary = |repos: &[RepoSpec]| -> Vec<(String, String)> {
+        repos
+            .iter()
+            .map(|repo| (repo.id.clone(), repo.head()))
+            .collect()
+    };
+    assert_eq!(
+        summary(&fresh),
+        summary(&shipped),
+        "examples/hub differs from what generate.py writes"
+    );
+}
