@@ -343,7 +343,7 @@ fn revision_bump_fetches_only_changed_files_and_removes_dropped_ones() {
 
     // New commit: weights change, vocab.txt disappears, the rest is identical.
     let mut files = bert_files(b"weights-v2");
-    files.retain(|f| f.path() != "tokenizer/vocab.txt");
+    files.retain(|f| f.path != "tokenizer/vocab.txt");
     hub.put_repo(RepoSpec::new("acme/tiny-bert").commit(bert_files(b"weights-v1")).commit(files));
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
@@ -484,7 +484,7 @@ fn e_perm_for_an_invalid_token() {
     let ws = Workspace::new(&hub, "[models.\"acme/tiny-bert\"]\n");
     // The fake hub rejects tokens it does not know, as the Hub does for expired ones.
     assert_error(
-        &ws.run_with(&["plan", "--json"], &[("HF_TOKEN", "hf_invalid_expired")]),
+        &ws.run_with(&["plan", "--json"], &[("HF_TOKEN", "invalid_expired_token")]),
         "E_PERM",
         12,
     );
