@@ -1,2 +1,84 @@
-//! Standalone fake hub. Placeholder.
-fn main() {}
+//! Standalone fake Hugging Face hub serving the repos of a fixture folder, for benchmarks,
+//! manual tries and scripts.
+//!
+//! `cargo run --example fake_hub -- --root examples/hub [--port 8080] [--cdn-port 0]
+//! [--page-size N]` prints `endpoint=http://127.0.0.1:PORT` (then `cdn=...`) on stdout once both
+//! listeners are bound, and serves until killed. Folder format: `examples/hub/README.md`.
+
+#[path = "../tests/fake_hub/mod.rs"]
+#[allow(dead_code)]
+mod fake_hub;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use fake_hub::{FakeHub, PageSizes, fixtures};
+
+const USAGE: &str = "usage: fake_hub --root DIR [--port N] [--cdn-port N] [--page-size N]";
+
+struct Args {
+    root: PathBuf,
+    port: u16,
+    cdn_port: u16,
+    page_size: Option<usize>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut root = None;
+    let mut port = 8080;
+    let mut cdn_port = 0;
+    let mut page_size = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        if flag == "-h" || flag == "--help" {
+            return Err(USAGE.to_string());
+        }
+        let value = args.next().ok_or_else(|| format!("`{flag}` needs a value\n{USAGE}"))?;
+        let number = |value: &str| value.parse::<u16>().map_err(|_| format!("`{flag}`: not a port: `{value}`"));
+        match flag.as_str() {
+            "--root" => root = Some(PathBuf::from(value)),
+            "--port" => port = number(&value)?,
+            "--cdn-port" => cdn_port = number(&value)?,
+            "--page-size" => {
+                page_size = Some(value.parse().map_err(|_| format!("`--page-size`: not a number: `{value}`"))?)
+            }
+            _ => return Err(format!("unknown argument `{flag}`\n{USAGE}")),
+        }
+    }
+    let root = root.ok_or_else(|| format!("`--root` is required\n{USAGE}"))?;
+    if !root.is_dir() {
+        return Err(format!("`{}` is not a folder", root.display()));
+    }
+    Ok(Args { root, port, cdn_port, page_size })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(64);
+        }
+    };
+    let repos = fixtures::load_dir(&args.root);
+    let ids: Vec<String> = repos.iter().map(|r| r.id.clone()).collect();
+    let hub = match FakeHub::start_on(repos, args.port, args.cdn_port) {
+        Ok(hub) => hub,
+        Err(error) => {
+            eprintln!("cannot listen on 127.0.0.1:{} / {}: {error}", args.port, args.cdn_port);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(size) = args.page_size {
+        hub.set_page_sizes(PageSizes { models: size, tree: size, tree_expand: size.min(50) });
+    }
+    eprintln!("serving {} repos from {}: {}", ids.len(), args.root.display(), ids.join(", "));
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "endpoint={}", hub.url());
+    let _ = writeln!(stdout, "cdn={}", hub.cdn_url());
+    let _ = stdout.flush();
+    loop {
+        std::thread::park();
+    }
+}

@@ -11,14 +11,35 @@
 //! The token is sent only to the endpoint's own origin, dropped on redirects elsewhere, and never
 //! printed, logged or put in an error (URLs in messages go through [`redact_url`]).
 //!
+//! Redirects are followed by hand (at most 10 hops) so that this rule holds on every hop and a
+//! legacy id (`gpt2`) works through the hub's 307 to the canonical repo.
+//!
+//! Submodules: `urls` (encoding, `Link`, redaction), `retry` (which failures are retried and
+//! how long to wait), `errors` (status/headers -> `E_*`), `parse` (JSON -> kmm types, path
+//! checks), `download` (streaming, resume, verification).
+//!
 //! Edges: talks HTTP and writes only the single destination file it is given by `apply`; it never
 //! touches the registry or the layout.
 
+mod download;
+mod errors;
+mod parse;
+mod retry;
+mod urls;
+
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::error::Result;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use tracing::Instrument;
+use url::Url;
+
+use crate::error::{Error, Result};
 use crate::upstream::UpstreamFile;
+use errors::{Target, Transient};
+
+pub use urls::redact_url;
 
 /// A token that never shows up in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -93,41 +114,173 @@ pub struct ModelInfo {
     pub tags: Vec<String>,
 }
 
+/// A `GET /api/models` query: repeated `(key, value)` parameters (`search`, `author`,
+/// `filter`, `sort`, `full`, ...) sent as given, and a cap on how many models to collect
+/// across pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelQuery {
+    params: Vec<(String, String)>,
+    limit: usize,
+}
+
+impl ModelQuery {
+    /// A query that returns at most `limit` models.
+    pub fn new(limit: usize) -> Self {
+        ModelQuery {
+            params: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Adds a parameter; repeat a key for list-valued parameters (`filter`, `expand`).
+    pub fn param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.params.push((key.into(), value.into()));
+        self
+    }
+}
+
+/// Redirect hops followed per request before giving up with "redirect loop".
+const MAX_REDIRECTS: usize = 10;
+/// Caps on bodies held in memory: a hub (or a broken mirror) answering with gigabytes of JSON
+/// is an error, not an out-of-memory kill.
+const MAX_LISTING_PAGE_BYTES: usize = 64 << 20;
+const MAX_INFO_BYTES: usize = 16 << 20;
+const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
+/// Guard against a server whose `Link` pages never end.
+const MAX_PAGES: usize = 100_000;
+
 /// Client for one hub endpoint. Cheap to clone (shares the connection pool).
 #[derive(Debug, Clone)]
 pub struct HubClient {
     config: HubConfig,
+    http: reqwest::Client,
+    /// The endpoint's origin: the only one that ever sees the token.
+    origin: url::Origin,
+}
+
+/// A successful API answer, fully read.
+struct Fetched {
+    /// The URL that answered, after redirects (base for relative `Link`s).
+    url: Url,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+/// Why one request did not produce a response worth reading.
+pub(crate) enum SendError {
+    /// Worth another try (connection refused, reset, timed out).
+    Transport(Transient),
+    /// Retrying cannot help (redirect loop, unusable `Location`, unsendable token).
+    Fatal(Error),
+}
+
+enum ReadError {
+    TooLarge,
+    Transport(Transient),
 }
 
 impl HubClient {
-    pub fn new(config: HubConfig) -> Result<HubClient> {
-        Ok(HubClient { config })
+    /// Builds the shared connection pool. An endpoint that is not an `http(s)` URL is `E_ARGS`.
+    pub fn new(mut config: HubConfig) -> Result<HubClient> {
+        config.endpoint = config.endpoint.trim_end_matches('/').to_string();
+        let bad_endpoint = || {
+            Error::args(format!(
+                "the hub endpoint `{}` is not an http(s) URL",
+                redact_url(&config.endpoint)
+            ))
+            .with_hint("check `--mirror`, `HF_ENDPOINT` or `endpoint` in the manifest")
+        };
+        let endpoint = Url::parse(&config.endpoint).map_err(|_| bad_endpoint())?;
+        if !matches!(endpoint.scheme(), "http" | "https") || endpoint.cannot_be_a_base() {
+            return Err(bad_endpoint());
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(config.user_agent.clone())
+            // Redirects are followed by hand so that the token never leaves the endpoint's
+            // origin and hops are counted (see `send`).
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .build()
+            .map_err(|err| {
+                Error::internal("cannot set up the HTTP client").caused_by(err.to_string())
+            })?;
+        Ok(HubClient {
+            origin: endpoint.origin(),
+            config,
+            http,
+        })
     }
 
     pub fn endpoint(&self) -> &str {
         &self.config.endpoint
     }
 
-    /// Checks that the endpoint answers HTTP at all (any status). Connection failure: `E_NET`.
+    /// Checks that the endpoint answers HTTP at all (any status, within the connect timeout).
+    /// Connection failure: `E_NET`.
     pub async fn ping(&self) -> Result<()> {
-        todo!()
+        let url = self.parse_url(&format!("{}/", self.config.endpoint))?;
+        let shown = redact_url(url.as_str());
+        match self
+            .http
+            .get(url)
+            .timeout(self.config.connect_timeout)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                tracing::debug!(method = "GET", url = %shown, status = response.status().as_u16(), "hub ping");
+                Ok(())
+            }
+            Err(err) => Err(Error::net(format!("cannot reach the hub at {shown}"))
+                .with_hint(errors::ENDPOINT_HINT)
+                .caused_by(errors::describe_transport(&err))),
+        }
     }
 
     /// Resolves `revision` (branch, tag, `refs/pr/N` or commit) of `repo_id` to a commit.
+    /// A legacy id without owner follows the hub's redirect; [`ModelInfo::id`] is canonical.
     pub async fn model_info(&self, repo_id: &str, revision: &str) -> Result<ModelInfo> {
-        todo!("{repo_id} {revision}")
+        let span = tracing::info_span!("resolve", repo = repo_id, revision);
+        async {
+            let url = self.parse_url(&urls::model_info_url(
+                &self.config.endpoint,
+                repo_id,
+                revision,
+            ))?;
+            let target = Target::revision(repo_id, revision);
+            let fetched = self.get_bytes(url, &target, MAX_INFO_BYTES).await?;
+            parse::model_info(&fetched.body, repo_id, &redact_url(fetched.url.as_str()))
+        }
+        .instrument(span)
+        .await
     }
 
     /// Every file of `repo_id` at `commit` (recursive tree, all pages), sorted by path. Paths are
-    /// checked with [`crate::layout::check_repo_path`]; a bad or duplicate path is `E_SCHEMA`.
+    /// checked with the rules of [`crate::layout::check_repo_path`]; a bad or duplicate path is
+    /// `E_SCHEMA`.
     pub async fn list_tree(&self, repo_id: &str, commit: &str) -> Result<Vec<UpstreamFile>> {
-        todo!("{repo_id} {commit}")
+        let span = tracing::info_span!("resolve", repo = repo_id, revision = commit);
+        async {
+            let first = self.parse_url(&urls::tree_url(&self.config.endpoint, repo_id, commit))?;
+            let target = Target::revision(repo_id, commit);
+            let mut files = BTreeMap::new();
+            let mut pages = self.pages(first, &target, MAX_LISTING_PAGE_BYTES);
+            while let Some(fetched) = pages.next_page().await? {
+                parse::tree_page(&fetched.body, &redact_url(fetched.url.as_str()), &mut files)?;
+            }
+            Ok(files.into_values().collect())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Downloads `file` of `repo_id` at `commit` into `dest` (created or truncated), hashing as
     /// the bytes land; resumes dropped connections with `Range` within this call; returns only
-    /// when `dest` holds exactly `file.size` bytes with `file.hash`. Wrong bytes: `E_VERIFY`
-    /// (and `dest` is removed). `on_progress` receives the number of new bytes written.
+    /// when `dest` holds exactly `file.size` bytes with `file.hash`. Wrong bytes: `E_VERIFY`.
+    /// On any error `dest` is removed. `on_progress` receives the number of new bytes written
+    /// (a server that ignores `Range` makes the download restart, so the sum can exceed the
+    /// size).
     pub async fn download(
         &self,
         repo_id: &str,
@@ -136,12 +289,313 @@ impl HubClient {
         dest: &Path,
         on_progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<()> {
-        todo!("{repo_id} {commit} {file:?} {dest:?} {:p}", on_progress)
+        download::download(self, repo_id, commit, file, dest, on_progress).await
+    }
+
+    /// Models from `GET /api/models` with the query's parameters, following `Link` pages until
+    /// `query`'s limit is reached or the listing ends.
+    pub async fn list_models(&self, query: &ModelQuery) -> Result<Vec<serde_json::Value>> {
+        let mut models = Vec::new();
+        if query.limit == 0 {
+            return Ok(models);
+        }
+        let mut first = self.parse_url(&format!("{}/api/models", self.config.endpoint))?;
+        {
+            let mut pairs = first.query_pairs_mut();
+            for (key, value) in &query.params {
+                pairs.append_pair(key, value);
+            }
+            if !query.params.iter().any(|(key, _)| key == "limit") {
+                pairs.append_pair("limit", &query.limit.min(1000).to_string());
+            }
+        }
+        let target = Target::repo("");
+        let mut pages = self.pages(first, &target, MAX_LISTING_PAGE_BYTES);
+        while models.len() < query.limit {
+            let Some(fetched) = pages.next_page().await? else {
+                break;
+            };
+            let page: Vec<serde_json::Value> =
+                serde_json::from_slice(&fetched.body).map_err(|err| {
+                    Error::schema(format!(
+                        "the hub's model listing from {} is not a JSON array",
+                        redact_url(fetched.url.as_str())
+                    ))
+                    .caused_by(err.to_string())
+                })?;
+            models.extend(page);
+        }
+        models.truncate(query.limit);
+        Ok(models)
+    }
+
+    /// `GET /api/models/{repo}/auth-check`: `Ok` when this client (with its token, if any) may
+    /// download `repo_id`, else the mapped error (`E_LICENSE` for a gated repo, `E_NOT_FOUND`,
+    /// `E_PERM`).
+    pub async fn auth_check(&self, repo_id: &str) -> Result<()> {
+        let url = self.parse_url(&urls::auth_check_url(&self.config.endpoint, repo_id))?;
+        self.get_bytes(url, &Target::repo(repo_id), MAX_ERROR_BODY_BYTES)
+            .await
+            .map(|_| ())
+    }
+
+    fn parse_url(&self, url: &str) -> Result<Url> {
+        Url::parse(url).map_err(|err| {
+            Error::internal(format!("built an invalid URL `{}`", redact_url(url)))
+                .caused_by(err.to_string())
+        })
+    }
+
+    fn secret(&self) -> Option<&str> {
+        self.config.token.as_ref().map(Token::expose)
+    }
+
+    /// One GET, following up to [`MAX_REDIRECTS`] redirects by hand. The token goes only to
+    /// URLs on the endpoint's origin (relative and same-origin redirects keep it, a redirect to
+    /// the CDN drops it). `range_from` adds `Range: bytes={n}-`. The returned response's
+    /// `url()` is the URL that finally answered.
+    pub(crate) async fn send(
+        &self,
+        start: Url,
+        range_from: Option<u64>,
+    ) -> std::result::Result<reqwest::Response, SendError> {
+        let mut url = start.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut request = self.http.get(url.clone());
+            if let Some(token) = &self.config.token
+                && url.origin() == self.origin
+            {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .map_err(|_| {
+                        SendError::Fatal(
+                            Error::args("the token contains characters not allowed in a header")
+                                .with_hint("check HF_TOKEN / HF_TOKEN_PATH"),
+                        )
+                    })?;
+                value.set_sensitive(true);
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            if let Some(from) = range_from {
+                request = request.header(header::RANGE, format!("bytes={from}-"));
+            }
+            let shown = redact_url(url.as_str());
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(err) => {
+                    let transient = Transient::from_reqwest(&err);
+                    tracing::debug!(method = "GET", url = %shown, error = ?transient, "hub request failed");
+                    return Err(SendError::Transport(transient));
+                }
+            };
+            let status = response.status();
+            tracing::debug!(method = "GET", url = %shown, status = status.as_u16(), "hub request");
+            let is_followed_redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|value| value.to_str().ok());
+            let Some(location) = location.filter(|_| is_followed_redirect) else {
+                return Ok(response);
+            };
+            let next = url
+                .join(location)
+                .ok()
+                .filter(|next| matches!(next.scheme(), "http" | "https"))
+                .ok_or_else(|| {
+                    SendError::Fatal(
+                        Error::net(format!("{shown} redirected to an unusable location"))
+                            .caused_by(redact_url(location)),
+                    )
+                })?;
+            url = next;
+        }
+        Err(SendError::Fatal(
+            Error::net(format!(
+                "redirect loop: more than {MAX_REDIRECTS} redirects starting at {}",
+                redact_url(start.as_str())
+            ))
+            .with_hint(errors::ENDPOINT_HINT),
+        ))
+    }
+
+    /// A GET of a small API document with retries on the retryable conditions of
+    /// [`retry`]; any other error status is mapped with [`errors::error_from_status`].
+    async fn get_bytes(&self, url: Url, target: &Target<'_>, max_bytes: usize) -> Result<Fetched> {
+        let shown = redact_url(url.as_str());
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (transient, retry_after) = match self.send(url.clone(), None).await {
+                Err(SendError::Fatal(error)) => return Err(error),
+                Err(SendError::Transport(transient)) => (transient, None),
+                Ok(response) if response.status().is_success() => {
+                    let final_url = response.url().clone();
+                    let headers = response.headers().clone();
+                    match read_capped(response, max_bytes).await {
+                        Ok(body) => {
+                            return Ok(Fetched {
+                                url: final_url,
+                                headers,
+                                body,
+                            });
+                        }
+                        Err(ReadError::TooLarge) => {
+                            return Err(Error::schema(format!(
+                                "the hub's answer from {} is larger than {} MiB",
+                                redact_url(final_url.as_str()),
+                                max_bytes >> 20
+                            )));
+                        }
+                        Err(ReadError::Transport(transient)) => (transient, None),
+                    }
+                }
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if retry::is_retryable_status(status) {
+                        (
+                            Transient::Status(status),
+                            retry::parse_retry_after(response.headers()),
+                        )
+                    } else {
+                        let final_url = redact_url(response.url().as_str());
+                        let headers = response.headers().clone();
+                        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
+                            .await
+                            .unwrap_or_default();
+                        return Err(errors::error_from_status(
+                            status,
+                            &headers,
+                            &body,
+                            target,
+                            &final_url,
+                            self.secret(),
+                        ));
+                    }
+                }
+            };
+            if attempts > self.config.max_retries
+                || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
+            {
+                return Err(errors::retries_exhausted(
+                    target, &shown, attempts, &transient,
+                ));
+            }
+            let delay =
+                retry::delay_before_retry(self.config.retry_base_delay, attempts - 1, retry_after);
+            tracing::debug!(url = %shown, attempt = attempts, failure = ?transient, ?delay, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// The pages of a `Link`-paginated listing starting at `first`, each fetched (with
+    /// retries) when asked for; next links are followed verbatim.
+    fn pages<'a>(&'a self, first: Url, target: &'a Target<'a>, max_bytes: usize) -> Pages<'a> {
+        Pages {
+            client: self,
+            next: Some(first),
+            seen: HashSet::new(),
+            target,
+            max_bytes,
+        }
     }
 }
 
-/// A URL fit for messages and logs: no userinfo, no query string (signed CDN URLs carry
-/// credentials there).
-pub fn redact_url(url: &str) -> String {
-    todo!("{url}")
+/// A `Link`-paginated listing, read one page at a time.
+struct Pages<'a> {
+    client: &'a HubClient,
+    next: Option<Url>,
+    seen: HashSet<Url>,
+    target: &'a Target<'a>,
+    max_bytes: usize,
+}
+
+impl Pages<'_> {
+    /// The next page, or `None` after the last one (no `rel="next"` link).
+    async fn next_page(&mut self) -> Result<Option<Fetched>> {
+        let Some(url) = self.next.take() else {
+            return Ok(None);
+        };
+        if !self.seen.insert(url.clone()) || self.seen.len() > MAX_PAGES {
+            return Err(Error::schema(format!(
+                "the hub's pagination does not end (page {} again, or too many pages)",
+                redact_url(url.as_str())
+            )));
+        }
+        let fetched = self
+            .client
+            .get_bytes(url, self.target, self.max_bytes)
+            .await?;
+        self.next = urls::next_link(
+            fetched
+                .headers
+                .get_all(header::LINK)
+                .iter()
+                .filter_map(|value| value.to_str().ok()),
+            &fetched.url,
+        );
+        Ok(Some(fetched))
+    }
+}
+
+/// Reads a whole body, refusing more than `max_bytes`.
+async fn read_capped(
+    mut response: reqwest::Response,
+    max_bytes: usize,
+) -> std::result::Result<Vec<u8>, ReadError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > max_bytes as u64)
+    {
+        return Err(ReadError::TooLarge);
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max_bytes {
+                    return Err(ReadError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(err) => return Err(ReadError::Transport(Transient::from_reqwest(&err))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_never_shows_in_debug() {
+        let mut config = HubConfig::new("http://127.0.0.1:9/");
+        config.token = Some(Token::new("hf_SECRET_test_token"));
+        let client = HubClient::new(config).unwrap();
+        assert_eq!(client.endpoint(), "http://127.0.0.1:9");
+        let debug = format!("{client:?}");
+        assert!(!debug.contains("hf_SECRET_test_token"), "{debug}");
+        assert!(debug.contains("Token(<redacted>)"));
+    }
+
+    #[test]
+    fn endpoints_must_be_http_urls() {
+        for bad in ["", "huggingface.co", "ftp://hub.test", "mailto:x@y"] {
+            let error = HubClient::new(HubConfig::new(bad)).unwrap_err();
+            assert_eq!(error.code(), crate::error::ErrorCode::Args, "{bad}");
+        }
+        let error =
+            HubClient::new(HubConfig::new("ftp://user:hf_SECRET@hub.test/?t=1")).unwrap_err();
+        assert!(!format!("{error:?}").contains("hf_SECRET"));
+    }
+
+    #[test]
+    fn model_query_collects_params() {
+        let query = ModelQuery::new(5)
+            .param("search", "bert")
+            .param("filter", "a")
+            .param("filter", "b");
+        assert_eq!(query.limit, 5);
+        assert_eq!(query.params.len(), 3);
+    }
 }

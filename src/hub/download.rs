@@ -1,0 +1,393 @@
+//! One file from `/{repo}/resolve/{commit}/{path}` into one destination file, verified.
+//!
+//! The body is streamed through a buffered writer and the file's [`ContentHasher`] as it lands,
+//! so verification costs no second read. A dropped connection, a stalled body (the client's
+//! read timeout), 408/429/5xx are retried: with `Range: bytes={written}-` against the URL that
+//! last served bytes (the CDN for LFS files, whose signed URL carries no token), and from zero
+//! when the server answers a range with a plain `200` or `416`. A signed CDN URL that has
+//! expired (401/403/404/410 on a retry) sends the next attempt back through the resolve URL.
+//!
+//! Retry budget: `max_retries` consecutive failures without new bytes; an attempt that made
+//! progress resets that count (as `huggingface_hub` does), and the total number of attempts is
+//! capped at four times the budget so a server that trickles a few bytes per connection still
+//! ends in `E_NET`.
+//!
+//! The size in the listing is a hard limit: a byte beyond it is `E_VERIFY` at once and never
+//! written. At the end the hash must match, else `E_VERIFY`. On every error `dest` is removed.
+//!
+//! Edges: writes only `dest`; durability (fsync) and the final rename belong to `apply`.
+
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::header;
+use tracing::Instrument;
+use url::Url;
+
+use super::errors::{self, Target, Transient};
+use super::{HubClient, SendError, redact_url, retry, urls};
+use crate::error::{Error, Result};
+use crate::upstream::{ContentHasher, FileHash, UpstreamFile};
+
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+pub(super) async fn download(
+    client: &HubClient,
+    repo_id: &str,
+    commit: &str,
+    file: &UpstreamFile,
+    dest: &Path,
+    on_progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<()> {
+    let span = tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
+    let result = fetch_into(client, repo_id, commit, file, dest, on_progress)
+        .instrument(span)
+        .await;
+    if result.is_err()
+        && let Err(err) = fs_err::remove_file(dest)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("could not remove the failed download: {err}");
+    }
+    result
+}
+
+async fn fetch_into(
+    client: &HubClient,
+    repo_id: &str,
+    commit: &str,
+    file: &UpstreamFile,
+    dest: &Path,
+    on_progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<()> {
+    let target = Target::file(repo_id, commit, &file.path);
+    let resolve = client.parse_url(&urls::resolve_url(
+        client.endpoint(),
+        repo_id,
+        commit,
+        &file.path,
+    ))?;
+    let mut state = Transfer {
+        sink: Sink::create(file, dest)?,
+        url: resolve.clone(),
+        resolve,
+        ranges_supported: true,
+        target,
+        file,
+    };
+    let max_retries = client.config.max_retries;
+    let max_attempts = max_retries.saturating_add(1).saturating_mul(4);
+    let mut attempts = 0u32;
+    let mut failures_without_progress = 0u32;
+    loop {
+        attempts += 1;
+        let before = state.sink.written;
+        let (transient, retry_after) = match state.attempt(client, on_progress).await {
+            Ok(()) => break,
+            Err(Step::Fatal(error)) => return Err(error),
+            Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
+        };
+        if state.sink.written > before {
+            failures_without_progress = 0;
+        } else {
+            failures_without_progress += 1;
+        }
+        if failures_without_progress > max_retries
+            || attempts >= max_attempts
+            || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
+        {
+            return Err(errors::retries_exhausted(
+                &state.target,
+                &redact_url(state.url.as_str()),
+                attempts,
+                &transient,
+            ));
+        }
+        let delay = retry::delay_before_retry(
+            client.config.retry_base_delay,
+            failures_without_progress.saturating_sub(1),
+            retry_after,
+        );
+        tracing::debug!(
+            file = %file.path,
+            attempt = attempts,
+            written = state.sink.written,
+            failure = ?transient,
+            ?delay,
+            "retrying download"
+        );
+        tokio::time::sleep(delay).await;
+    }
+    let actual = state.sink.finish()?;
+    if actual != file.hash {
+        return Err(Error::verify(format!(
+            "`{}` of `{repo_id}` at `{commit}` does not match its upstream hash",
+            file.path
+        ))
+        .caused_by(format!(
+            "expected {}, got {}",
+            file.hash.display(),
+            actual.display()
+        ))
+        .with_hint(
+            "the hub or mirror served other bytes than it lists; retry, and check the mirror if it persists",
+        ));
+    }
+    Ok(())
+}
+
+/// Why one attempt stopped short of the whole file.
+enum Step {
+    Retry(Transient, Option<Duration>),
+    Fatal(Error),
+}
+
+impl From<Error> for Step {
+    fn from(error: Error) -> Self {
+        Step::Fatal(error)
+    }
+}
+
+/// What carries over from one attempt to the next.
+struct Transfer<'a> {
+    sink: Sink<'a>,
+    /// Where the next attempt goes: the resolve URL, or the URL that last served bytes.
+    url: Url,
+    resolve: Url,
+    /// False once a server said `Accept-Ranges: none`.
+    ranges_supported: bool,
+    target: Target<'a>,
+    file: &'a UpstreamFile,
+}
+
+impl Transfer<'_> {
+    async fn attempt(
+        &mut self,
+        client: &HubClient,
+        on_progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> std::result::Result<(), Step> {
+        let resume_from = self.sink.written;
+        if resume_from > 0 && !self.ranges_supported {
+            self.sink.restart()?;
+        }
+        let range = (self.sink.written > 0).then_some(self.sink.written);
+        let mut response = match client.send(self.url.clone(), range).await {
+            Ok(response) => response,
+            Err(SendError::Fatal(error)) => return Err(Step::Fatal(error)),
+            Err(SendError::Transport(transient)) => return Err(Step::Retry(transient, None)),
+        };
+        let status = response.status().as_u16();
+        let announced_total = match status {
+            200 => {
+                // A full body, also in answer to a Range request: start over.
+                self.sink.restart()?;
+                response.content_length()
+            }
+            206 => {
+                let content_range = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(parse_content_range);
+                match content_range {
+                    Some((start, total)) if start == self.sink.written => total,
+                    _ => {
+                        self.sink.restart()?;
+                        return Err(Step::Retry(
+                            Transient::Interrupted(format!(
+                                "the server answered `Range: bytes={}-` with another range",
+                                resume_from
+                            )),
+                            None,
+                        ));
+                    }
+                }
+            }
+            416 => {
+                self.sink.restart()?;
+                return Err(Step::Retry(Transient::Status(416), None));
+            }
+            _ if retry::is_retryable_status(status) => {
+                return Err(Step::Retry(
+                    Transient::Status(status),
+                    retry::parse_retry_after(response.headers()),
+                ));
+            }
+            401 | 403 | 404 | 410 if self.url != self.resolve => {
+                // The signed CDN URL from an earlier attempt has expired: resolve again.
+                self.url = self.resolve.clone();
+                return Err(Step::Retry(Transient::Status(status), None));
+            }
+            _ => {
+                let final_url = redact_url(response.url().as_str());
+                let headers = response.headers().clone();
+                let body = response.bytes().await.unwrap_or_default();
+                return Err(Step::Fatal(errors::error_from_status(
+                    status,
+                    &headers,
+                    &body[..body.len().min(64 << 10)],
+                    &self.target,
+                    &final_url,
+                    client.secret(),
+                )));
+            }
+        };
+        if let Some(total) = announced_total
+            && total != self.file.size
+        {
+            return Err(Step::Fatal(self.sink.too_many_bytes_error(&format!(
+                "the server announces {total} bytes, the listing {}",
+                self.file.size
+            ))));
+        }
+        self.url = response.url().clone();
+        if response
+            .headers()
+            .get(header::ACCEPT_RANGES)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.trim().eq_ignore_ascii_case("none"))
+        {
+            self.ranges_supported = false;
+        }
+        loop {
+            match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    self.sink.write(&bytes)?;
+                    on_progress(bytes.len() as u64);
+                }
+                Ok(None) => break,
+                Err(err) => return Err(Step::Retry(Transient::from_reqwest(&err), None)),
+            }
+        }
+        if self.sink.written < self.file.size {
+            return Err(Step::Retry(
+                Transient::Interrupted(format!(
+                    "the body ended after {} of {} bytes",
+                    self.sink.written, self.file.size
+                )),
+                None,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `Content-Range: bytes {start}-{end}/{total|*}` -> (start, total).
+fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
+    let range = value.trim().strip_prefix("bytes")?.trim_start();
+    let (span, total) = range.split_once('/')?;
+    let (start, _end) = span.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start.trim().parse().ok()?, total))
+}
+
+/// The destination file and the running hash of what it holds.
+struct Sink<'a> {
+    writer: BufWriter<fs_err::File>,
+    hasher: ContentHasher,
+    written: u64,
+    file: &'a UpstreamFile,
+    dest: &'a Path,
+}
+
+impl<'a> Sink<'a> {
+    fn create(file: &'a UpstreamFile, dest: &'a Path) -> Result<Self> {
+        let handle = fs_err::File::create(dest)
+            .map_err(|err| Error::io(format!("creating `{}`", dest.display()), &err))?;
+        Ok(Sink {
+            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, handle),
+            hasher: ContentHasher::for_hash(&file.hash, file.size),
+            written: 0,
+            file,
+            dest,
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        if self.written + bytes.len() as u64 > self.file.size {
+            return Err(self.too_many_bytes_error("the server sent more bytes than the listing"));
+        }
+        self.writer
+            .write_all(bytes)
+            .map_err(|err| self.io_error(&err))?;
+        self.hasher.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Empties the file and the hash: the next bytes are the file's first.
+    fn restart(&mut self) -> Result<()> {
+        if self.written == 0 {
+            return Ok(());
+        }
+        self.writer
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.writer.get_ref().set_len(0))
+            .map_err(|err| self.io_error(&err))?;
+        self.hasher = ContentHasher::for_hash(&self.file.hash, self.file.size);
+        self.written = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<FileHash> {
+        self.writer.flush().map_err(|err| self.io_error(&err))?;
+        Ok(self.hasher.finish())
+    }
+
+    fn too_many_bytes_error(&self, why: &str) -> Error {
+        Error::verify(format!(
+            "`{}` is not the {} bytes the hub lists",
+            self.file.path, self.file.size
+        ))
+        .caused_by(why.to_string())
+    }
+
+    fn io_error(&self, err: &std::io::Error) -> Error {
+        Error::io(format!("writing `{}`", self.dest.display()), err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+    use crate::upstream::git_sha1_hex;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 100-199/300"),
+            Some((100, Some(300)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
+        assert_eq!(parse_content_range("bytes */300"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes x-1/2"), None);
+    }
+
+    #[test]
+    fn sink_refuses_bytes_beyond_the_size_and_restarts_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let content = b"hello world";
+        let file = UpstreamFile {
+            path: "f".into(),
+            size: content.len() as u64,
+            hash: FileHash::GitSha1(git_sha1_hex(content)),
+        };
+        let mut sink = Sink::create(&file, &dest).unwrap();
+        sink.write(b"garbage").unwrap();
+        sink.restart().unwrap();
+        sink.write(&content[..5]).unwrap();
+        sink.write(&content[5..]).unwrap();
+        let error = sink.write(b"!").unwrap_err();
+        assert_eq!(error.code(), ErrorCode::Verify);
+        assert_eq!(sink.written, content.len() as u64);
+        assert_eq!(sink.finish().unwrap(), file.hash);
+        assert_eq!(fs_err::read(&dest).unwrap(), content);
+    }
+}

@@ -1,0 +1,136 @@
+//! When and how long to wait before trying a Hub request again.
+//!
+//! Retryable: dropped or refused connections, stalled bodies, and HTTP 408, 429, 500, 502, 503,
+//! 504 (the set `huggingface_hub`'s `http_backoff` uses, hf-protocol.md §6.7). The wait is the
+//! server's `Retry-After` (integer seconds) when it sends one, else exponential backoff from the
+//! configured base delay with "equal jitter" (half fixed, half random) so that a fleet of kmm
+//! processes behind one mirror does not retry in lockstep, capped at [`MAX_BACKOFF`].
+//!
+//! Edges: pure policy; the sleeping happens in the callers.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+/// Longest computed backoff between two attempts.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Longest `Retry-After` we are willing to sleep; beyond it the caller gives up at once rather
+/// than hang a CLI run for an hour.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+pub(crate) fn is_retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// `Retry-After` as integer seconds (the only form the Hub sends; HTTP dates are ignored and
+/// fall back to backoff).
+pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Backoff before retry number `retry` (0 for the first retry): `base * 2^retry`, capped, of
+/// which the upper half is scaled by `jitter` in `[0, 1)`.
+pub(crate) fn backoff_delay(base: Duration, retry: u32, jitter: f64) -> Duration {
+    let factor = 1u32 << retry.min(20);
+    let full = base.saturating_mul(factor).min(MAX_BACKOFF);
+    let half = full / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// The wait before retry number `retry`: the server's `Retry-After` if any, else backoff.
+pub(crate) fn delay_before_retry(
+    base: Duration,
+    retry: u32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    match retry_after {
+        Some(wait) => wait.min(MAX_RETRY_AFTER),
+        None => backoff_delay(base, retry, random_unit()),
+    }
+}
+
+/// A random number in `[0, 1)` from the standard library's randomly keyed hasher: jitter needs
+/// no cryptographic quality, only that processes differ.
+fn random_unit() -> f64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_statuses() {
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert!(is_retryable_status(status), "{status}");
+        }
+        for status in [200, 206, 301, 400, 401, 403, 404, 416, 501] {
+            assert!(!is_retryable_status(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn retry_after_is_integer_seconds() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(parse_retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, " 7 ".parse().unwrap());
+        assert_eq!(parse_retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(parse_retry_after(&headers), None);
+        headers.insert(RETRY_AFTER, "-1".parse().unwrap());
+        assert_eq!(parse_retry_after(&headers), None);
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let base = Duration::from_millis(100);
+        // Without jitter: half of the exponential delay; with full jitter: all of it.
+        assert_eq!(backoff_delay(base, 0, 0.0), Duration::from_millis(50));
+        assert_eq!(backoff_delay(base, 0, 1.0), Duration::from_millis(100));
+        assert_eq!(backoff_delay(base, 1, 1.0), Duration::from_millis(200));
+        assert_eq!(backoff_delay(base, 3, 1.0), Duration::from_millis(800));
+        assert_eq!(backoff_delay(base, 3, 0.5), Duration::from_millis(600));
+        assert_eq!(backoff_delay(base, 10, 1.0), MAX_BACKOFF);
+        assert_eq!(backoff_delay(base, 10, 0.0), MAX_BACKOFF / 2);
+        assert_eq!(
+            backoff_delay(Duration::from_secs(1), 1000, 1.0),
+            MAX_BACKOFF
+        );
+    }
+
+    #[test]
+    fn random_jitter_stays_in_bounds() {
+        let base = Duration::from_millis(400);
+        for retry in 0..6 {
+            let delay = delay_before_retry(base, retry, None);
+            assert!(delay >= backoff_delay(base, retry, 0.0), "{delay:?}");
+            assert!(delay <= backoff_delay(base, retry, 1.0), "{delay:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_wins_but_is_bounded() {
+        let base = Duration::from_millis(10);
+        assert_eq!(
+            delay_before_retry(base, 0, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            delay_before_retry(base, 0, Some(Duration::from_secs(100_000))),
+            MAX_RETRY_AFTER
+        );
+    }
+}

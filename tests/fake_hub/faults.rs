@@ -1,0 +1,198 @@
+//! Fault injection: which faults are armed, which request uses one up, and the body stream that
+//! carries out the ones that act on file bytes (drop, corruption, bandwidth cap).
+//!
+//! `Status` and `Latency` apply to any matching request on either server. `DropAfter` and
+//! `WrongBytes` are only used up by responses that carry file content (a resolve GET of a regular
+//! file, a CDN GET), so a fault on `model.safetensors` survives the 302 and hits the CDN download.
+//! `BandwidthCap` throttles every file body until cleared; it is applied per response, which for
+//! HTTP/1.1 (one response at a time per connection) is a per-connection cap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+
+/// A fault armed with `FakeHub::add_fault`. See the module doc for which requests each one hits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Close the connection after `bytes` body bytes of a file response.
+    DropAfter { path_contains: String, bytes: u64, times: u32 },
+    /// Answer with `status` instead (429 gets `Retry-After` when given, plus `RateLimit` headers).
+    Status { path_contains: String, status: u16, retry_after: Option<u32>, times: u32 },
+    /// Serve content of the right length with every byte flipped.
+    WrongBytes { path_contains: String, times: u32 },
+    /// Wait `millis` before answering.
+    Latency { path_contains: String, millis: u64, times: u32 },
+    /// Throttle every file body to `bytes_per_sec` until the faults are cleared.
+    BandwidthCap { bytes_per_sec: u64 },
+}
+
+/// What a file response must do to its body, decided once when the response starts.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct BodyFaults {
+    pub drop_after: Option<u64>,
+    pub wrong_bytes: bool,
+    pub bytes_per_sec: Option<u64>,
+}
+
+/// The armed faults, each with its remaining uses.
+#[derive(Debug, Default)]
+pub(crate) struct FaultSet {
+    armed: Vec<Fault>,
+}
+
+impl FaultSet {
+    pub fn add(&mut self, fault: Fault) {
+        self.armed.push(fault);
+    }
+
+    pub fn clear(&mut self) {
+        self.armed.clear();
+    }
+
+    /// Uses up the first matching `Latency`.
+    pub fn take_latency(&mut self, path: &str) -> Option<u64> {
+        self.take(path, |fault| match fault {
+            Fault::Latency { millis, .. } => Some(*millis),
+            _ => None,
+        })
+    }
+
+    /// Uses up the first matching `Status`: `(status, retry_after)`.
+    pub fn take_status(&mut self, path: &str) -> Option<(u16, Option<u32>)> {
+        self.take(path, |fault| match fault {
+            Fault::Status { status, retry_after, .. } => Some((*status, *retry_after)),
+            _ => None,
+        })
+    }
+
+    /// Uses up the faults that act on a file body about to be sent.
+    pub fn take_body_faults(&mut self, path: &str) -> BodyFaults {
+        let drop_after = self.take(path, |fault| match fault {
+            Fault::DropAfter { bytes, .. } => Some(*bytes),
+            _ => None,
+        });
+        let wrong_bytes = self
+            .take(path, |fault| matches!(fault, Fault::WrongBytes { .. }).then_some(()))
+            .is_some();
+        let bytes_per_sec = self.armed.iter().find_map(|fault| match fault {
+            Fault::BandwidthCap { bytes_per_sec } => Some(*bytes_per_sec),
+            _ => None,
+        });
+        BodyFaults { drop_after, wrong_bytes, bytes_per_sec }
+    }
+
+    /// Finds the first fault that matches `path` and that `pick` accepts, decrements its count and
+    /// removes it when used up.
+    fn take<T>(&mut self, path: &str, pick: impl Fn(&Fault) -> Option<T>) -> Option<T> {
+        let position = self.armed.iter().position(|fault| {
+            let matches = match fault {
+                Fault::DropAfter { path_contains, times, .. }
+                | Fault::Status { path_contains, times, .. }
+                | Fault::WrongBytes { path_contains, times }
+                | Fault::Latency { path_contains, times, .. } => *times > 0 && path.contains(path_contains.as_str()),
+                Fault::BandwidthCap { .. } => false,
+            };
+            matches && pick(fault).is_some()
+        })?;
+        let picked = pick(&self.armed[position]);
+        let exhausted = match &mut self.armed[position] {
+            Fault::DropAfter { times, .. }
+            | Fault::Status { times, .. }
+            | Fault::WrongBytes { times, .. }
+            | Fault::Latency { times, .. } => {
+                *times -= 1;
+                *times == 0
+            }
+            Fault::BandwidthCap { .. } => false,
+        };
+        if exhausted {
+            self.armed.remove(position);
+        }
+        picked
+    }
+}
+
+/// Streams `data` in chunks, applying `faults`, counting sent bytes into `served`.
+pub(crate) fn file_body(data: Bytes, faults: BodyFaults, served: Arc<AtomicU64>) -> Body {
+    let data = if faults.wrong_bytes { Bytes::from(data.iter().map(|b| b ^ 0xFF).collect::<Vec<u8>>()) } else { data };
+    let chunk_size = match faults.bytes_per_sec {
+        // Ten chunks a second keeps the cap smooth without a syscall per byte.
+        Some(rate) => (rate / 10).clamp(1, 64 * 1024) as usize,
+        None => 64 * 1024,
+    };
+    let limit = faults.drop_after.map(|n| n.min(data.len() as u64) as usize);
+    let state = StreamState { data, sent: 0, limit, chunk_size, rate: faults.bytes_per_sec, started: Instant::now(), served, done: false };
+    Body::from_stream(futures_util::stream::unfold(state, next_chunk))
+}
+
+struct StreamState {
+    data: Bytes,
+    sent: usize,
+    limit: Option<usize>,
+    chunk_size: usize,
+    rate: Option<u64>,
+    started: Instant,
+    served: Arc<AtomicU64>,
+    done: bool,
+}
+
+async fn next_chunk(mut state: StreamState) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
+    if state.done {
+        return None;
+    }
+    let end_of_body = state.limit.unwrap_or(state.data.len());
+    if state.sent >= end_of_body {
+        if state.limit.is_some() {
+            // Let the bytes already handed to hyper reach the socket before the connection is
+            // aborted; otherwise the client may see fewer bytes than the fault promised.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state.done = true;
+            return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fake hub: injected drop")), state));
+        }
+        return None;
+    }
+    if let Some(rate) = state.rate {
+        let due = Duration::from_secs_f64(state.sent as f64 / rate.max(1) as f64);
+        let elapsed = state.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+    let end = (state.sent + state.chunk_size).min(end_of_body);
+    let chunk = state.data.slice(state.sent..end);
+    state.sent = end;
+    state.served.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    Some((Ok(chunk), state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_used_up_after_their_count() {
+        let mut set = FaultSet::default();
+        set.add(Fault::Status { path_contains: "config".into(), status: 503, retry_after: None, times: 2 });
+        assert_eq!(set.take_status("/o/r/resolve/main/model.bin"), None);
+        assert_eq!(set.take_status("/o/r/resolve/main/config.json"), Some((503, None)));
+        assert_eq!(set.take_status("/o/r/resolve/main/config.json"), Some((503, None)));
+        assert_eq!(set.take_status("/o/r/resolve/main/config.json"), None);
+    }
+
+    #[test]
+    fn body_faults_do_not_consume_other_kinds() {
+        let mut set = FaultSet::default();
+        set.add(Fault::Latency { path_contains: "x".into(), millis: 5, times: 1 });
+        set.add(Fault::DropAfter { path_contains: "x".into(), bytes: 3, times: 1 });
+        set.add(Fault::BandwidthCap { bytes_per_sec: 1000 });
+        let body = set.take_body_faults("/x");
+        assert_eq!(body.drop_after, Some(3));
+        assert!(!body.wrong_bytes);
+        assert_eq!(body.bytes_per_sec, Some(1000));
+        assert_eq!(set.take_body_faults("/x").drop_after, None);
+        assert_eq!(set.take_latency("/x"), Some(5));
+    }
+}
