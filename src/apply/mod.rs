@@ -29,7 +29,7 @@ use tracing::Instrument as _;
 use crate::error::{Error, Result};
 use crate::hub::HubClient;
 use crate::plan::{
-    Action, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative, library_name,
+    Action, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative,
 };
 use crate::registry::{Record, RecordFile, Registry};
 use crate::store::StorePaths;
@@ -301,6 +301,10 @@ impl<'a> Engine<'a> {
                     file.path, file.size
                 )));
             }
+            // The client leaves durability to us: the bytes reach the disk before the name.
+            fs_err::File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
             fs_err::rename(&part, &dest)
                 .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
         }
@@ -616,7 +620,7 @@ fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Rec
         record.installed_at = Some(now);
     }
     record.model_id = plan.model_id.clone();
-    record.library = library_name(plan.library).to_string();
+    record.library = plan.library.as_str().to_string();
     record.revision = Some(plan.revision.clone());
     record.install_path = plan.install_path.clone();
     record.files = files;
@@ -728,6 +732,25 @@ mod tests {
         let merged = merge_record(Some(merged), &changed, "2026-01-01T00:00:00Z".to_string());
         assert_eq!(merged.installed_at.as_deref(), Some("2026-01-01T00:00:00Z"));
         assert_eq!(merged.extra["owner_note"], "keep me");
+    }
+
+    #[test]
+    fn the_apply_future_can_be_spawned() {
+        fn assert_send<T: Send>(_: &T) {}
+        let paths = StorePaths::new("/srv/models");
+        let plan = crate::plan::compute(crate::plan::PlanInput {
+            models_dir: paths.root(),
+            desired: &[],
+            observed: &crate::store::Observed::default(),
+            prune: false,
+        });
+        let ctx = ApplyContext {
+            paths: &paths,
+            hub: None,
+            max_workers: 1,
+            reporter: &SilentReporter,
+        };
+        assert_send(&apply(&plan, &ctx));
     }
 
     #[test]

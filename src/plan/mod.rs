@@ -468,11 +468,8 @@ impl<'a> Planner<'a> {
                     None => format!("moves from {}", record.install_path),
                 });
             }
-            if record.library != library_name(model.library) && !moved {
-                reasons.push(format!(
-                    "library changes to {}",
-                    library_name(model.library)
-                ));
+            if record.library != model.library.as_str() && !moved {
+                reasons.push(format!("library changes to {}", model.library.as_str()));
             }
             if record.revision.as_deref() != Some(model.revision.as_str()) {
                 reasons.push(format!("revision changes to {}", model.revision));
@@ -633,7 +630,7 @@ impl<'a> Planner<'a> {
                 self.actions.push(Action::RemoveModel {
                     model: id.to_string(),
                     install_dir: dir.clone(),
-                    config_mirror: has_config.then(|| mirror_path_of(id)),
+                    config_mirror: has_config.then(|| crate::layout::config_mirror_path(id)),
                 });
             }
             None => self.notes.push(Note {
@@ -696,21 +693,6 @@ impl<'a> Planner<'a> {
             summary,
         }
     }
-}
-
-/// The registry's `library` string (the seed writes `llama-cpp` / `transformers`).
-pub fn library_name(library: Library) -> &'static str {
-    match library {
-        Library::LlamaCpp => "llama-cpp",
-        Library::Transformers => "transformers",
-    }
-}
-
-/// `configs/<repo>.json`, the seed's mirror path, for a model whose record lists a
-/// `config.json` (the planner stays free of layout calls for records it only removes).
-fn mirror_path_of(model_id: &str) -> PathBuf {
-    let repo = model_id.rsplit('/').next().unwrap_or(model_id);
-    Path::new("configs").join(format!("{repo}.json"))
 }
 
 #[cfg(test)]
@@ -831,7 +813,7 @@ mod tests {
     fn record_from(plan: &RecordPlan) -> Record {
         Record {
             model_id: plan.model_id.clone(),
-            library: library_name(plan.library).to_string(),
+            library: plan.library.as_str().to_string(),
             revision: Some(plan.revision.clone()),
             installed_at: Some("2025-09-01T12:34:56Z".to_string()),
             install_path: plan.install_path.clone(),
