@@ -434,12 +434,11 @@ impl<'a> Engine<'a> {
         let root = self.root.clone();
         let trash = self.ctx.paths.trash_dir();
         let dir = root.join(install_dir);
+        let relative = install_dir.to_path_buf();
         let mirror = config_mirror.map(|m| root.join(m));
         spawn_blocking(move || {
             fsops::remove_via_trash(&dir, &trash)?;
-            if let Some(parent) = dir.parent() {
-                fsops::remove_empty_parents(parent, &root);
-            }
+            remove_empty_owner_folders(&root, &relative);
             if let Some(mirror) = mirror {
                 match fs_err::remove_file(&mirror) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -552,14 +551,20 @@ impl InstallJob {
         if let Some(previous) = &self.previous
             && *previous != self.install_dir
         {
-            let old = self.root.join(previous);
-            fsops::remove_via_trash(&old, &self.trash)?;
-            if let Some(parent) = old.parent() {
-                fsops::remove_empty_parents(parent, &self.root);
-            }
+            fsops::remove_via_trash(&self.root.join(previous), &self.trash)?;
+            remove_empty_owner_folders(&self.root, previous);
         }
         Ok(())
     }
+}
+
+/// After a model folder went away, removes its now-empty owner folders (`transformers/acme/`)
+/// but never the layout's top-level folders (`transformers/`, `llama-cpp/`).
+fn remove_empty_owner_folders(root: &Path, removed: &Path) {
+    let (Some(top), Some(parent)) = (removed.components().next(), removed.parent()) else {
+        return;
+    };
+    fsops::remove_empty_parents(&root.join(parent), &root.join(top));
 }
 
 /// The new record: the plan's fields over the existing record, keeping what kmm does not

@@ -97,6 +97,7 @@ struct Env {
     paths: StorePaths,
     hub: FakeHub,
     client: HubClient,
+    max_workers: usize,
 }
 
 impl Env {
@@ -114,6 +115,7 @@ impl Env {
             _temp: temp,
             hub,
             client,
+            max_workers: 3,
         }
     }
 
@@ -147,7 +149,7 @@ impl Env {
         let ctx = ApplyContext {
             paths: &self.paths,
             hub,
-            max_workers: 3,
+            max_workers: self.max_workers,
             reporter,
         };
         apply(plan, &ctx).await
@@ -185,7 +187,10 @@ impl Env {
     fn assert_internals_clean(&self) {
         assert_eq!(self.entries(self.paths.staging_dir()), Vec::<String>::new());
         assert_eq!(self.entries(self.paths.trash_dir()), Vec::<String>::new());
-        assert_eq!(self.entries(self.paths.downloads_dir()), Vec::<String>::new());
+        assert_eq!(
+            self.entries(self.paths.downloads_dir()),
+            Vec::<String>::new()
+        );
     }
 }
 
@@ -219,7 +224,12 @@ fn assert_tree(root: &Path, dir: &str, files: &[FileSpec]) {
     collect(&dir, &dir, &mut on_disk);
     let mut expected: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
     expected.sort();
-    assert_eq!(on_disk, expected, "exactly the selected files in {}", dir.display());
+    assert_eq!(
+        on_disk,
+        expected,
+        "exactly the selected files in {}",
+        dir.display()
+    );
 }
 
 fn collect(base: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -254,7 +264,11 @@ async fn apply_installs_the_seed_layout_and_a_second_run_does_nothing() {
     assert_eq!(recorder.events.lock().unwrap().len(), 16);
 
     // Layout, as the seed routes it.
-    assert_tree(env.root(), "llama-cpp/TheBloke/Tiny-Chat-GGUF", &gguf.commits[0]);
+    assert_tree(
+        env.root(),
+        "llama-cpp/TheBloke/Tiny-Chat-GGUF",
+        &gguf.commits[0],
+    );
     assert_tree(env.root(), "transformers/acme/tiny-bert", &bert.commits[0]);
     assert_eq!(
         fs_err::read(env.root().join("configs/tiny-bert.json")).unwrap(),
@@ -274,19 +288,32 @@ async fn apply_installs_the_seed_layout_and_a_second_run_does_nothing() {
     assert_eq!(record["revision"], "main");
     assert_eq!(record["commit"], bert.commit_sha(0));
     let install_path = env.root().join("transformers/acme/tiny-bert");
-    assert_eq!(record["install_path"], install_path.to_string_lossy().as_ref());
+    assert_eq!(
+        record["install_path"],
+        install_path.to_string_lossy().as_ref()
+    );
     assert!(Path::new(record["install_path"].as_str().unwrap()).is_absolute());
     let installed_at = record["installed_at"].as_str().unwrap();
-    assert_eq!(installed_at.len(), "2025-09-01T12:34:56Z".len(), "{installed_at}");
+    assert_eq!(
+        installed_at.len(),
+        "2025-09-01T12:34:56Z".len(),
+        "{installed_at}"
+    );
     assert!(installed_at.ends_with('Z') && installed_at.as_bytes()[10] == b'T');
     let total: u64 = bert.commits[0].iter().map(|f| f.content.len() as u64).sum();
     assert_eq!(record["total_size"], total);
     let files = record["files"].as_array().unwrap();
     assert_eq!(files.len(), 5);
-    let weights = files.iter().find(|f| f["path"] == "model.safetensors").unwrap();
+    let weights = files
+        .iter()
+        .find(|f| f["path"] == "model.safetensors")
+        .unwrap();
     assert_eq!(weights["size"], 200_000);
     assert_eq!(weights["sha256"], bert.commits[0][2].upstream_hash());
-    let tokenizer = files.iter().find(|f| f["path"] == "sub/dir/tokenizer.json").unwrap();
+    let tokenizer = files
+        .iter()
+        .find(|f| f["path"] == "sub/dir/tokenizer.json")
+        .unwrap();
     assert_eq!(tokenizer["git_sha1"], bert.commits[0][4].upstream_hash());
     assert_eq!(registry[GGUF_ID]["library"], "llama-cpp");
 
@@ -309,7 +336,9 @@ async fn a_revision_bump_downloads_only_the_changed_file_and_drops_the_unselecte
     env.apply(&env.plan(&[desired(&bert, 0, None)], false))
         .await
         .unwrap();
-    let tokenizer = env.root().join("transformers/acme/tiny-bert/sub/dir/tokenizer.json");
+    let tokenizer = env
+        .root()
+        .join("transformers/acme/tiny-bert/sub/dir/tokenizer.json");
     let installed_at_before = env.registry_json()[BERT_ID]["installed_at"].clone();
 
     let bumped = RepoSpec::new(BERT_ID)
@@ -330,11 +359,17 @@ async fn a_revision_bump_downloads_only_the_changed_file_and_drops_the_unselecte
     let requested = env.file_requests();
     assert!(!requested.is_empty());
     assert!(
-        requested.iter().all(|path| path.contains("model.safetensors")
-            || path.contains(&bumped.commits[1][2].upstream_hash())),
+        requested
+            .iter()
+            .all(|path| path.contains("model.safetensors")
+                || path.contains(&bumped.commits[1][2].upstream_hash())),
         "only the changed file is requested: {requested:?}"
     );
-    assert_tree(env.root(), "transformers/acme/tiny-bert", &bumped.commits[1]);
+    assert_tree(
+        env.root(),
+        "transformers/acme/tiny-bert",
+        &bumped.commits[1],
+    );
     assert!(tokenizer.exists());
     let record = &env.registry_json()[BERT_ID];
     assert_eq!(record["commit"], bumped.commit_sha(1));
@@ -348,7 +383,9 @@ async fn a_revision_bump_downloads_only_the_changed_file_and_drops_the_unselecte
 #[tokio::test]
 async fn wrong_bytes_are_e_verify_and_leave_folder_and_registry_untouched() {
     let (gguf, bert) = (gguf_repo(), RepoSpec::new(BERT_ID).commit(bert_files_v1()));
-    let env = Env::new(vec![gguf.clone(), bert.clone()]);
+    let mut env = Env::new(vec![gguf.clone(), bert.clone()]);
+    // Every fetch starts at once, so which ones finish before the failure is not a race.
+    env.max_workers = 8;
     env.apply(&env.plan(&[desired(&gguf, 0, None)], false))
         .await
         .unwrap();
@@ -365,7 +402,10 @@ async fn wrong_bytes_are_e_verify_and_leave_folder_and_registry_untouched() {
 
     assert!(!env.root().join("transformers/acme/tiny-bert").exists());
     assert!(!env.root().join("configs/tiny-bert.json").exists());
-    assert_eq!(fs_err::read(env.paths.registry_file()).unwrap(), registry_before);
+    assert_eq!(
+        fs_err::read(env.paths.registry_file()).unwrap(),
+        registry_before
+    );
     assert_eq!(env.entries(env.paths.staging_dir()), Vec::<String>::new());
     let downloads = env.entries(env.paths.downloads_dir());
     assert!(
@@ -381,7 +421,9 @@ async fn wrong_bytes_are_e_verify_and_leave_folder_and_registry_untouched() {
     assert_eq!(report.models_installed, [BERT_ID]);
     let requested = env.file_requests();
     assert!(
-        requested.iter().all(|p| !p.contains("tokenizer.json") && !p.contains("old.bin")),
+        requested
+            .iter()
+            .all(|p| !p.contains("tokenizer.json") && !p.contains("old.bin")),
         "{requested:?}"
     );
     assert_tree(env.root(), "transformers/acme/tiny-bert", &bert.commits[0]);
@@ -415,11 +457,17 @@ async fn stray_corrupt_files_are_deleted() {
 
     let plan = env.plan(&desired, false);
     assert_eq!(
-        plan.actions.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        plan.actions
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
         ["delete-stray:transformers/acme/tiny-bert/x.corrupt"]
     );
     let report = env.apply(&plan).await.unwrap();
-    assert_eq!(report.strays_removed, ["transformers/acme/tiny-bert/x.corrupt"]);
+    assert_eq!(
+        report.strays_removed,
+        ["transformers/acme/tiny-bert/x.corrupt"]
+    );
     assert!(!stray.exists());
     assert_tree(env.root(), "transformers/acme/tiny-bert", &bert.commits[0]);
     assert!(env.plan(&desired, false).is_empty());
@@ -448,9 +496,20 @@ async fn prune_removes_an_undeclared_model_but_never_a_pinned_one() {
     assert_eq!(report.models_removed, [BERT_ID]);
 
     assert!(!env.root().join("transformers/acme/tiny-bert").exists());
-    assert!(!env.root().join("transformers/acme").exists(), "empty owner folder removed");
+    assert!(
+        !env.root().join("transformers/acme").exists(),
+        "empty owner folder removed"
+    );
+    assert!(
+        env.root().join("transformers").is_dir(),
+        "layout roots stay"
+    );
     assert!(!env.root().join("configs/tiny-bert.json").exists());
-    assert_tree(env.root(), "llama-cpp/TheBloke/Tiny-Chat-GGUF", &gguf.commits[0]);
+    assert_tree(
+        env.root(),
+        "llama-cpp/TheBloke/Tiny-Chat-GGUF",
+        &gguf.commits[0],
+    );
     let registry = env.registry_json();
     let ids: Vec<&String> = registry.as_object().unwrap().keys().collect();
     assert_eq!(ids, [GGUF_ID]);
@@ -482,7 +541,10 @@ async fn unknown_registry_fields_survive_updates() {
     pinned.pinned = Some(true);
     let plan = env.plan(std::slice::from_ref(&pinned), false);
     assert_eq!(
-        plan.actions.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        plan.actions
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>(),
         ["register:acme/tiny-bert"]
     );
     env.hub.clear_requests();
@@ -528,7 +590,10 @@ async fn a_library_override_moves_the_folder_without_downloading() {
     assert_eq!(record["library"], "llama-cpp");
     assert_eq!(
         record["install_path"],
-        env.root().join("llama-cpp/acme/tiny-bert").to_string_lossy().as_ref()
+        env.root()
+            .join("llama-cpp/acme/tiny-bert")
+            .to_string_lossy()
+            .as_ref()
     );
     assert!(env.plan(&[moved], false).is_empty());
 }
