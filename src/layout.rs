@@ -41,7 +41,9 @@ impl Library {
 
     /// Parses `llama-cpp` or `transformers`.
     pub fn parse(text: &str) -> Option<Library> {
-        Library::ALL.into_iter().find(|library| library.as_str() == text)
+        Library::ALL
+            .into_iter()
+            .find(|library| library.as_str() == text)
     }
 
     /// The top-level folder of the models directory this library's models go under.
@@ -252,7 +254,10 @@ mod tests {
     fn routed(id: &str, library: Option<Library>, paths: &[&str]) -> (Library, String) {
         let files: Vec<UpstreamFile> = paths.iter().map(|p| file(p)).collect();
         let route = route(id, library, &files);
-        (route.library, route.install_dir.to_str().unwrap().to_string())
+        (
+            route.library,
+            route.install_dir.to_str().unwrap().to_string(),
+        )
     }
 
     #[test]
@@ -422,7 +427,10 @@ mod tests {
         for (id, expected) in cases {
             let message = check_repo_id(id).unwrap_err();
             assert!(message.contains(expected), "{id:?}: {message}");
-            assert!(!message.contains('\0') && !message.contains('\n'), "{message:?}");
+            assert!(
+                !message.contains('\0') && !message.contains('\n'),
+                "{message:?}"
+            );
         }
         let long = "n".repeat(97);
         let message = check_repo_id(&format!("org/{long}")).unwrap_err();
@@ -532,10 +540,17 @@ mod tests {
             );
         }
         let long_segment = "s".repeat(256);
-        assert!(check_repo_path(&long_segment).unwrap_err().contains("256 bytes"));
+        assert!(
+            check_repo_path(&long_segment)
+                .unwrap_err()
+                .contains("256 bytes")
+        );
         let long_path = vec!["s".repeat(200); 21].join("/");
         assert!(long_path.len() > 4096);
         let message = check_repo_path(&long_path).unwrap_err();
-        assert!(message.contains("at most 4096") && message.len() < 400, "{message}");
+        assert!(
+            message.contains("at most 4096") && message.len() < 400,
+            "{message}"
+        );
     }
 }
