@@ -259,7 +259,7 @@ async fn apply_installs_the_seed_layout_and_a_second_run_does_nothing() {
         .apply_with(&plan, Some(&env.client), &recorder)
         .await
         .unwrap();
-    assert_eq!(report.models_installed, [BERT_ID, GGUF_ID]);
+    assert_eq!(report.models_installed, [GGUF_ID, BERT_ID]);
     assert_eq!(report.files_downloaded, 8);
     assert_eq!(recorder.events.lock().unwrap().len(), 16);
 
