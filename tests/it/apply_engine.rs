@@ -608,3 +608,31 @@ async fn a_plan_for_another_models_directory_is_refused() {
     assert_eq!(error.code(), ErrorCode::Args);
     assert!(env.hub.requests().is_empty());
 }
+
+#[tokio::test]
+async fn verified_downloads_left_by_an_interrupted_run_make_the_next_one_offline_capable() {
+    let bert = RepoSpec::new(BERT_ID).commit(bert_files_v1());
+    let env = Env::new(vec![bert.clone()]);
+    let plan = env.plan(&[desired(&bert, 0, None)], false);
+    // What a run killed after its downloads left behind: the verified content store, a
+    // half-assembled staging folder and something in the trash.
+    let downloads = env.paths.downloads_dir();
+    fs_err::create_dir_all(&downloads).unwrap();
+    for file in &bert.commits[0] {
+        fs_err::write(downloads.join(file.upstream_hash()), &file.content).unwrap();
+    }
+    let half = env.paths.staging_dir().join("acme-tiny-bert-x/sub");
+    fs_err::create_dir_all(&half).unwrap();
+    fs_err::write(half.join("tokenizer.json"), b"{").unwrap();
+    fs_err::create_dir_all(env.paths.trash_dir().join("old-1/m")).unwrap();
+
+    let report = env
+        .apply_with(&plan, None, &Recorder::default())
+        .await
+        .unwrap();
+    assert_eq!(report.models_installed, [BERT_ID]);
+    assert_eq!(report.files_downloaded, 0);
+    assert!(env.hub.requests().is_empty());
+    assert_tree(env.root(), "transformers/acme/tiny-bert", &bert.commits[0]);
+    env.assert_internals_clean();
+}
