@@ -35,11 +35,14 @@ pub(crate) fn swap_in(new: &Path, target: &Path, trash: &Path) -> Result<()> {
     fs_err::create_dir_all(parent)
         .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
     if fs_err::symlink_metadata(target).is_err() {
-        return rename(new, target);
+        rename(new, target)?;
+        sync_dir(parent);
+        return Ok(());
     }
     match exchange(new, target) {
         // `new` now names the old folder.
         Ok(()) => {
+            sync_dir(parent);
             discard(new, trash);
             Ok(())
         }
@@ -51,9 +54,17 @@ pub(crate) fn swap_in(new: &Path, target: &Path, trash: &Path) -> Result<()> {
                 let _ = std::fs::rename(&parked, target);
                 return Err(error);
             }
+            sync_dir(parent);
             discard(&parked, trash);
             Ok(())
         }
+    }
+}
+
+/// Makes a rename in `dir` durable. Best effort: not every platform can sync a folder.
+fn sync_dir(dir: &Path) {
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
     }
 }
 

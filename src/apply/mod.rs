@@ -286,8 +286,7 @@ impl<'a> Engine<'a> {
         let progress = |bytes: u64| reporter.download_progress(model, &file.path, bytes);
         hub.download(model, commit, file, &part, &progress)
             .instrument(tracing::info_span!("download", model, path = %file.path, size = file.size))
-            .await
-            .map_err(|e| e.context(format!("downloading {} of {model}", file.path)))?;
+            .await?;
         {
             let _span = tracing::info_span!("verify", model, path = %file.path).entered();
             // The client verified the hash while streaming; the size check guards the rename.
