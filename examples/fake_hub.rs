@@ -34,14 +34,24 @@ fn parse_args() -> Result<Args, String> {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_string());
         }
-        let value = args.next().ok_or_else(|| format!("`{flag}` needs a value\n{USAGE}"))?;
-        let number = |value: &str| value.parse::<u16>().map_err(|_| format!("`{flag}`: not a port: `{value}`"));
+        let value = args
+            .next()
+            .ok_or_else(|| format!("`{flag}` needs a value\n{USAGE}"))?;
+        let number = |value: &str| {
+            value
+                .parse::<u16>()
+                .map_err(|_| format!("`{flag}`: not a port: `{value}`"))
+        };
         match flag.as_str() {
             "--root" => root = Some(PathBuf::from(value)),
             "--port" => port = number(&value)?,
             "--cdn-port" => cdn_port = number(&value)?,
             "--page-size" => {
-                page_size = Some(value.parse().map_err(|_| format!("`--page-size`: not a number: `{value}`"))?)
+                page_size = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("`--page-size`: not a number: `{value}`"))?,
+                )
             }
             _ => return Err(format!("unknown argument `{flag}`\n{USAGE}")),
         }
@@ -50,7 +60,12 @@ fn parse_args() -> Result<Args, String> {
     if !root.is_dir() {
         return Err(format!("`{}` is not a folder", root.display()));
     }
-    Ok(Args { root, port, cdn_port, page_size })
+    Ok(Args {
+        root,
+        port,
+        cdn_port,
+        page_size,
+    })
 }
 
 fn main() -> ExitCode {
@@ -66,14 +81,26 @@ fn main() -> ExitCode {
     let hub = match FakeHub::start_on(repos, args.port, args.cdn_port) {
         Ok(hub) => hub,
         Err(error) => {
-            eprintln!("cannot listen on 127.0.0.1:{} / {}: {error}", args.port, args.cdn_port);
+            eprintln!(
+                "cannot listen on 127.0.0.1:{} / {}: {error}",
+                args.port, args.cdn_port
+            );
             return ExitCode::FAILURE;
         }
     };
     if let Some(size) = args.page_size {
-        hub.set_page_sizes(PageSizes { models: size, tree: size, tree_expand: size.min(50) });
+        hub.set_page_sizes(PageSizes {
+            models: size,
+            tree: size,
+            tree_expand: size.min(50),
+        });
     }
-    eprintln!("serving {} repos from {}: {}", ids.len(), args.root.display(), ids.join(", "));
+    eprintln!(
+        "serving {} repos from {}: {}",
+        ids.len(),
+        args.root.display(),
+        ids.join(", ")
+    );
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "endpoint={}", hub.url());
     let _ = writeln!(stdout, "cdn={}", hub.cdn_url());

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Regenerates the fixture repos under examples/hub (standard library only, deterministic).
 
-Run from anywhere: `python3 examples/hub/generate.py`. The output is committed; rerunning must
-produce identical bytes (no timestamps, no randomness beyond a fixed-seed generator).
+Run from anywhere: `python3 examples/hub/generate.py [--out DIR]` (default: beside this script).
+The output is committed; rerunning must produce identical bytes (no timestamps, no randomness
+beyond fixed-seed generators), which tests/it/interop.rs checks.
 Folder format: see README.md beside this script.
 """
 
+import argparse
 import json
 import random
 import struct
@@ -68,7 +70,7 @@ def safetensors_file(tensors: dict, seed: int) -> bytes:
 
 
 def write(relative: str, content) -> None:
-    path = ROOT / relative
+    path = OUT / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(content, str):
         content = content.encode("utf-8")
@@ -178,6 +180,9 @@ def gated() -> None:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Regenerate the fake hub fixture repos.")
+    parser.add_argument("--out", type=Path, default=ROOT, help="where to write the repos (default: %(default)s)")
+    OUT = parser.parse_args().out
     tinyllama()
     tiny_bert()
     distilbert()

@@ -566,6 +566,9 @@ async fn read_capped(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn token_never_shows_in_debug() {
@@ -587,6 +590,148 @@ mod tests {
         let error =
             HubClient::new(HubConfig::new("ftp://user:hf_SECRET@hub.test/?t=1")).unwrap_err();
         assert!(!format!("{error:?}").contains("hf_SECRET"));
+    }
+
+    /// What the one-trick loopback server below answers.
+    #[derive(Clone)]
+    enum Reply {
+        /// These bytes, then close.
+        Raw(&'static [u8]),
+        /// This head, then 1 MiB chunks until the client hangs up.
+        Endless(&'static [u8]),
+        /// This head and a few body bytes, then silence.
+        Stall(&'static [u8]),
+    }
+
+    /// An HTTP/1.1 server on 127.0.0.1 for the cases the fake hub cannot produce (redirect
+    /// loops, endless and stalled bodies). Counts the requests it receives.
+    async fn serve(reply: Reply) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let counter = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let reply = reply.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match reply {
+                        Reply::Raw(bytes) => {
+                            let _ = stream.write_all(bytes).await;
+                        }
+                        Reply::Endless(head) => {
+                            let chunk = vec![b' '; 1 << 20];
+                            if stream.write_all(head).await.is_ok() {
+                                while stream.write_all(&chunk).await.is_ok() {}
+                            }
+                        }
+                        Reply::Stall(head) => {
+                            let _ = stream.write_all(head).await;
+                            let _ = stream.write_all(b"0123456789").await;
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                    }
+                });
+            }
+        });
+        (url, count)
+    }
+
+    fn quick_client(url: &str) -> HubClient {
+        let mut config = HubConfig::new(url);
+        config.token = Some(Token::new("hf_SECRET_test_token"));
+        config.max_retries = 2;
+        config.retry_base_delay = Duration::from_millis(1);
+        config.read_timeout = Duration::from_millis(200);
+        HubClient::new(config).unwrap()
+    }
+
+    const SHA: &str = "e7da7f221d5bf496a48136c0cd264e630fe9fcc8";
+
+    #[tokio::test]
+    async fn redirect_loops_end_in_e_net() {
+        let (url, count) = serve(Reply::Raw(
+            b"HTTP/1.1 302 Found\r\nLocation: /again?sig=x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ))
+        .await;
+        let error = quick_client(&url)
+            .model_info("org/m", "main")
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Net);
+        assert!(error.message().contains("redirect loop"), "{error}");
+        assert_eq!(count.load(Ordering::SeqCst), MAX_REDIRECTS + 1);
+    }
+
+    #[tokio::test]
+    async fn endless_and_garbage_listings_are_e_schema() {
+        let (url, _) = serve(Reply::Endless(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n[",
+        ))
+        .await;
+        let error = quick_client(&url)
+            .list_tree("org/m", SHA)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Schema);
+        assert!(error.message().contains("larger than 64 MiB"), "{error}");
+
+        let (url, _) = serve(Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n[{,]}",
+        ))
+        .await;
+        let error = quick_client(&url)
+            .list_tree("org/m", SHA)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Schema);
+        assert!(
+            error
+                .message()
+                .contains(&format!("{url}/api/models/org/m/tree/{SHA}"))
+        );
+        assert!(
+            !error.message().contains("recursive"),
+            "query is redacted: {error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_retried_then_e_net() {
+        let (url, count) = serve(Reply::Stall(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+        ))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let file = UpstreamFile {
+            path: "f.bin".into(),
+            size: 100,
+            hash: crate::upstream::FileHash::GitSha1(SHA.into()),
+        };
+        let error = quick_client(&url)
+            .download("org/m", SHA, &file, &dest, &|_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Net);
+        assert!(error.message().contains("f.bin"), "{error}");
+        // The first attempt made progress (10 bytes), so it does not count against the
+        // budget; the next three (`Range` answered with a full `200`, so no net progress) do.
+        assert!(error.message().contains("4 attempts"), "{error}");
+        assert!(
+            error.causes().iter().any(|c| c.contains("timed out")),
+            "{error:?}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 4);
+        assert!(!dest.exists());
     }
 
     #[test]

@@ -18,13 +18,26 @@ use bytes::Bytes;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fault {
     /// Close the connection after `bytes` body bytes of a file response.
-    DropAfter { path_contains: String, bytes: u64, times: u32 },
+    DropAfter {
+        path_contains: String,
+        bytes: u64,
+        times: u32,
+    },
     /// Answer with `status` instead (429 gets `Retry-After` when given, plus `RateLimit` headers).
-    Status { path_contains: String, status: u16, retry_after: Option<u32>, times: u32 },
+    Status {
+        path_contains: String,
+        status: u16,
+        retry_after: Option<u32>,
+        times: u32,
+    },
     /// Serve content of the right length with every byte flipped.
     WrongBytes { path_contains: String, times: u32 },
     /// Wait `millis` before answering.
-    Latency { path_contains: String, millis: u64, times: u32 },
+    Latency {
+        path_contains: String,
+        millis: u64,
+        times: u32,
+    },
     /// Throttle every file body to `bytes_per_sec` until the faults are cleared.
     BandwidthCap { bytes_per_sec: u64 },
 }
@@ -63,7 +76,11 @@ impl FaultSet {
     /// Uses up the first matching `Status`: `(status, retry_after)`.
     pub fn take_status(&mut self, path: &str) -> Option<(u16, Option<u32>)> {
         self.take(path, |fault| match fault {
-            Fault::Status { status, retry_after, .. } => Some((*status, *retry_after)),
+            Fault::Status {
+                status,
+                retry_after,
+                ..
+            } => Some((*status, *retry_after)),
             _ => None,
         })
     }
@@ -75,13 +92,19 @@ impl FaultSet {
             _ => None,
         });
         let wrong_bytes = self
-            .take(path, |fault| matches!(fault, Fault::WrongBytes { .. }).then_some(()))
+            .take(path, |fault| {
+                matches!(fault, Fault::WrongBytes { .. }).then_some(())
+            })
             .is_some();
         let bytes_per_sec = self.armed.iter().find_map(|fault| match fault {
             Fault::BandwidthCap { bytes_per_sec } => Some(*bytes_per_sec),
             _ => None,
         });
-        BodyFaults { drop_after, wrong_bytes, bytes_per_sec }
+        BodyFaults {
+            drop_after,
+            wrong_bytes,
+            bytes_per_sec,
+        }
     }
 
     /// Finds the first fault that matches `path` and that `pick` accepts, decrements its count and
@@ -89,10 +112,25 @@ impl FaultSet {
     fn take<T>(&mut self, path: &str, pick: impl Fn(&Fault) -> Option<T>) -> Option<T> {
         let position = self.armed.iter().position(|fault| {
             let matches = match fault {
-                Fault::DropAfter { path_contains, times, .. }
-                | Fault::Status { path_contains, times, .. }
-                | Fault::WrongBytes { path_contains, times }
-                | Fault::Latency { path_contains, times, .. } => *times > 0 && path.contains(path_contains.as_str()),
+                Fault::DropAfter {
+                    path_contains,
+                    times,
+                    ..
+                }
+                | Fault::Status {
+                    path_contains,
+                    times,
+                    ..
+                }
+                | Fault::WrongBytes {
+                    path_contains,
+                    times,
+                }
+                | Fault::Latency {
+                    path_contains,
+                    times,
+                    ..
+                } => *times > 0 && path.contains(path_contains.as_str()),
                 Fault::BandwidthCap { .. } => false,
             };
             matches && pick(fault).is_some()
@@ -117,14 +155,27 @@ impl FaultSet {
 
 /// Streams `data` in chunks, applying `faults`, counting sent bytes into `served`.
 pub(crate) fn file_body(data: Bytes, faults: BodyFaults, served: Arc<AtomicU64>) -> Body {
-    let data = if faults.wrong_bytes { Bytes::from(data.iter().map(|b| b ^ 0xFF).collect::<Vec<u8>>()) } else { data };
+    let data = if faults.wrong_bytes {
+        Bytes::from(data.iter().map(|b| b ^ 0xFF).collect::<Vec<u8>>())
+    } else {
+        data
+    };
     let chunk_size = match faults.bytes_per_sec {
         // Ten chunks a second keeps the cap smooth without a syscall per byte.
         Some(rate) => (rate / 10).clamp(1, 64 * 1024) as usize,
         None => 64 * 1024,
     };
     let limit = faults.drop_after.map(|n| n.min(data.len() as u64) as usize);
-    let state = StreamState { data, sent: 0, limit, chunk_size, rate: faults.bytes_per_sec, started: Instant::now(), served, done: false };
+    let state = StreamState {
+        data,
+        sent: 0,
+        limit,
+        chunk_size,
+        rate: faults.bytes_per_sec,
+        started: Instant::now(),
+        served,
+        done: false,
+    };
     Body::from_stream(futures_util::stream::unfold(state, next_chunk))
 }
 
@@ -139,7 +190,9 @@ struct StreamState {
     done: bool,
 }
 
-async fn next_chunk(mut state: StreamState) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
+async fn next_chunk(
+    mut state: StreamState,
+) -> Option<(Result<Bytes, std::io::Error>, StreamState)> {
     if state.done {
         return None;
     }
@@ -150,7 +203,13 @@ async fn next_chunk(mut state: StreamState) -> Option<(Result<Bytes, std::io::Er
             // aborted; otherwise the client may see fewer bytes than the fault promised.
             tokio::time::sleep(Duration::from_millis(100)).await;
             state.done = true;
-            return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fake hub: injected drop")), state));
+            return Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "fake hub: injected drop",
+                )),
+                state,
+            ));
         }
         return None;
     }
@@ -164,7 +223,9 @@ async fn next_chunk(mut state: StreamState) -> Option<(Result<Bytes, std::io::Er
     let end = (state.sent + state.chunk_size).min(end_of_body);
     let chunk = state.data.slice(state.sent..end);
     state.sent = end;
-    state.served.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    state
+        .served
+        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
     Some((Ok(chunk), state))
 }
 
@@ -175,19 +236,40 @@ mod tests {
     #[test]
     fn faults_are_used_up_after_their_count() {
         let mut set = FaultSet::default();
-        set.add(Fault::Status { path_contains: "config".into(), status: 503, retry_after: None, times: 2 });
+        set.add(Fault::Status {
+            path_contains: "config".into(),
+            status: 503,
+            retry_after: None,
+            times: 2,
+        });
         assert_eq!(set.take_status("/o/r/resolve/main/model.bin"), None);
-        assert_eq!(set.take_status("/o/r/resolve/main/config.json"), Some((503, None)));
-        assert_eq!(set.take_status("/o/r/resolve/main/config.json"), Some((503, None)));
+        assert_eq!(
+            set.take_status("/o/r/resolve/main/config.json"),
+            Some((503, None))
+        );
+        assert_eq!(
+            set.take_status("/o/r/resolve/main/config.json"),
+            Some((503, None))
+        );
         assert_eq!(set.take_status("/o/r/resolve/main/config.json"), None);
     }
 
     #[test]
     fn body_faults_do_not_consume_other_kinds() {
         let mut set = FaultSet::default();
-        set.add(Fault::Latency { path_contains: "x".into(), millis: 5, times: 1 });
-        set.add(Fault::DropAfter { path_contains: "x".into(), bytes: 3, times: 1 });
-        set.add(Fault::BandwidthCap { bytes_per_sec: 1000 });
+        set.add(Fault::Latency {
+            path_contains: "x".into(),
+            millis: 5,
+            times: 1,
+        });
+        set.add(Fault::DropAfter {
+            path_contains: "x".into(),
+            bytes: 3,
+            times: 1,
+        });
+        set.add(Fault::BandwidthCap {
+            bytes_per_sec: 1000,
+        });
         let body = set.take_body_faults("/x");
         assert_eq!(body.drop_after, Some(3));
         assert!(!body.wrong_bytes);

@@ -25,7 +25,16 @@ use serde_json::Value;
 use super::repo::{FileSpec, GatedMode, RepoSpec};
 
 const METADATA_FILE: &str = "_hub.json";
-const LFS_SUFFIXES: [&str; 8] = [".gguf", ".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".msgpack"];
+const LFS_SUFFIXES: [&str; 8] = [
+    ".gguf",
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".onnx",
+    ".h5",
+    ".msgpack",
+];
 const LFS_MIN_SIZE: usize = 1024 * 1024;
 
 /// Loads every repo under `root`. Panics with the offending path on malformed fixtures: they
@@ -56,7 +65,14 @@ fn load_repo(dir: &Path, default_id: String) -> RepoSpec {
         Value::Object(Default::default())
     };
     let strings = |key: &str| -> Vec<String> {
-        metadata[key].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
+        metadata[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let lfs_patterns = strings("lfs");
 
@@ -69,11 +85,18 @@ fn load_repo(dir: &Path, default_id: String) -> RepoSpec {
         .map(|relative| {
             let content = fs_err::read(dir.join(&relative)).unwrap();
             let lfs = is_lfs(&relative, content.len(), &lfs_patterns);
-            if lfs { FileSpec::lfs(relative, content) } else { FileSpec::regular(relative, content) }
+            if lfs {
+                FileSpec::lfs(relative, content)
+            } else {
+                FileSpec::regular(relative, content)
+            }
         })
         .collect();
 
-    let id = metadata["id"].as_str().map(String::from).unwrap_or(default_id);
+    let id = metadata["id"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or(default_id);
     let mut repo = RepoSpec::new(id).commit(file_specs);
     if let Some(license) = metadata["license"].as_str() {
         repo = repo.license(license);
@@ -81,7 +104,10 @@ fn load_repo(dir: &Path, default_id: String) -> RepoSpec {
     match metadata["gated"].as_str() {
         Some("auto") => repo = repo.gated(GatedMode::Auto),
         Some("manual") => repo = repo.gated(GatedMode::Manual),
-        Some(other) => panic!("{}: gated must be \"auto\" or \"manual\", not {other:?}", metadata_path.display()),
+        Some(other) => panic!(
+            "{}: gated must be \"auto\" or \"manual\", not {other:?}",
+            metadata_path.display()
+        ),
         None => {}
     }
     if metadata["private"].as_bool() == Some(true) {
@@ -99,17 +125,22 @@ fn load_repo(dir: &Path, default_id: String) -> RepoSpec {
     if let Some(pipeline) = metadata["pipeline_tag"].as_str() {
         repo = repo.pipeline_tag(pipeline);
     }
-    repo.popularity(metadata["downloads"].as_u64().unwrap_or(0), metadata["likes"].as_u64().unwrap_or(0))
+    repo.popularity(
+        metadata["downloads"].as_u64().unwrap_or(0),
+        metadata["likes"].as_u64().unwrap_or(0),
+    )
 }
 
 fn is_lfs(path: &str, size: usize, patterns: &[String]) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     size >= LFS_MIN_SIZE
         || LFS_SUFFIXES.iter().any(|suffix| name.ends_with(suffix))
-        || patterns.iter().any(|pattern| match pattern.strip_prefix('*') {
-            Some(suffix) => name.ends_with(suffix),
-            None => pattern == path,
-        })
+        || patterns
+            .iter()
+            .any(|pattern| match pattern.strip_prefix('*') {
+                Some(suffix) => name.ends_with(suffix),
+                None => pattern == path,
+            })
 }
 
 /// Repo-relative paths with `/` separators, whatever the platform.
@@ -121,20 +152,32 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
             collect_files(root, &path, out);
         } else {
             let relative = path.strip_prefix(root).unwrap();
-            out.push(relative.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"));
+            out.push(
+                relative
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
         }
     }
 }
 
 fn sorted_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> =
-        fs_err::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()).filter(|path| path.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = fs_err::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_dir())
+        .collect();
     dirs.sort();
     dirs
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().expect("a named folder").to_string_lossy().into_owned()
+    path.file_name()
+        .expect("a named folder")
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -148,8 +191,11 @@ mod tests {
         fs_err::create_dir_all(owned.join("sub")).unwrap();
         fs_err::write(owned.join("config.json"), "{}").unwrap();
         fs_err::write(owned.join("sub/weights.bin"), [1u8; 10]).unwrap();
-        fs_err::write(owned.join(METADATA_FILE), r#"{"gated": "manual", "allowed_tokens": ["hf_x"], "aliases": ["model"]}"#)
-            .unwrap();
+        fs_err::write(
+            owned.join(METADATA_FILE),
+            r#"{"gated": "manual", "allowed_tokens": ["hf_x"], "aliases": ["model"]}"#,
+        )
+        .unwrap();
         let plain = root.path().join("plain");
         fs_err::create_dir_all(&plain).unwrap();
         fs_err::write(plain.join(METADATA_FILE), r#"{"license": "mit"}"#).unwrap();
@@ -160,7 +206,11 @@ mod tests {
         let ids: Vec<&str> = repos.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["acme/model", "plain"]);
         let model = &repos[0];
-        let paths: Vec<(&str, bool)> = model.head_files().iter().map(|f| (f.path.as_str(), f.lfs)).collect();
+        let paths: Vec<(&str, bool)> = model
+            .head_files()
+            .iter()
+            .map(|f| (f.path.as_str(), f.lfs))
+            .collect();
         assert_eq!(paths, [("config.json", false), ("sub/weights.bin", true)]);
         assert_eq!(model.gated, Some(GatedMode::Manual));
         assert_eq!(model.allowed_tokens, ["hf_x"]);

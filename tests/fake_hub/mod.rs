@@ -53,7 +53,10 @@ pub struct LoggedRequest {
 impl LoggedRequest {
     pub fn header(&self, name: &str) -> Option<&str> {
         let name = name.to_ascii_lowercase();
-        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A `/resolve/` request or any CDN request: a request for file bytes or file metadata.
@@ -73,7 +76,11 @@ pub struct PageSizes {
 
 impl Default for PageSizes {
     fn default() -> Self {
-        PageSizes { models: 1000, tree: 1000, tree_expand: 50 }
+        PageSizes {
+            models: 1000,
+            tree: 1000,
+            tree_expand: 50,
+        }
     }
 }
 
@@ -92,7 +99,11 @@ impl FakeHub {
 
     /// Starts a hub on the given ports (0 = any free port). Both listeners are bound when this
     /// returns, so the URLs are immediately usable.
-    pub fn start_on(repos: Vec<RepoSpec>, api_port: u16, cdn_port: u16) -> std::io::Result<FakeHub> {
+    pub fn start_on(
+        repos: Vec<RepoSpec>,
+        api_port: u16,
+        cdn_port: u16,
+    ) -> std::io::Result<FakeHub> {
         let api = std::net::TcpListener::bind(("127.0.0.1", api_port))?;
         let cdn = std::net::TcpListener::bind(("127.0.0.1", cdn_port))?;
         api.set_nonblocking(true)?;
@@ -126,7 +137,11 @@ impl FakeHub {
             // Open keep-alive connections must not hold the test up: drop them with the runtime.
             runtime.shutdown_background();
         })?;
-        Ok(FakeHub { state, shutdown: Some(shutdown), thread: Some(thread) })
+        Ok(FakeHub {
+            state,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        })
     }
 
     /// The endpoint to give clients, e.g. `http://127.0.0.1:41234` (no trailing slash).

@@ -40,16 +40,28 @@ pub struct FileSpec {
 
 impl FileSpec {
     pub fn regular(path: impl Into<String>, content: impl Into<Bytes>) -> Self {
-        FileSpec { path: path.into(), content: content.into(), lfs: false }
+        FileSpec {
+            path: path.into(),
+            content: content.into(),
+            lfs: false,
+        }
     }
 
     pub fn lfs(path: impl Into<String>, content: impl Into<Bytes>) -> Self {
-        FileSpec { path: path.into(), content: content.into(), lfs: true }
+        FileSpec {
+            path: path.into(),
+            content: content.into(),
+            lfs: true,
+        }
     }
 
     /// What kmm and the real clients use as the file's identity: sha256 for LFS, git sha1 otherwise.
     pub fn upstream_hash(&self) -> String {
-        if self.lfs { sha256_hex(&self.content) } else { git_blob_sha1(&self.content) }
+        if self.lfs {
+            sha256_hex(&self.content)
+        } else {
+            git_blob_sha1(&self.content)
+        }
     }
 }
 
@@ -160,7 +172,12 @@ impl RepoSpec {
         let mut sorted: Vec<&FileSpec> = files.iter().collect();
         sorted.sort_by(|a, b| a.path.cmp(&b.path));
         for file in sorted {
-            hasher.update(format!("{} {} {}\n", file.path, file.lfs, file.upstream_hash()));
+            hasher.update(format!(
+                "{} {} {}\n",
+                file.path,
+                file.lfs,
+                file.upstream_hash()
+            ));
         }
         hex::encode(hasher.finalize())
     }
@@ -252,7 +269,11 @@ pub(crate) struct Repo {
 
 impl Repo {
     pub fn build(spec: RepoSpec) -> Repo {
-        assert!(!spec.commits.is_empty(), "repo {} needs at least one commit", spec.id);
+        assert!(
+            !spec.commits.is_empty(),
+            "repo {} needs at least one commit",
+            spec.id
+        );
         let mut commits: Vec<Commit> = Vec::with_capacity(spec.commits.len());
         for (index, files) in spec.commits.iter().enumerate() {
             let mut by_path = BTreeMap::new();
@@ -266,7 +287,9 @@ impl Repo {
                     git_blob_sha1(&file.content)
                 };
                 let last_commit = match commits.last().and_then(|prev| prev.files.get(&path)) {
-                    Some(prev) if prev.blob_id == blob_id && prev.lfs == file.lfs => prev.last_commit,
+                    Some(prev) if prev.blob_id == blob_id && prev.lfs == file.lfs => {
+                        prev.last_commit
+                    }
                     _ => index,
                 };
                 let repo_file = RepoFile {
@@ -278,19 +301,30 @@ impl Repo {
                     pointer,
                     last_commit,
                 };
-                assert!(by_path.insert(path.clone(), repo_file).is_none(), "duplicate path {path}");
+                assert!(
+                    by_path.insert(path.clone(), repo_file).is_none(),
+                    "duplicate path {path}"
+                );
             }
             let dirs = git_tree_oids(&by_path);
             commits.push(Commit {
                 index,
                 sha: spec.commit_sha(index),
                 date: synthetic_date(index + 1),
-                title: if index == 0 { "initial commit".to_string() } else { format!("update {index}") },
+                title: if index == 0 {
+                    "initial commit".to_string()
+                } else {
+                    format!("update {index}")
+                },
                 files: by_path,
                 dirs,
             });
         }
-        Repo { created_at: synthetic_date(0), spec, commits }
+        Repo {
+            created_at: synthetic_date(0),
+            spec,
+            commits,
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -369,7 +403,10 @@ impl Repo {
     }
 
     pub fn allows(&self, token: &str) -> bool {
-        self.spec.allowed_tokens.iter().any(|allowed| allowed == token)
+        self.spec
+            .allowed_tokens
+            .iter()
+            .any(|allowed| allowed == token)
     }
 }
 
@@ -419,14 +456,23 @@ fn git_tree_oids(files: &BTreeMap<String, RepoFile>) -> BTreeMap<String, String>
             .insert(name.to_string(), (false, file.blob_id.clone()));
         let mut current = dir.to_string();
         while !current.is_empty() {
-            let parent = current.rsplit_once('/').map(|(p, _)| p.to_string()).unwrap_or_default();
+            let parent = current
+                .rsplit_once('/')
+                .map(|(p, _)| p.to_string())
+                .unwrap_or_default();
             children.entry(parent.clone()).or_default();
             current = parent;
         }
     }
     // Deepest directories first, so a parent sees its children's oids.
     let mut dirs: Vec<String> = children.keys().cloned().collect();
-    dirs.sort_by_key(|d| std::cmp::Reverse(if d.is_empty() { 0 } else { d.matches('/').count() + 1 }));
+    dirs.sort_by_key(|d| {
+        std::cmp::Reverse(if d.is_empty() {
+            0
+        } else {
+            d.matches('/').count() + 1
+        })
+    });
     let mut oids = BTreeMap::new();
     for dir in dirs {
         let entries = children.get(&dir).cloned().unwrap_or_default();
@@ -448,7 +494,17 @@ fn git_tree_hash(entries: &BTreeMap<String, (bool, String)>) -> String {
     // Git orders tree entries by name, comparing a directory as if its name ended in '/'.
     let mut sorted: Vec<(String, bool, &String)> = entries
         .iter()
-        .map(|(name, (is_dir, oid))| (if *is_dir { format!("{name}/") } else { name.clone() }, *is_dir, oid))
+        .map(|(name, (is_dir, oid))| {
+            (
+                if *is_dir {
+                    format!("{name}/")
+                } else {
+                    name.clone()
+                },
+                *is_dir,
+                oid,
+            )
+        })
         .collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
     let mut body = Vec::new();
@@ -472,22 +528,30 @@ mod tests {
     #[test]
     fn git_blob_sha1_matches_git_hash_object() {
         // `printf 'Hello, World!' | git hash-object --stdin`
-        assert_eq!(git_blob_sha1(b"Hello, World!"), "b45ef6fec89518d314f546fd6c3025367b721684");
+        assert_eq!(
+            git_blob_sha1(b"Hello, World!"),
+            "b45ef6fec89518d314f546fd6c3025367b721684"
+        );
     }
 
     #[test]
-    fn tree_oid_matches_git_for_a_nested_file() {
-        // `git init; mkdir a; printf 'x' > a/f; git add a; git write-tree` gives the root tree; the
-        // `a` subtree is `git rev-parse HEAD:a` = tree with one entry "100644 f" -> blob of "x".
-        let spec = RepoSpec::new("o/r").commit(vec![FileSpec::regular("a/f", b"x".to_vec())]);
+    fn tree_oids_match_git() {
+        // `printf x > a/f; printf y > a/b/g; printf z > a-b; git add .; git commit;
+        // git rev-parse HEAD:a HEAD:a/b` ("a-b" sorts between "a" and "a/" in git's order).
+        let spec = RepoSpec::new("o/r").commit(vec![
+            FileSpec::regular("a/f", b"x".to_vec()),
+            FileSpec::regular("a/b/g", b"y".to_vec()),
+            FileSpec::regular("a-b", b"z".to_vec()),
+        ]);
         let repo = Repo::build(spec);
-        let blob = git_blob_sha1(b"x");
-        let mut body = b"100644 f\0".to_vec();
-        body.extend_from_slice(&hex::decode(&blob).unwrap());
-        let mut hasher = Sha1::new();
-        hasher.update(format!("tree {}\0", body.len()));
-        hasher.update(&body);
-        assert_eq!(repo.head().dirs["a"], hex::encode(hasher.finalize()));
+        assert_eq!(
+            repo.head().dirs["a"],
+            "bad91f31edb9e4c11845943200c0a96ccefd302a"
+        );
+        assert_eq!(
+            repo.head().dirs["a/b"],
+            "125b0a3cd6f6d7cedf94d947e59d002ac404a3f4"
+        );
     }
 
     #[test]
@@ -511,8 +575,14 @@ mod tests {
     #[test]
     fn last_commit_tracks_unchanged_files() {
         let spec = RepoSpec::new("o/r")
-            .commit(vec![FileSpec::regular("a", b"1".to_vec()), FileSpec::regular("b", b"1".to_vec())])
-            .commit(vec![FileSpec::regular("a", b"1".to_vec()), FileSpec::regular("b", b"2".to_vec())]);
+            .commit(vec![
+                FileSpec::regular("a", b"1".to_vec()),
+                FileSpec::regular("b", b"1".to_vec()),
+            ])
+            .commit(vec![
+                FileSpec::regular("a", b"1".to_vec()),
+                FileSpec::regular("b", b"2".to_vec()),
+            ]);
         let repo = Repo::build(spec);
         assert_eq!(repo.head().files["a"].last_commit, 0);
         assert_eq!(repo.head().files["b"].last_commit, 1);

@@ -31,7 +31,11 @@ use super::repo::{Commit, Repo, RepoFile, RepoSpec};
 use super::{LoggedRequest, PageSizes, ServerKind};
 
 /// Characters left unencoded in a path segment we emit (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 const INVALID_CREDENTIALS: &str = "Invalid credentials in Authorization header";
 
@@ -75,10 +79,14 @@ impl HubState {
         let mut catalog = self.catalog.write().unwrap();
         for commit in &repo.commits {
             for file in commit.files.values().filter(|f| f.lfs) {
-                catalog.blobs.insert(file.sha256.clone(), file.content.clone());
+                catalog
+                    .blobs
+                    .insert(file.sha256.clone(), file.content.clone());
             }
         }
-        catalog.aliases.retain(|_, canonical| canonical != repo.id());
+        catalog
+            .aliases
+            .retain(|_, canonical| canonical != repo.id());
         for alias in &repo.spec.aliases {
             catalog.aliases.insert(alias.clone(), repo.id().to_string());
         }
@@ -106,15 +114,23 @@ struct Ctx {
 
 impl Ctx {
     fn param(&self, key: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn params(&self, key: &str) -> Vec<&str> {
-        self.query.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+        self.query
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     fn flag(&self, key: &str) -> bool {
-        self.param(key).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1"))
+        self.param(key)
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1"))
     }
 
     /// Raw path segments after the leading `/`, still percent-encoded.
@@ -123,7 +139,11 @@ impl Ctx {
     }
 
     fn caller(&self) -> Caller {
-        let Some(value) = self.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        let Some(value) = self
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        else {
             return Caller::Anonymous;
         };
         match value.strip_prefix("Bearer ").map(str::trim) {
@@ -134,8 +154,11 @@ impl Ctx {
 
     /// The URL of the next page: this request with every parameter kept and the cursor replaced.
     fn next_page_url(&self, api_url: &str, offset: usize) -> String {
-        let mut pairs: Vec<&str> =
-            self.raw_query.split('&').filter(|p| !p.is_empty() && !p.starts_with("cursor=")).collect();
+        let mut pairs: Vec<&str> = self
+            .raw_query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("cursor="))
+            .collect();
         let cursor = format!("cursor={}", encode_cursor(offset));
         pairs.push(&cursor);
         format!("{api_url}{}?{}", self.raw_path, pairs.join("&"))
@@ -159,7 +182,10 @@ fn decode(segment: &str) -> String {
 }
 
 fn encode_path(path: &str) -> String {
-    path.split('/').map(|s| utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
+    path.split('/')
+        .map(|s| utf8_percent_encode(s, SEGMENT).to_string())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn encode_cursor(offset: usize) -> String {
@@ -183,7 +209,12 @@ fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx
         query: raw_query.clone(),
         headers: headers
             .iter()
-            .map(|(name, value)| (name.as_str().to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_string(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
             .collect(),
         status: 0,
     };
@@ -195,7 +226,9 @@ fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx
     let ctx = Ctx {
         method: request.method().clone(),
         decoded_path: decode(&raw_path),
-        query: url::form_urlencoded::parse(raw_query.as_bytes()).into_owned().collect(),
+        query: url::form_urlencoded::parse(raw_query.as_bytes())
+            .into_owned()
+            .collect(),
         raw_path,
         raw_query,
         headers,
@@ -205,7 +238,10 @@ fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx
 
 fn finish(state: &HubState, index: usize, mut response: Response) -> Response {
     let id = state.request_counter.fetch_add(1, Ordering::Relaxed);
-    response.headers_mut().insert("x-request-id", HeaderValue::from_str(&format!("Root=1-fakehub-{id:08x}")).unwrap());
+    response.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_str(&format!("Root=1-fakehub-{id:08x}")).unwrap(),
+    );
     // clear_requests() may have emptied the log meanwhile; then there is nothing to update.
     if let Some(entry) = state.log.lock().unwrap().get_mut(index) {
         entry.status = response.status().as_u16();
@@ -222,12 +258,19 @@ async fn request_faults(state: &HubState, ctx: &Ctx, bucket: &str) -> Option<Res
     let injected = state.faults.lock().unwrap().take_status(&ctx.decoded_path);
     let (status, retry_after) = injected?;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json_response(status, json!({"error": format!("fake hub: injected {}", status.as_u16())}));
+    let mut response = json_response(
+        status,
+        json!({"error": format!("fake hub: injected {}", status.as_u16())}),
+    );
     let headers = response.headers_mut();
     if status == StatusCode::TOO_MANY_REQUESTS {
         let reset = retry_after.unwrap_or(1);
         set(headers, "ratelimit", &format!("\"{bucket}\";r=0;t={reset}"));
-        set(headers, "ratelimit-policy", &format!("\"fixed window\";\"{bucket}\";q=500;w=300"));
+        set(
+            headers,
+            "ratelimit-policy",
+            &format!("\"fixed window\";\"{bucket}\";q=500;w=300"),
+        );
     }
     if let Some(seconds) = retry_after {
         set(headers, "retry-after", &seconds.to_string());
@@ -237,7 +280,11 @@ async fn request_faults(state: &HubState, ctx: &Ctx, bucket: &str) -> Option<Res
 
 async fn api_entry(State(state): State<Arc<HubState>>, request: Request) -> Response {
     let (index, ctx) = begin(&state, ServerKind::Api, &request);
-    let bucket = if ctx.raw_path.starts_with("/api/") { "api" } else { "resolvers" };
+    let bucket = if ctx.raw_path.starts_with("/api/") {
+        "api"
+    } else {
+        "resolvers"
+    };
     let mut response = match request_faults(&state, &ctx, bucket).await {
         Some(injected) => injected,
         None => api_route(&state, &ctx),
@@ -245,7 +292,11 @@ async fn api_entry(State(state): State<Arc<HubState>>, request: Request) -> Resp
     let headers = response.headers_mut();
     if !headers.contains_key("ratelimit") {
         set(headers, "ratelimit", &format!("\"{bucket}\";r=499;t=300"));
-        set(headers, "ratelimit-policy", &format!("\"fixed window\";\"{bucket}\";q=500;w=300"));
+        set(
+            headers,
+            "ratelimit-policy",
+            &format!("\"fixed window\";\"{bucket}\";q=500;w=300"),
+        );
     }
     if ctx.method == Method::HEAD {
         response = without_body(response);
@@ -259,13 +310,21 @@ async fn cdn_entry(State(state): State<Arc<HubState>>, request: Request) -> Resp
         Some(injected) => injected,
         None => cdn_route(&state, &ctx),
     };
-    let response = if ctx.method == Method::HEAD { without_body(response) } else { response };
+    let response = if ctx.method == Method::HEAD {
+        without_body(response)
+    } else {
+        response
+    };
     finish(&state, index, response)
 }
 
 fn api_route(state: &HubState, ctx: &Ctx) -> Response {
     if ctx.method != Method::GET && ctx.method != Method::HEAD {
-        return hub_error(StatusCode::METHOD_NOT_ALLOWED, None, "Method not allowed on the fake hub");
+        return hub_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            "Method not allowed on the fake hub",
+        );
     }
     let caller = ctx.caller();
     if matches!(caller, Caller::Invalid) {
@@ -295,14 +354,22 @@ fn locate(state: &HubState, segments: &[&str]) -> Located {
         if segments.len() < consumed {
             continue;
         }
-        let id = segments[..consumed].iter().map(|s| decode(s)).collect::<Vec<_>>().join("/");
+        let id = segments[..consumed]
+            .iter()
+            .map(|s| decode(s))
+            .collect::<Vec<_>>()
+            .join("/");
         if let Some(repo) = catalog.repos.get(&id) {
             return Located::Found(repo.clone(), consumed);
         }
         if let Some(canonical) = catalog.aliases.get(&id) {
             return Located::Redirect(canonical.clone(), consumed);
         }
-        if let Some(canonical) = catalog.repos.keys().find(|known| known.eq_ignore_ascii_case(&id)) {
+        if let Some(canonical) = catalog
+            .repos
+            .keys()
+            .find(|known| known.eq_ignore_ascii_case(&id))
+        {
             return Located::Redirect(canonical.clone(), consumed);
         }
     }
@@ -320,26 +387,37 @@ fn redirect_to_canonical(ctx: &Ctx, prefix: &str, canonical: &str, rest: &[&str]
         location.push('?');
         location.push_str(&ctx.raw_query);
     }
-    let mut response = Response::new(Body::from(format!("Temporary Redirect. Redirecting to {location}")));
+    let mut response = Response::new(Body::from(format!(
+        "Temporary Redirect. Redirecting to {location}"
+    )));
     *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
     set(response.headers_mut(), "location", &location);
-    set(response.headers_mut(), "content-type", "text/plain; charset=utf-8");
+    set(
+        response.headers_mut(),
+        "content-type",
+        "text/plain; charset=utf-8",
+    );
     response
 }
 
 fn repo_not_found(caller: &Caller) -> Response {
-    let status = if matches!(caller, Caller::Token(_)) { StatusCode::NOT_FOUND } else { StatusCode::UNAUTHORIZED };
+    let status = if matches!(caller, Caller::Token(_)) {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::UNAUTHORIZED
+    };
     hub_error(status, Some("RepoNotFound"), "Repository not found")
 }
 
-/// Private repos hide from callers without an allowed token; gated repos guard their files.
-fn check_access(state: &HubState, repo: &Repo, caller: &Caller, files: bool) -> Result<(), Response> {
+/// The refusal, if any: private repos hide from callers without an allowed token; gated repos
+/// guard their files.
+fn denied_access(state: &HubState, repo: &Repo, caller: &Caller, files: bool) -> Option<Response> {
     if repo.spec.private && !caller.may_access(repo) {
-        return Err(repo_not_found(caller));
+        return Some(repo_not_found(caller));
     }
     if files && repo.spec.gated.is_some() && !caller.may_access(repo) {
         let id = repo.id();
-        return Err(match caller {
+        return Some(match caller {
             Caller::Token(_) => hub_error(
                 StatusCode::FORBIDDEN,
                 Some("GatedRepo"),
@@ -357,11 +435,15 @@ fn check_access(state: &HubState, repo: &Repo, caller: &Caller, files: bool) -> 
             ),
         });
     }
-    Ok(())
+    None
 }
 
 fn revision_not_found(revision: &str) -> Response {
-    hub_error(StatusCode::NOT_FOUND, Some("RevisionNotFound"), &format!("Invalid rev id: {revision}"))
+    hub_error(
+        StatusCode::NOT_FOUND,
+        Some("RevisionNotFound"),
+        &format!("Invalid rev id: {revision}"),
+    )
 }
 
 fn entry_not_found(commit: &Commit, message: &str) -> Response {
@@ -381,7 +463,7 @@ fn model_api(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) ->
     let rest: Vec<String> = segments[consumed..].iter().map(|s| decode(s)).collect();
     let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
     let files_needed = matches!(rest.first(), Some(&"auth-check"));
-    if let Err(denied) = check_access(state, &repo, caller, files_needed) {
+    if let Some(denied) = denied_access(state, &repo, caller, files_needed) {
         return denied;
     }
     match rest.as_slice() {
@@ -407,9 +489,17 @@ fn model_api(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) ->
 fn model_properties(repo: &Repo, commit: &Commit, blobs: bool) -> Vec<(&'static str, Value)> {
     let id = repo.id();
     let head = repo.head();
-    let siblings: Vec<Value> = commit.files.values().map(|file| sibling(file, blobs)).collect();
+    let siblings: Vec<Value> = commit
+        .files
+        .values()
+        .map(|file| sibling(file, blobs))
+        .collect();
     let mut properties = vec![
-        ("_id", Value::from(hex::encode(&hex::decode(&super::repo::git_blob_sha1(id.as_bytes())).unwrap()[..12]))),
+        (
+            "_id",
+            // A Mongo-style 24-hex id, stable per repo.
+            Value::from(super::repo::git_blob_sha1(id.as_bytes())[..24].to_string()),
+        ),
         ("id", Value::from(id)),
         ("modelId", Value::from(id)),
     ];
@@ -421,7 +511,12 @@ fn model_properties(repo: &Repo, commit: &Commit, blobs: bool) -> Vec<(&'static 
         ("lastModified", Value::from(head.date.as_str())),
         ("createdAt", Value::from(repo.created_at.as_str())),
         ("private", Value::from(repo.spec.private)),
-        ("gated", repo.spec.gated.map_or(Value::Bool(false), |mode| Value::from(mode.as_str()))),
+        (
+            "gated",
+            repo.spec
+                .gated
+                .map_or(Value::Bool(false), |mode| Value::from(mode.as_str())),
+        ),
         ("disabled", Value::from(false)),
         ("downloads", Value::from(repo.spec.downloads)),
         ("downloadsAllTime", Value::from(repo.spec.downloads)),
@@ -439,14 +534,20 @@ fn model_properties(repo: &Repo, commit: &Commit, blobs: bool) -> Vec<(&'static 
     if !card.is_empty() {
         properties.push(("cardData", Value::Object(card)));
     }
-    if let Some(config) = commit.files.get("config.json").and_then(|f| serde_json::from_slice::<Value>(&f.content).ok())
+    if let Some(config) = commit
+        .files
+        .get("config.json")
+        .and_then(|f| serde_json::from_slice::<Value>(&f.content).ok())
         && config.is_object()
     {
         properties.push(("config", config));
     }
     properties.push(("siblings", Value::from(siblings)));
     properties.push(("spaces", json!([])));
-    properties.push(("usedStorage", Value::from(commit.files.values().map(RepoFile::size).sum::<u64>())));
+    properties.push((
+        "usedStorage",
+        Value::from(commit.files.values().map(RepoFile::size).sum::<u64>()),
+    ));
     properties
 }
 
@@ -456,13 +557,20 @@ fn sibling(file: &RepoFile, blobs: bool) -> Value {
     }
     let mut entry = json!({"rfilename": file.path, "size": file.size(), "blobId": file.blob_id});
     if file.lfs {
-        entry["lfs"] = json!({"sha256": file.sha256, "size": file.size(), "pointerSize": file.pointer.len()});
+        entry["lfs"] =
+            json!({"sha256": file.sha256, "size": file.size(), "pointerSize": file.pointer.len()});
     }
     entry
 }
 
 fn select(properties: Vec<(&'static str, Value)>, keep: impl Fn(&str) -> bool) -> Value {
-    Value::Object(properties.into_iter().filter(|(key, _)| keep(key)).map(|(k, v)| (k.to_string(), v)).collect())
+    Value::Object(
+        properties
+            .into_iter()
+            .filter(|(key, _)| keep(key))
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
 }
 
 fn expand_list(ctx: &Ctx) -> Vec<&str> {
@@ -477,28 +585,54 @@ fn model_info(ctx: &Ctx, repo: &Repo, commit: &Commit) -> Response {
     let body = if expand.is_empty() {
         select(properties, |_| true)
     } else {
-        select(properties, |key| key == "_id" || key == "id" || expand.contains(&key))
+        select(properties, |key| {
+            key == "_id" || key == "id" || expand.contains(&key)
+        })
     };
     json_response(StatusCode::OK, body)
 }
 
 fn list_models(state: &HubState, ctx: &Ctx, caller: &Caller) -> Response {
-    let repos: Vec<Arc<Repo>> = state.catalog.read().unwrap().repos.values().cloned().collect();
+    let repos: Vec<Arc<Repo>> = state
+        .catalog
+        .read()
+        .unwrap()
+        .repos
+        .values()
+        .cloned()
+        .collect();
     let search = ctx.param("search").map(str::to_lowercase);
     let author = ctx.param("author");
     let filters = ctx.params("filter");
     let mut matching: Vec<Arc<Repo>> = repos
         .into_iter()
         .filter(|repo| !repo.spec.private || caller.may_access(repo))
-        .filter(|repo| search.as_ref().is_none_or(|s| repo.id().to_lowercase().contains(s)))
-        .filter(|repo| author.is_none_or(|a| repo.spec.owner().is_some_and(|o| o.eq_ignore_ascii_case(a))))
+        .filter(|repo| {
+            search
+                .as_ref()
+                .is_none_or(|s| repo.id().to_lowercase().contains(s))
+        })
+        .filter(|repo| {
+            author.is_none_or(|a| repo.spec.owner().is_some_and(|o| o.eq_ignore_ascii_case(a)))
+        })
         .filter(|repo| {
             let tags = repo.tags();
-            filters.iter().all(|f| tags.iter().any(|t| t == f) || repo.id() == *f)
+            filters
+                .iter()
+                .all(|f| tags.iter().any(|t| t == f) || repo.id() == *f)
         })
-        .filter(|repo| ctx.param("pipeline_tag").is_none_or(|p| repo.spec.pipeline_tag.as_deref() == Some(p)))
-        .filter(|repo| ctx.param("library").is_none_or(|l| repo.library_name() == Some(l)))
-        .filter(|repo| ctx.param("gated").is_none_or(|g| repo.spec.gated.is_some() == g.eq_ignore_ascii_case("true")))
+        .filter(|repo| {
+            ctx.param("pipeline_tag")
+                .is_none_or(|p| repo.spec.pipeline_tag.as_deref() == Some(p))
+        })
+        .filter(|repo| {
+            ctx.param("library")
+                .is_none_or(|l| repo.library_name() == Some(l))
+        })
+        .filter(|repo| {
+            ctx.param("gated")
+                .is_none_or(|g| repo.spec.gated.is_some() == g.eq_ignore_ascii_case("true"))
+        })
         .collect();
     let sort = ctx.param("sort").unwrap_or("id");
     let key = |repo: &Repo| -> (u64, String) {
@@ -514,7 +648,13 @@ fn list_models(state: &HubState, ctx: &Ctx, caller: &Caller) -> Response {
     if sort != "id" {
         // The Hub sorts descending; only an explicit `direction` other than -1 asks for ascending.
         let ascending = ctx.param("direction").is_some_and(|d| d != "-1");
-        matching.sort_by(|a, b| if ascending { key(a).cmp(&key(b)) } else { key(b).cmp(&key(a)) });
+        matching.sort_by(|a, b| {
+            if ascending {
+                key(a).cmp(&key(b))
+            } else {
+                key(b).cmp(&key(a))
+            }
+        });
     }
 
     let offset = match ctx.param("cursor") {
@@ -525,7 +665,11 @@ fn list_models(state: &HubState, ctx: &Ctx, caller: &Caller) -> Response {
         },
     };
     let cap = state.page_sizes.lock().unwrap().models.max(1);
-    let page_size = ctx.param("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).map_or(cap, |l| l.min(cap));
+    let page_size = ctx
+        .param("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .map_or(cap, |l| l.min(cap));
     let page: Vec<&Arc<Repo>> = matching.iter().skip(offset).take(page_size).collect();
 
     let full = ctx.flag("full");
@@ -533,16 +677,34 @@ fn list_models(state: &HubState, ctx: &Ctx, caller: &Caller) -> Response {
     let config = ctx.flag("config");
     let expand = expand_list(ctx);
     const DEFAULT: [&str; 11] = [
-        "_id", "id", "likes", "trendingScore", "private", "downloads", "tags", "pipeline_tag", "library_name", "createdAt",
+        "_id",
+        "id",
+        "likes",
+        "trendingScore",
+        "private",
+        "downloads",
+        "tags",
+        "pipeline_tag",
+        "library_name",
+        "createdAt",
         "modelId",
     ];
-    const FULL: [&str; 6] = ["author", "sha", "lastModified", "gated", "disabled", "siblings"];
+    const FULL: [&str; 6] = [
+        "author",
+        "sha",
+        "lastModified",
+        "gated",
+        "disabled",
+        "siblings",
+    ];
     let items: Vec<Value> = page
         .iter()
         .map(|repo| {
             let properties = model_properties(repo, repo.head(), false);
             if !expand.is_empty() {
-                return select(properties, |key| key == "_id" || key == "id" || expand.contains(&key));
+                return select(properties, |key| {
+                    key == "_id" || key == "id" || expand.contains(&key)
+                });
             }
             select(properties, |key| {
                 DEFAULT.contains(&key)
@@ -555,7 +717,11 @@ fn list_models(state: &HubState, ctx: &Ctx, caller: &Caller) -> Response {
     let mut response = json_response(StatusCode::OK, Value::from(items));
     if offset + page_size < matching.len() {
         let next = ctx.next_page_url(&state.api_url, offset + page_size);
-        set(response.headers_mut(), "link", &format!("<{next}>; rel=\"next\""));
+        set(
+            response.headers_mut(),
+            "link",
+            &format!("<{next}>; rel=\"next\""),
+        );
     }
     response
 }
@@ -563,22 +729,36 @@ fn list_models(state: &HubState, ctx: &Ctx, caller: &Caller) -> Response {
 fn tree(state: &HubState, ctx: &Ctx, repo: &Repo, commit: &Commit, path: &str) -> Response {
     let path = path.trim_matches('/');
     if !path.is_empty() && !commit.dirs.contains_key(path) {
-        return entry_not_found(commit, &format!("{path} does not exist on \"{}\"", commit.sha));
+        return entry_not_found(
+            commit,
+            &format!("{path} does not exist on \"{}\"", commit.sha),
+        );
     }
     let recursive = ctx.flag("recursive");
     let expand = ctx.flag("expand");
-    let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
     let included = |candidate: &str| -> bool {
-        candidate.strip_prefix(prefix.as_str()).is_some_and(|rest| !rest.is_empty() && (recursive || !rest.contains('/')))
+        candidate
+            .strip_prefix(prefix.as_str())
+            .is_some_and(|rest| !rest.is_empty() && (recursive || !rest.contains('/')))
     };
     let mut entries: Vec<(String, Value)> = Vec::new();
     for (dir, oid) in commit.dirs.iter().filter(|(dir, _)| included(dir)) {
-        entries.push((dir.clone(), json!({"type": "directory", "oid": oid, "size": 0, "path": dir})));
+        entries.push((
+            dir.clone(),
+            json!({"type": "directory", "oid": oid, "size": 0, "path": dir}),
+        ));
     }
     for file in commit.files.values().filter(|file| included(&file.path)) {
-        let mut entry = json!({"type": "file", "oid": file.blob_id, "size": file.size(), "path": file.path});
+        let mut entry =
+            json!({"type": "file", "oid": file.blob_id, "size": file.size(), "path": file.path});
         if file.lfs {
-            entry["lfs"] = json!({"oid": file.sha256, "size": file.size(), "pointerSize": file.pointer.len()});
+            entry["lfs"] =
+                json!({"oid": file.sha256, "size": file.size(), "pointerSize": file.pointer.len()});
         }
         entries.push((file.path.clone(), entry));
     }
@@ -592,7 +772,12 @@ fn tree(state: &HubState, ctx: &Ctx, repo: &Repo, commit: &Commit, path: &str) -
         },
     };
     let sizes = *state.page_sizes.lock().unwrap();
-    let page_size = if expand { sizes.tree_expand } else { sizes.tree }.max(1);
+    let page_size = if expand {
+        sizes.tree_expand
+    } else {
+        sizes.tree
+    }
+    .max(1);
     let total = entries.len();
     let page: Vec<Value> = entries
         .into_iter()
@@ -605,7 +790,8 @@ fn tree(state: &HubState, ctx: &Ctx, repo: &Repo, commit: &Commit, path: &str) -
                     None => commit.dir_last_commit(&path),
                 };
                 let last = &repo.commits[index];
-                entry["lastCommit"] = json!({"id": last.sha, "title": last.title, "date": last.date});
+                entry["lastCommit"] =
+                    json!({"id": last.sha, "title": last.title, "date": last.date});
                 if commit.files.contains_key(&path) {
                     entry["securityFileStatus"] = json!({
                         "status": "safe",
@@ -620,7 +806,11 @@ fn tree(state: &HubState, ctx: &Ctx, repo: &Repo, commit: &Commit, path: &str) -
     let mut response = json_response(StatusCode::OK, Value::from(page));
     if offset + page_size < total {
         let next = ctx.next_page_url(&state.api_url, offset + page_size);
-        set(response.headers_mut(), "link", &format!("<{next}>; rel=\"next\""));
+        set(
+            response.headers_mut(),
+            "link",
+            &format!("<{next}>; rel=\"next\""),
+        );
     }
     response
 }
@@ -646,7 +836,11 @@ fn refs(ctx: &Ctx, repo: &Repo) -> Response {
 
 /// `/{repo}/resolve/{rev}/{path}` and `/{repo}/raw/{rev}/{path}`.
 fn file_route(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) -> Response {
-    let is_file_route = |i: usize| segments.get(i).is_some_and(|s| *s == "resolve" || *s == "raw");
+    let is_file_route = |i: usize| {
+        segments
+            .get(i)
+            .is_some_and(|s| *s == "resolve" || *s == "raw")
+    };
     if !is_file_route(1) && !is_file_route(2) {
         return hub_error(StatusCode::NOT_FOUND, None, "Not Found");
     }
@@ -657,7 +851,7 @@ fn file_route(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) -
         }
         _ => return repo_not_found(caller),
     };
-    if let Err(denied) = check_access(state, &repo, caller, true) {
+    if let Some(denied) = denied_access(state, &repo, caller, true) {
         return denied;
     }
     let raw = segments[consumed] == "raw";
@@ -667,22 +861,39 @@ fn file_route(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) -
     let Some(commit) = repo.resolve_revision(&revision) else {
         return revision_not_found(&revision);
     };
-    let path = segments[consumed + 2..].iter().map(|s| decode(s)).collect::<Vec<_>>().join("/");
+    let path = segments[consumed + 2..]
+        .iter()
+        .map(|s| decode(s))
+        .collect::<Vec<_>>()
+        .join("/");
     let Some(file) = commit.files.get(&path) else {
         return entry_not_found(commit, "Entry not found");
     };
 
     if raw {
-        let content = if file.lfs { Bytes::from(file.pointer.clone()) } else { file.content.clone() };
+        let content = if file.lfs {
+            Bytes::from(file.pointer.clone())
+        } else {
+            file.content.clone()
+        };
         let mut headers = HeaderMap::new();
         set(&mut headers, "x-repo-commit", &commit.sha);
         set(&mut headers, "etag", &format!("\"{}\"", file.blob_id));
-        set(&mut headers, "content-type", content_type(&file.path, &content));
+        set(
+            &mut headers,
+            "content-type",
+            content_type(&file.path, &content),
+        );
         return serve_content(state, ctx, content, headers);
     }
     if file.lfs {
-        let location =
-            format!("{}/lfs/{}/{}/{}", state.cdn_url, encode_path(repo.id()), file.sha256, encode_path(&file.path));
+        let location = format!(
+            "{}/lfs/{}/{}/{}",
+            state.cdn_url,
+            encode_path(repo.id()),
+            file.sha256,
+            encode_path(&file.path)
+        );
         let body = format!("Found. Redirecting to {location}");
         let mut response = Response::new(Body::from(body.clone()));
         *response.status_mut() = StatusCode::FOUND;
@@ -701,12 +912,19 @@ fn file_route(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) -
     let mut headers = HeaderMap::new();
     set(&mut headers, "x-repo-commit", &commit.sha);
     set(&mut headers, "etag", &etag);
-    set(&mut headers, "content-type", content_type(&file.path, &file.content));
+    set(
+        &mut headers,
+        "content-type",
+        content_type(&file.path, &file.content),
+    );
     let revalidated = ctx
         .headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim().trim_start_matches("W/") == etag));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|tag| tag.trim().trim_start_matches("W/") == etag)
+        });
     if revalidated {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -718,9 +936,12 @@ fn file_route(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) -
 
 fn cdn_route(state: &HubState, ctx: &Ctx) -> Response {
     let segments: Vec<String> = ctx.raw_segments().iter().map(|s| decode(s)).collect();
-    let sha = segments.iter().find(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let sha = segments
+        .iter()
+        .find(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
     let blob = sha.and_then(|sha| state.catalog.read().unwrap().blobs.get(sha).cloned());
-    let (Some(sha), Some(content), Some("lfs")) = (sha, blob, segments.first().map(String::as_str)) else {
+    let (Some(sha), Some(content), Some("lfs")) = (sha, blob, segments.first().map(String::as_str))
+    else {
         let mut response = Response::new(Body::from(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message></Error>",
         ));
@@ -731,12 +952,20 @@ fn cdn_route(state: &HubState, ctx: &Ctx) -> Response {
     let name = segments.last().cloned().unwrap_or_default();
     let mut headers = HeaderMap::new();
     // A CDN ETag is never the sha256 (hf-protocol.md §10): derive something else from it.
-    set(&mut headers, "etag", &format!("\"{}\"", &super::repo::git_blob_sha1(sha.as_bytes())[..32]));
+    set(
+        &mut headers,
+        "etag",
+        &format!("\"{}\"", &super::repo::git_blob_sha1(sha.as_bytes())[..32]),
+    );
     set(&mut headers, "content-type", "application/octet-stream");
     set(
         &mut headers,
         "content-disposition",
-        &format!("inline; filename*=UTF-8''{}; filename=\"{}\";", utf8_percent_encode(&name, SEGMENT), name.replace('"', "")),
+        &format!(
+            "inline; filename*=UTF-8''{}; filename=\"{}\";",
+            utf8_percent_encode(&name, SEGMENT),
+            name.replace('"', "")
+        ),
     );
     serve_content(state, ctx, content, headers)
 }
@@ -793,16 +1022,30 @@ fn parse_range(value: Option<&str>, total: u64) -> RangeRequest {
 fn serve_content(state: &HubState, ctx: &Ctx, content: Bytes, mut headers: HeaderMap) -> Response {
     let total = content.len() as u64;
     set(&mut headers, "accept-ranges", "bytes");
-    let range = parse_range(ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok()), total);
+    let range = parse_range(
+        ctx.headers.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        total,
+    );
     let (status, slice) = match range {
         RangeRequest::Full => (StatusCode::OK, content),
         RangeRequest::Partial(start, end) => {
-            set(&mut headers, "content-range", &format!("bytes {start}-{end}/{total}"));
-            (StatusCode::PARTIAL_CONTENT, content.slice(start as usize..=end as usize))
+            set(
+                &mut headers,
+                "content-range",
+                &format!("bytes {start}-{end}/{total}"),
+            );
+            (
+                StatusCode::PARTIAL_CONTENT,
+                content.slice(start as usize..=end as usize),
+            )
         }
         RangeRequest::Unsatisfiable => {
             set(&mut headers, "content-range", &format!("bytes */{total}"));
-            let mut response = hub_error(StatusCode::RANGE_NOT_SATISFIABLE, None, "Requested Range Not Satisfiable");
+            let mut response = hub_error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                None,
+                "Requested Range Not Satisfiable",
+            );
             for (name, value) in &headers {
                 if name != header::CONTENT_TYPE {
                     response.headers_mut().insert(name.clone(), value.clone());
@@ -815,7 +1058,11 @@ fn serve_content(state: &HubState, ctx: &Ctx, content: Bytes, mut headers: Heade
     let body = if ctx.method == Method::HEAD || slice.is_empty() {
         Body::empty()
     } else {
-        let faults = state.faults.lock().unwrap().take_body_faults(&ctx.decoded_path);
+        let faults = state
+            .faults
+            .lock()
+            .unwrap()
+            .take_body_faults(&ctx.decoded_path);
         file_body(slice, faults, state.served.clone())
     };
     let mut response = Response::new(body);
@@ -851,8 +1098,16 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     let bytes = serde_json::to_vec(&body).expect("serializable");
     let mut response = Response::new(Body::from(bytes.clone()));
     *response.status_mut() = status;
-    set(response.headers_mut(), "content-type", "application/json; charset=utf-8");
-    set(response.headers_mut(), "content-length", &bytes.len().to_string());
+    set(
+        response.headers_mut(),
+        "content-type",
+        "application/json; charset=utf-8",
+    );
+    set(
+        response.headers_mut(),
+        "content-length",
+        &bytes.len().to_string(),
+    );
     response
 }
 
@@ -872,13 +1127,34 @@ mod tests {
 
     #[test]
     fn ranges_follow_the_protocol_checklist() {
-        assert!(matches!(parse_range(Some("bytes=0-0"), 10), RangeRequest::Partial(0, 0)));
-        assert!(matches!(parse_range(Some("bytes=5-"), 10), RangeRequest::Partial(5, 9)));
-        assert!(matches!(parse_range(Some("bytes=5-100"), 10), RangeRequest::Partial(5, 9)));
-        assert!(matches!(parse_range(Some("bytes=-3"), 10), RangeRequest::Partial(7, 9)));
-        assert!(matches!(parse_range(Some("bytes=10-"), 10), RangeRequest::Unsatisfiable));
-        assert!(matches!(parse_range(Some("bytes=0-1,4-5"), 10), RangeRequest::Full));
-        assert!(matches!(parse_range(Some("items=0-1"), 10), RangeRequest::Full));
+        assert!(matches!(
+            parse_range(Some("bytes=0-0"), 10),
+            RangeRequest::Partial(0, 0)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=5-"), 10),
+            RangeRequest::Partial(5, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=5-100"), 10),
+            RangeRequest::Partial(5, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=-3"), 10),
+            RangeRequest::Partial(7, 9)
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=10-"), 10),
+            RangeRequest::Unsatisfiable
+        ));
+        assert!(matches!(
+            parse_range(Some("bytes=0-1,4-5"), 10),
+            RangeRequest::Full
+        ));
+        assert!(matches!(
+            parse_range(Some("items=0-1"), 10),
+            RangeRequest::Full
+        ));
         assert!(matches!(parse_range(None, 10), RangeRequest::Full));
     }
 
