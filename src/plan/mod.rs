@@ -325,7 +325,8 @@ fn short_commit(commit: &str) -> &str {
     commit.get(..7).unwrap_or(commit)
 }
 
-/// Computes the plan.
+/// Computes the plan. `input.observed` should cover [`dirs_to_observe`]: a folder missing from
+/// it reads as "not on disk", so its files would be fetched again.
 pub fn compute(input: PlanInput<'_>) -> Plan {
     let mut planner = Planner::new(input);
     let mut desired: Vec<&DesiredModel> = input.desired.iter().collect();

@@ -197,6 +197,7 @@ impl Env {
 #[derive(Default)]
 struct Recorder {
     events: Mutex<Vec<String>>,
+    progress_bytes: Mutex<u64>,
 }
 
 impl Reporter for Recorder {
@@ -205,6 +206,9 @@ impl Reporter for Recorder {
             .lock()
             .unwrap()
             .push(format!("start {model} {path} {size}"));
+    }
+    fn download_progress(&self, _model: &str, _path: &str, bytes: u64) {
+        *self.progress_bytes.lock().unwrap() += bytes;
     }
     fn download_finished(&self, model: &str, path: &str) {
         self.events
@@ -262,6 +266,13 @@ async fn apply_installs_the_seed_layout_and_a_second_run_does_nothing() {
     assert_eq!(report.models_installed, [GGUF_ID, BERT_ID]);
     assert_eq!(report.files_downloaded, 8);
     assert_eq!(recorder.events.lock().unwrap().len(), 16);
+    let all_bytes: u64 = [&gguf, &bert]
+        .iter()
+        .flat_map(|repo| &repo.commits[0])
+        .map(|f| f.content.len() as u64)
+        .sum();
+    assert_eq!(report.bytes_downloaded, all_bytes);
+    assert_eq!(*recorder.progress_bytes.lock().unwrap(), all_bytes);
 
     // Layout, as the seed routes it.
     assert_tree(
