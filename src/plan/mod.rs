@@ -20,7 +20,7 @@
 mod graph;
 mod render;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -362,8 +362,9 @@ struct Planner<'a> {
     models: Vec<ModelChange>,
     notes: Vec<Note>,
     actions: Vec<Action>,
-    /// Upstream hash -> id of the fetch action that downloads it (one per hash).
-    fetch_by_hash: BTreeMap<FileHash, String>,
+    /// Upstream hash -> id of the fetch action that downloads it (one per hash). Only looked
+    /// up, never iterated, so a hash map keeps the output deterministic.
+    fetch_by_hash: HashMap<FileHash, String>,
 }
 
 impl<'a> Planner<'a> {
@@ -373,7 +374,7 @@ impl<'a> Planner<'a> {
             models: Vec::new(),
             notes: Vec::new(),
             actions: Vec::new(),
-            fetch_by_hash: BTreeMap::new(),
+            fetch_by_hash: HashMap::new(),
         }
     }
 
