@@ -6,15 +6,31 @@
 //! of actions for `apply` (petgraph, deterministic topological order, each action naming the
 //! actions it depends on).
 //!
-//! Edges: must not do I/O. Everything it needs arrives in [`PlanInput`].
+//! The rule that makes updates cheap: a file the registry records with the upstream hash that is
+//! wanted now, and that is on disk with the expected size, is kept (hard-linked into the new
+//! folder by `apply`), never downloaded again. Sizes are the only thing checked on disk, so a
+//! plan over a large store costs one `stat` per file and no hashing.
+//!
+//! Fetches are deduplicated by upstream hash: two models (or two paths of one model) with the
+//! same bytes share one download, because `apply` stores downloads by hash.
+//!
+//! Edges: must not do I/O. Everything it needs arrives in [`PlanInput`]. Rendering lives in
+//! [`render`], graph building and ordering in [`graph`].
 
-use std::path::{Path, PathBuf};
+mod graph;
+mod render;
 
-use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::layout::Library;
-use crate::store::Observed;
-use crate::upstream::UpstreamFile;
+use crate::registry::{Record, RecordFile};
+use crate::store::{Observed, ObservedDir};
+use crate::upstream::{FileHash, UpstreamFile};
+
+pub use render::{format_bytes, render_text};
 
 /// One declared model, resolved against the hub (or the lock / tree cache).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -50,25 +66,1209 @@ pub struct PlanInput<'a> {
     pub prune: bool,
 }
 
-/// The result of planning.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The result of planning: plain data, serializable, identical for identical input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
-    _todo: (),
+    /// The absolute models directory the plan was computed for; `apply` refuses another one.
+    pub models_dir: PathBuf,
+    /// One entry per declared or registered model, sorted by id (unchanged ones included).
+    pub models: Vec<ModelChange>,
+    /// Things the user should know that need no action (undeclared models kept, ...).
+    pub notes: Vec<Note>,
+    /// Leftovers in the layout to delete (`*.corrupt`, `*.incomplete`), relative paths.
+    pub strays: Vec<PathBuf>,
+    /// The action graph in execution order (a topological order, ties broken by id).
+    pub actions: Vec<PlannedAction>,
+    pub summary: Summary,
 }
 
 impl Plan {
     /// True when applying would change nothing.
     pub fn is_empty(&self) -> bool {
-        todo!()
+        self.actions.is_empty()
     }
 }
 
-/// Computes the plan.
-pub fn compute(input: PlanInput<'_>) -> Plan {
-    todo!("{input:?}")
+/// What happens to one model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Create,
+    Update,
+    Remove,
+    Unchanged,
 }
 
-/// Renders the plan for a terminal (no colour codes; the CLI adds none yet).
-pub fn render_text(plan: &Plan) -> String {
-    todo!("{plan:?}")
+/// One model's part of the plan, for humans and for `--json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelChange {
+    pub id: String,
+    pub change: ChangeKind,
+    /// The revision as declared (the recorded one for a removal).
+    pub revision: Option<String>,
+    /// The commit recorded in the registry now (none on create, or for records without one).
+    pub from_commit: Option<String>,
+    /// The commit after apply (none on remove).
+    pub to_commit: Option<String>,
+    /// Folder relative to the models directory after apply (the current one on remove).
+    pub install_dir: Option<PathBuf>,
+    /// Set when the folder moves (the library routing changed).
+    pub previous_install_dir: Option<PathBuf>,
+    /// Why an update is needed beyond its file changes ("pinned changed", ...).
+    pub reasons: Vec<String>,
+    /// Files that change (keeps are only counted, in `kept_files`), sorted by path.
+    pub files: Vec<FileChange>,
+    pub kept_files: usize,
+    /// Bytes this model needs from the network (before deduplication across models).
+    pub download_bytes: u64,
+    /// Bytes that go away (removed files, or the whole folder on remove).
+    pub free_bytes: u64,
+}
+
+/// What happens to one file of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileChangeKind {
+    Add,
+    Replace,
+    Remove,
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileChange {
+    pub path: String,
+    pub kind: FileChangeKind,
+    /// The upstream size for add/replace; the recorded size for remove.
+    pub size: u64,
+    pub reason: Option<String>,
+}
+
+/// Something worth telling that needs no action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    pub model: String,
+    pub message: String,
+}
+
+/// Totals for the summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub to_add: usize,
+    pub to_change: usize,
+    pub to_remove: usize,
+    /// Distinct downloads (deduplicated by upstream hash).
+    pub download_files: usize,
+    pub download_bytes: u64,
+    pub free_bytes: u64,
+    pub strays: usize,
+}
+
+/// One node of the action graph as serialized: its id, the ids it waits for, and the action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedAction {
+    pub id: String,
+    pub depends_on: Vec<String>,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// A step `apply` carries out. Paths are relative to the models directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Download one file's bytes into `.kmm/downloads/<hash-hex>`, verified.
+    Fetch {
+        /// The model (repo id as declared) to download from.
+        model: String,
+        commit: String,
+        file: UpstreamFile,
+    },
+    /// Assemble the model's complete new folder in staging and swap it in.
+    InstallModel {
+        model: String,
+        install_dir: PathBuf,
+        /// The current folder when it differs from `install_dir` (it is removed after the swap).
+        previous_install_dir: Option<PathBuf>,
+        /// The final file list, sorted by path.
+        files: Vec<InstallFile>,
+    },
+    /// Copy `<install_dir>/config.json` to `configs/<repo>.json`.
+    MirrorConfig {
+        model: String,
+        from: PathBuf,
+        to: PathBuf,
+    },
+    /// Write the model's registry record (the timestamp is set by `apply`).
+    Register { model: String, record: RecordPlan },
+    /// Delete the model's folder (and its config mirror when it has one).
+    RemoveModel {
+        model: String,
+        install_dir: PathBuf,
+        config_mirror: Option<PathBuf>,
+    },
+    /// Drop the model's registry record.
+    Unregister { model: String },
+    /// Delete a leftover file in the layout.
+    DeleteStray { path: PathBuf },
+}
+
+impl Action {
+    /// The stable id: `fetch:<model>:<path>`, `install:<model>`, `mirror-config:<model>`,
+    /// `register:<model>`, `remove:<model>`, `unregister:<model>`, `delete-stray:<path>`.
+    pub fn id(&self) -> String {
+        match self {
+            Action::Fetch { model, file, .. } => format!("fetch:{model}:{}", file.path),
+            Action::InstallModel { model, .. } => format!("install:{model}"),
+            Action::MirrorConfig { model, .. } => format!("mirror-config:{model}"),
+            Action::Register { model, .. } => format!("register:{model}"),
+            Action::RemoveModel { model, .. } => format!("remove:{model}"),
+            Action::Unregister { model } => format!("unregister:{model}"),
+            Action::DeleteStray { path } => format!("delete-stray:{}", slash_path(path)),
+        }
+    }
+}
+
+/// One file of a model's new folder and where its bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallFile {
+    pub path: String,
+    pub size: u64,
+    pub hash: FileHash,
+    pub source: FileSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "from", rename_all = "snake_case")]
+pub enum FileSource {
+    /// A verified download, `.kmm/downloads/<hash-hex>`, produced by the named fetch action.
+    Fetch { action: String },
+    /// The file as it is in the current folder (relative to the models directory).
+    Keep { path: PathBuf },
+}
+
+/// The registry record to write, minus what `apply` decides (`installed_at`, unknown fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordPlan {
+    pub model_id: String,
+    pub library: Library,
+    pub revision: String,
+    pub commit: String,
+    /// Absolute, as in the seed.
+    pub install_path: String,
+    pub files: Vec<RecordPlanFile>,
+    pub total_size: u64,
+    pub pinned: Option<bool>,
+    pub license_accepted: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordPlanFile {
+    pub path: String,
+    pub size: u64,
+    pub hash: FileHash,
+}
+
+/// The folders (relative to the models directory) that [`crate::store::observe`] must scan for
+/// [`compute`] to judge `desired` against `registry`: every desired install dir, every recorded
+/// install dir under the models directory, and the folders of the config mirrors.
+pub fn dirs_to_observe(
+    models_dir: &Path,
+    desired: &[DesiredModel],
+    registry: &crate::registry::Registry,
+) -> Vec<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    for model in desired {
+        dirs.insert(model.install_dir.clone());
+        if let Some(parent) = model.config_mirror.as_deref().and_then(Path::parent) {
+            dirs.insert(parent.to_path_buf());
+        }
+    }
+    for record in registry.models.values() {
+        if let Some(dir) = recorded_install_dir(models_dir, record) {
+            dirs.insert(dir);
+        }
+    }
+    dirs.into_iter().collect()
+}
+
+/// The record's `install_path` relative to the models directory, when it lies inside it.
+pub fn recorded_install_dir(models_dir: &Path, record: &Record) -> Option<PathBuf> {
+    let relative = Path::new(&record.install_path)
+        .strip_prefix(models_dir)
+        .ok()?;
+    is_safe_relative(relative).then(|| relative.to_path_buf())
+}
+
+/// True for a non-empty relative path made only of normal components (nothing that could
+/// reach outside the models directory).
+pub fn is_safe_relative(path: &Path) -> bool {
+    path.components().next().is_some()
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// The upstream hash a registry file records, if any (seed records have none).
+fn recorded_hash(file: &RecordFile) -> Option<FileHash> {
+    match (&file.sha256, &file.git_sha1) {
+        (Some(hex), _) => Some(FileHash::Sha256(hex.clone())),
+        (None, Some(hex)) => Some(FileHash::GitSha1(hex.clone())),
+        (None, None) => None,
+    }
+}
+
+fn slash_path(path: &Path) -> String {
+    path.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn short_commit(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
+}
+
+/// Computes the plan. `input.observed` should cover [`dirs_to_observe`]: a folder missing from
+/// it reads as "not on disk", so its files would be fetched again.
+pub fn compute(input: PlanInput<'_>) -> Plan {
+    let mut planner = Planner::new(input);
+    let mut desired: Vec<&DesiredModel> = input.desired.iter().collect();
+    desired.sort_by(|a, b| a.id.cmp(&b.id));
+    for model in desired {
+        planner.plan_desired(model);
+    }
+    let declared: BTreeSet<&str> = input.desired.iter().map(|m| m.id.as_str()).collect();
+    for (id, record) in &input.observed.registry.models {
+        if !declared.contains(id.as_str()) {
+            planner.plan_undeclared(id, record);
+        }
+    }
+    let mut strays: Vec<PathBuf> = input
+        .observed
+        .strays
+        .iter()
+        .filter(|p| is_safe_relative(p))
+        .cloned()
+        .collect();
+    strays.sort();
+    strays.dedup();
+    for path in &strays {
+        planner
+            .actions
+            .push(Action::DeleteStray { path: path.clone() });
+    }
+    planner.finish(strays)
+}
+
+struct Planner<'a> {
+    input: PlanInput<'a>,
+    models: Vec<ModelChange>,
+    notes: Vec<Note>,
+    actions: Vec<Action>,
+    /// Upstream hash -> id of the fetch action that downloads it (one per hash). Only looked
+    /// up, never iterated, so a hash map keeps the output deterministic.
+    fetch_by_hash: HashMap<FileHash, String>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(input: PlanInput<'a>) -> Self {
+        Planner {
+            input,
+            models: Vec::new(),
+            notes: Vec::new(),
+            actions: Vec::new(),
+            fetch_by_hash: HashMap::new(),
+        }
+    }
+
+    fn observed_dir(&self, dir: &Path) -> Option<&'a ObservedDir> {
+        self.input.observed.dirs.get(dir)
+    }
+
+    fn plan_desired(&mut self, model: &DesiredModel) {
+        let record = self.input.observed.registry.models.get(&model.id);
+        let previous_dir =
+            record.and_then(|record| recorded_install_dir(self.input.models_dir, record));
+        let current = previous_dir
+            .as_deref()
+            .and_then(|dir| self.observed_dir(dir));
+        let recorded: BTreeMap<&str, &RecordFile> = record
+            .map(|r| r.files.iter().map(|f| (f.path.as_str(), f)).collect())
+            .unwrap_or_default();
+
+        let mut files = Vec::new();
+        let mut install_files = Vec::new();
+        let mut kept_files = 0;
+        let mut download_bytes = 0;
+        let mut free_bytes = 0;
+        for file in &model.files {
+            let keep_from = match (recorded.get(file.path.as_str()), &previous_dir) {
+                (None, _) => Err((FileChangeKind::Add, None)),
+                (Some(old), Some(dir)) => {
+                    let same_bytes =
+                        recorded_hash(old).as_ref() == Some(&file.hash) && old.size == file.size;
+                    let on_disk = current.and_then(|d| d.files.get(&file.path));
+                    if recorded_hash(old).is_none() {
+                        Err((FileChangeKind::Replace, Some("no hash recorded")))
+                    } else if !same_bytes {
+                        Err((FileChangeKind::Replace, Some("changed upstream")))
+                    } else {
+                        match on_disk {
+                            None => Err((FileChangeKind::Replace, Some("missing on disk"))),
+                            Some(seen) if seen.size != file.size => {
+                                Err((FileChangeKind::Replace, Some("size mismatch on disk")))
+                            }
+                            Some(_) => Ok(dir.join(&file.path)),
+                        }
+                    }
+                }
+                // Recorded, but its folder is outside the models directory: nothing to keep.
+                (Some(_), None) => Err((FileChangeKind::Replace, Some("missing on disk"))),
+            };
+            let source = match keep_from {
+                Ok(path) => {
+                    kept_files += 1;
+                    FileSource::Keep { path }
+                }
+                Err((kind, reason)) => {
+                    download_bytes += file.size;
+                    files.push(FileChange {
+                        path: file.path.clone(),
+                        kind,
+                        size: file.size,
+                        reason: reason.map(str::to_string),
+                    });
+                    FileSource::Fetch {
+                        action: self.fetch(model, file),
+                    }
+                }
+            };
+            install_files.push(InstallFile {
+                path: file.path.clone(),
+                size: file.size,
+                hash: file.hash.clone(),
+                source,
+            });
+        }
+        let selected: BTreeSet<&str> = model.files.iter().map(|f| f.path.as_str()).collect();
+        for old in recorded.values() {
+            if !selected.contains(old.path.as_str()) {
+                free_bytes += old.size;
+                files.push(FileChange {
+                    path: old.path.clone(),
+                    kind: FileChangeKind::Remove,
+                    size: old.size,
+                    reason: Some("no longer selected".to_string()),
+                });
+            }
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+
+        let moved = record.is_some() && previous_dir.as_ref() != Some(&model.install_dir);
+        let mut reasons = Vec::new();
+        if let Some(record) = record {
+            if moved {
+                reasons.push(match &previous_dir {
+                    Some(dir) => format!("moves from {}", slash_path(dir)),
+                    None => format!("moves from {}", record.install_path),
+                });
+            }
+            if record.library != model.library.as_str() && !moved {
+                reasons.push(format!("library changes to {}", model.library.as_str()));
+            }
+            if record.revision.as_deref() != Some(model.revision.as_str()) {
+                reasons.push(format!("revision changes to {}", model.revision));
+            }
+            if record.commit.as_deref() != Some(model.commit.as_str()) && files.is_empty() {
+                reasons.push("commit changes; no selected file changed".to_string());
+            }
+            if record.pinned.unwrap_or(false) != model.pinned.unwrap_or(false) {
+                reasons.push(format!(
+                    "pinned changes to {}",
+                    model.pinned.unwrap_or(false)
+                ));
+            }
+            if record.license_accepted != model.license_accepted {
+                reasons.push("license acceptance changes".to_string());
+            }
+            if record.install_path != self.install_path(&model.install_dir) && !moved {
+                reasons.push("install path changes".to_string());
+            }
+        }
+        let needs_install = record.is_none() || moved || !files.is_empty();
+        let mirror_missing = match &model.config_mirror {
+            Some(mirror) => !needs_install && !self.mirror_present(model, mirror),
+            None => false,
+        };
+        if mirror_missing {
+            reasons.push("config mirror missing".to_string());
+        }
+
+        let change = if record.is_none() {
+            ChangeKind::Create
+        } else if needs_install || !reasons.is_empty() {
+            ChangeKind::Update
+        } else {
+            ChangeKind::Unchanged
+        };
+        if change != ChangeKind::Unchanged {
+            if needs_install {
+                self.actions.push(Action::InstallModel {
+                    model: model.id.clone(),
+                    install_dir: model.install_dir.clone(),
+                    previous_install_dir: previous_dir
+                        .clone()
+                        .filter(|dir| *dir != model.install_dir),
+                    files: install_files,
+                });
+            }
+            if let Some(mirror) = &model.config_mirror
+                && (needs_install || mirror_missing)
+            {
+                self.actions.push(Action::MirrorConfig {
+                    model: model.id.clone(),
+                    from: model.install_dir.join("config.json"),
+                    to: mirror.clone(),
+                });
+            }
+            self.actions.push(Action::Register {
+                model: model.id.clone(),
+                record: self.record_plan(model),
+            });
+        }
+        self.models.push(ModelChange {
+            id: model.id.clone(),
+            change,
+            revision: Some(model.revision.clone()),
+            from_commit: record.and_then(|r| r.commit.clone()),
+            to_commit: Some(model.commit.clone()),
+            install_dir: Some(model.install_dir.clone()),
+            previous_install_dir: previous_dir.filter(|dir| moved && *dir != model.install_dir),
+            reasons,
+            files,
+            kept_files,
+            download_bytes,
+            free_bytes,
+        });
+    }
+
+    /// The id of the fetch action for `file`'s bytes, adding the action on first use.
+    fn fetch(&mut self, model: &DesiredModel, file: &UpstreamFile) -> String {
+        if let Some(id) = self.fetch_by_hash.get(&file.hash) {
+            return id.clone();
+        }
+        let action = Action::Fetch {
+            model: model.id.clone(),
+            commit: model.commit.clone(),
+            file: file.clone(),
+        };
+        let id = action.id();
+        self.actions.push(action);
+        self.fetch_by_hash.insert(file.hash.clone(), id.clone());
+        id
+    }
+
+    fn mirror_present(&self, model: &DesiredModel, mirror: &Path) -> bool {
+        let Some(config) = model.files.iter().find(|f| f.path == "config.json") else {
+            return true;
+        };
+        let (Some(parent), Some(name)) = (mirror.parent(), mirror.file_name()) else {
+            return false;
+        };
+        self.observed_dir(parent)
+            .and_then(|dir| dir.files.get(name.to_string_lossy().as_ref()))
+            .is_some_and(|seen| seen.size == config.size)
+    }
+
+    fn install_path(&self, install_dir: &Path) -> String {
+        self.input
+            .models_dir
+            .join(install_dir)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn record_plan(&self, model: &DesiredModel) -> RecordPlan {
+        RecordPlan {
+            model_id: model.id.clone(),
+            library: model.library,
+            revision: model.revision.clone(),
+            commit: model.commit.clone(),
+            install_path: self.install_path(&model.install_dir),
+            files: model
+                .files
+                .iter()
+                .map(|f| RecordPlanFile {
+                    path: f.path.clone(),
+                    size: f.size,
+                    hash: f.hash.clone(),
+                })
+                .collect(),
+            total_size: model.files.iter().map(|f| f.size).sum(),
+            pinned: model.pinned,
+            license_accepted: model.license_accepted.clone(),
+        }
+    }
+
+    fn plan_undeclared(&mut self, id: &str, record: &Record) {
+        let pinned = record.pinned.unwrap_or(false);
+        if !self.input.prune || pinned {
+            let message = if pinned && self.input.prune {
+                "not declared but pinned (kept even with prune = true)"
+            } else {
+                "not declared (kept; set prune = true to remove)"
+            };
+            self.notes.push(Note {
+                model: id.to_string(),
+                message: message.to_string(),
+            });
+            return;
+        }
+        let dir = recorded_install_dir(self.input.models_dir, record);
+        let free_bytes = match dir.as_deref().and_then(|d| self.observed_dir(d)) {
+            Some(seen) => seen.files.values().map(|f| f.size).sum(),
+            None => 0,
+        };
+        match &dir {
+            Some(dir) => {
+                let has_config = record.files.iter().any(|f| f.path == "config.json");
+                self.actions.push(Action::RemoveModel {
+                    model: id.to_string(),
+                    install_dir: dir.clone(),
+                    config_mirror: has_config.then(|| crate::layout::config_mirror_path(id)),
+                });
+            }
+            None => self.notes.push(Note {
+                model: id.to_string(),
+                message: format!(
+                    "recorded folder {} is outside the models directory; only the record is removed",
+                    record.install_path
+                ),
+            }),
+        }
+        self.actions.push(Action::Unregister {
+            model: id.to_string(),
+        });
+        self.models.push(ModelChange {
+            id: id.to_string(),
+            change: ChangeKind::Remove,
+            revision: record.revision.clone(),
+            from_commit: record.commit.clone(),
+            to_commit: None,
+            install_dir: dir,
+            previous_install_dir: None,
+            reasons: vec!["prune".to_string()],
+            files: Vec::new(),
+            kept_files: 0,
+            download_bytes: 0,
+            free_bytes,
+        });
+    }
+
+    fn finish(mut self, strays: Vec<PathBuf>) -> Plan {
+        self.models.sort_by(|a, b| a.id.cmp(&b.id));
+        self.notes
+            .sort_by(|a, b| (&a.model, &a.message).cmp(&(&b.model, &b.message)));
+        let actions = graph::order(self.actions);
+        let mut summary = Summary {
+            strays: strays.len(),
+            ..Summary::default()
+        };
+        for model in &self.models {
+            match model.change {
+                ChangeKind::Create => summary.to_add += 1,
+                ChangeKind::Update => summary.to_change += 1,
+                ChangeKind::Remove => summary.to_remove += 1,
+                ChangeKind::Unchanged => {}
+            }
+            summary.free_bytes += model.free_bytes;
+        }
+        for planned in &actions {
+            if let Action::Fetch { file, .. } = &planned.action {
+                summary.download_files += 1;
+                summary.download_bytes += file.size;
+            }
+        }
+        Plan {
+            models_dir: self.input.models_dir.to_path_buf(),
+            models: self.models,
+            notes: self.notes,
+            strays,
+            actions,
+            summary,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::store::ObservedFile;
+
+    const ROOT: &str = "/srv/models";
+    const C1: &str = "1a2b3c4d5e6f708192a3b4c5d6e7f80912a3b4c5";
+    const C2: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a098765432";
+
+    fn lfs(path: &str, size: u64, seed: char) -> UpstreamFile {
+        UpstreamFile {
+            path: path.to_string(),
+            size,
+            hash: FileHash::Sha256(seed.to_string().repeat(64)),
+        }
+    }
+
+    fn regular(path: &str, size: u64, seed: char) -> UpstreamFile {
+        UpstreamFile {
+            path: path.to_string(),
+            size,
+            hash: FileHash::GitSha1(seed.to_string().repeat(40)),
+        }
+    }
+
+    fn gguf_model() -> DesiredModel {
+        DesiredModel {
+            id: "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF".to_string(),
+            revision: "main".to_string(),
+            commit: "3f2a9c1e0d9b8a7f6e5d4c3b2a1f0e9d8c7b6a59".to_string(),
+            library: Library::LlamaCpp,
+            install_dir: "llama-cpp/TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF".into(),
+            files: vec![
+                regular("config.json", 1_234, 'c'),
+                lfs("tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf", 668_788_096, 'a'),
+            ],
+            config_mirror: Some("configs/TinyLlama-1.1B-Chat-v1.0-GGUF.json".into()),
+            pinned: Some(true),
+            license_accepted: None,
+        }
+    }
+
+    fn bert_model(commit: &str) -> DesiredModel {
+        DesiredModel {
+            id: "acme/tiny-bert".to_string(),
+            revision: "main".to_string(),
+            commit: commit.to_string(),
+            library: Library::Transformers,
+            install_dir: "transformers/acme/tiny-bert".into(),
+            files: vec![
+                regular(".gitattributes", 1_519, '1'),
+                lfs("model.safetensors", 12_000_000, 'b'),
+                regular("old.bin", 4_000, '2'),
+                regular("tokenizer/vocab.txt", 231_508, '3'),
+            ],
+            config_mirror: None,
+            pinned: None,
+            license_accepted: None,
+        }
+    }
+
+    /// The observed state right after `models` were installed as desired.
+    fn installed(models: &[DesiredModel]) -> Observed {
+        let mut observed = Observed::default();
+        for model in models {
+            let plan = compute(PlanInput {
+                models_dir: Path::new(ROOT),
+                desired: std::slice::from_ref(model),
+                observed: &Observed::default(),
+                prune: false,
+            });
+            let record = plan
+                .actions
+                .iter()
+                .find_map(|a| match &a.action {
+                    Action::Register { record, .. } => Some(record.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            observed
+                .registry
+                .models
+                .insert(model.id.clone(), record_from(&record));
+            let dir = observed.dirs.entry(model.install_dir.clone()).or_default();
+            for file in &model.files {
+                dir.files.insert(file.path.clone(), seen(file.size));
+            }
+            if let Some(mirror) = &model.config_mirror {
+                let config = model
+                    .files
+                    .iter()
+                    .find(|f| f.path == "config.json")
+                    .unwrap();
+                observed
+                    .dirs
+                    .entry(mirror.parent().unwrap().to_path_buf())
+                    .or_default()
+                    .files
+                    .insert(
+                        mirror.file_name().unwrap().to_string_lossy().into_owned(),
+                        seen(config.size),
+                    );
+            }
+        }
+        observed
+    }
+
+    fn seen(size: u64) -> ObservedFile {
+        ObservedFile {
+            size,
+            modified: None,
+        }
+    }
+
+    fn record_from(plan: &RecordPlan) -> Record {
+        Record {
+            model_id: plan.model_id.clone(),
+            library: plan.library.as_str().to_string(),
+            revision: Some(plan.revision.clone()),
+            installed_at: Some("2025-09-01T12:34:56Z".to_string()),
+            install_path: plan.install_path.clone(),
+            files: plan
+                .files
+                .iter()
+                .map(|f| RecordFile {
+                    path: f.path.clone(),
+                    size: f.size,
+                    sha256: f.hash.is_lfs().then(|| f.hash.hex().to_string()),
+                    git_sha1: (!f.hash.is_lfs()).then(|| f.hash.hex().to_string()),
+                    extra: Default::default(),
+                })
+                .collect(),
+            total_size: plan.total_size,
+            commit: Some(plan.commit.clone()),
+            pinned: plan.pinned,
+            license_accepted: plan.license_accepted.clone(),
+            last_accessed: None,
+            extra: Default::default(),
+        }
+    }
+
+    fn plan(desired: &[DesiredModel], observed: &Observed, prune: bool) -> Plan {
+        compute(PlanInput {
+            models_dir: Path::new(ROOT),
+            desired,
+            observed,
+            prune,
+        })
+    }
+
+    fn ids(plan: &Plan) -> Vec<&str> {
+        plan.actions.iter().map(|a| a.id.as_str()).collect()
+    }
+
+    fn deps<'p>(plan: &'p Plan, id: &str) -> Vec<&'p str> {
+        let action = plan.actions.iter().find(|a| a.id == id).unwrap();
+        action.depends_on.iter().map(String::as_str).collect()
+    }
+
+    /// A plan with a create, an update (one file changed, one dropped) and a removal.
+    fn mixed_plan() -> Plan {
+        let mut before = bert_model(C1);
+        before.files[1] = lfs("model.safetensors", 11_000_000, 'e');
+        let mut observed = installed(&[before]);
+        let old = Record {
+            model_id: "old/model".to_string(),
+            library: "transformers".to_string(),
+            revision: Some("main".to_string()),
+            installed_at: None,
+            install_path: format!("{ROOT}/transformers/old/model"),
+            files: vec![],
+            total_size: 0,
+            commit: None,
+            pinned: None,
+            license_accepted: None,
+            last_accessed: None,
+            extra: Default::default(),
+        };
+        observed
+            .registry
+            .models
+            .insert("old/model".to_string(), old);
+        let mut after = bert_model(C2);
+        after.files.retain(|f| f.path != "old.bin");
+        plan(&[gguf_model(), after], &observed, true)
+    }
+
+    #[test]
+    fn fresh_store_creates_everything_in_dependency_order() {
+        let plan = plan(&[gguf_model(), bert_model(C1)], &Observed::default(), false);
+        assert_eq!(plan.summary.to_add, 2);
+        assert_eq!(plan.summary.download_files, 6);
+        let order = ids(&plan);
+        for planned in &plan.actions {
+            let me = order.iter().position(|id| *id == planned.id).unwrap();
+            for dep in &planned.depends_on {
+                assert!(order.iter().position(|id| id == dep).unwrap() < me);
+            }
+        }
+        assert_eq!(
+            deps(&plan, "register:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"),
+            ["mirror-config:TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF"]
+        );
+        assert_eq!(
+            deps(&plan, "install:acme/tiny-bert"),
+            [
+                "fetch:acme/tiny-bert:.gitattributes",
+                "fetch:acme/tiny-bert:model.safetensors",
+                "fetch:acme/tiny-bert:old.bin",
+                "fetch:acme/tiny-bert:tokenizer/vocab.txt",
+            ]
+        );
+        insta::assert_snapshot!("fresh_store_text", render_text(&plan));
+        insta::assert_json_snapshot!("fresh_store_json", plan);
+    }
+
+    #[test]
+    fn installed_state_plans_nothing() {
+        let desired = [gguf_model(), bert_model(C1)];
+        let plan = plan(&desired, &installed(&desired), false);
+        assert!(plan.is_empty(), "{plan:#?}");
+        assert!(
+            plan.models
+                .iter()
+                .all(|m| m.change == ChangeKind::Unchanged)
+        );
+        assert_eq!(
+            render_text(&plan),
+            "No changes. The models directory matches kari-models.toml.\n"
+        );
+    }
+
+    #[test]
+    fn mixed_plan_renders_like_terraform() {
+        let plan = mixed_plan();
+        assert_eq!(
+            (
+                plan.summary.to_add,
+                plan.summary.to_change,
+                plan.summary.to_remove
+            ),
+            (1, 1, 1)
+        );
+        insta::assert_snapshot!("mixed_text", render_text(&plan));
+        insta::assert_json_snapshot!("mixed_json", plan);
+    }
+
+    #[test]
+    fn revision_bump_fetches_only_changed_files_and_keeps_the_rest() {
+        let plan = mixed_plan();
+        let bert: Vec<&str> = ids(&plan)
+            .into_iter()
+            .filter(|id| id.contains("acme/tiny-bert"))
+            .collect();
+        assert_eq!(
+            bert,
+            [
+                "fetch:acme/tiny-bert:model.safetensors",
+                "install:acme/tiny-bert",
+                "register:acme/tiny-bert"
+            ]
+        );
+        let install = plan
+            .actions
+            .iter()
+            .find_map(|a| match &a.action {
+                Action::InstallModel { model, files, .. } if model == "acme/tiny-bert" => {
+                    Some(files.clone())
+                }
+                _ => None,
+            })
+            .unwrap();
+        let sources: Vec<(&str, &FileSource)> = install
+            .iter()
+            .map(|f| (f.path.as_str(), &f.source))
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                (
+                    ".gitattributes",
+                    &FileSource::Keep {
+                        path: "transformers/acme/tiny-bert/.gitattributes".into()
+                    }
+                ),
+                (
+                    "model.safetensors",
+                    &FileSource::Fetch {
+                        action: "fetch:acme/tiny-bert:model.safetensors".into()
+                    }
+                ),
+                (
+                    "tokenizer/vocab.txt",
+                    &FileSource::Keep {
+                        path: "transformers/acme/tiny-bert/tokenizer/vocab.txt".into()
+                    }
+                ),
+            ]
+        );
+        let change = plan
+            .models
+            .iter()
+            .find(|m| m.id == "acme/tiny-bert")
+            .unwrap();
+        assert_eq!(change.free_bytes, 4_000);
+        assert_eq!(change.download_bytes, 12_000_000);
+    }
+
+    #[test]
+    fn damaged_files_on_disk_are_fetched_again_with_a_reason() {
+        let desired = [bert_model(C1)];
+        let mut observed = installed(&desired);
+        let dir = observed
+            .dirs
+            .get_mut(Path::new("transformers/acme/tiny-bert"))
+            .unwrap();
+        dir.files.remove("old.bin");
+        dir.files.get_mut("model.safetensors").unwrap().size = 5;
+        let plan = plan(&desired, &observed, false);
+        let reasons: Vec<(&str, Option<&str>)> = plan.models[0]
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.reason.as_deref()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("model.safetensors", Some("size mismatch on disk")),
+                ("old.bin", Some("missing on disk")),
+            ]
+        );
+        assert_eq!(plan.models[0].change, ChangeKind::Update);
+        assert_eq!(plan.summary.download_files, 2);
+    }
+
+    #[test]
+    fn undeclared_models_are_kept_without_prune_and_pinned_ones_even_with_it() {
+        let gguf = gguf_model();
+        let bert = bert_model(C1);
+        let observed = installed(&[gguf.clone(), bert.clone()]);
+
+        let kept = plan(&[], &observed, false);
+        assert!(kept.is_empty());
+        assert_eq!(kept.notes.len(), 2);
+        assert!(
+            kept.notes
+                .iter()
+                .all(|n| n.message.contains("set prune = true"))
+        );
+        insta::assert_snapshot!("undeclared_kept_text", render_text(&kept));
+
+        let pruned = plan(&[], &observed, true);
+        // The GGUF model is pinned: protected. The bert model goes.
+        assert_eq!(
+            ids(&pruned),
+            ["remove:acme/tiny-bert", "unregister:acme/tiny-bert"]
+        );
+        assert_eq!(
+            deps(&pruned, "unregister:acme/tiny-bert"),
+            ["remove:acme/tiny-bert"]
+        );
+        assert_eq!(pruned.notes.len(), 1);
+        assert!(pruned.notes[0].message.contains("pinned"));
+        assert_eq!(
+            pruned.summary.free_bytes,
+            bert.files.iter().map(|f| f.size).sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn removing_a_model_with_a_config_also_removes_its_mirror() {
+        let observed = installed(&[gguf_model()]);
+        let mut unpinned = observed.clone();
+        for record in unpinned.registry.models.values_mut() {
+            record.pinned = None;
+        }
+        let plan = plan(&[], &unpinned, true);
+        let mirror = plan.actions.iter().find_map(|a| match &a.action {
+            Action::RemoveModel { config_mirror, .. } => Some(config_mirror.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            mirror,
+            Some(Some(PathBuf::from(
+                "configs/TinyLlama-1.1B-Chat-v1.0-GGUF.json"
+            )))
+        );
+    }
+
+    #[test]
+    fn strays_become_delete_actions() {
+        let mut observed = installed(&[bert_model(C1)]);
+        observed.strays = vec![
+            "transformers/acme/tiny-bert/model.safetensors.corrupt".into(),
+            "llama-cpp/x/y.gguf.incomplete".into(),
+            "../escape.corrupt".into(),
+        ];
+        let plan = plan(&[bert_model(C1)], &observed, false);
+        assert_eq!(
+            ids(&plan),
+            [
+                "delete-stray:llama-cpp/x/y.gguf.incomplete",
+                "delete-stray:transformers/acme/tiny-bert/model.safetensors.corrupt",
+            ]
+        );
+        assert!(!plan.is_empty());
+        assert!(render_text(&plan).ends_with("nothing to download, 2 leftovers to delete.\n"));
+    }
+
+    #[test]
+    fn same_input_gives_byte_identical_json() {
+        let first = serde_json::to_string_pretty(&mixed_plan()).unwrap();
+        let second = serde_json::to_string_pretty(&mixed_plan()).unwrap();
+        assert_eq!(first, second);
+        // Declaration order does not matter either.
+        let mut desired = vec![gguf_model(), bert_model(C1)];
+        let forward = serde_json::to_string(&plan(&desired, &Observed::default(), false)).unwrap();
+        desired.reverse();
+        let backward = serde_json::to_string(&plan(&desired, &Observed::default(), false)).unwrap();
+        assert_eq!(forward, backward);
+        // And the JSON reads back into the same plan (plan files for `kmm apply plan.json`).
+        let parsed: Plan = serde_json::from_str(&first).unwrap();
+        assert_eq!(parsed, mixed_plan());
+    }
+
+    #[test]
+    fn identical_bytes_are_fetched_once() {
+        let mut other = bert_model(C1);
+        other.id = "acme/tiny-bert-copy".to_string();
+        other.install_dir = "transformers/acme/tiny-bert-copy".into();
+        let plan = plan(&[bert_model(C1), other], &Observed::default(), false);
+        assert_eq!(plan.summary.download_files, 4);
+        assert_eq!(
+            deps(&plan, "install:acme/tiny-bert-copy"),
+            deps(&plan, "install:acme/tiny-bert")
+        );
+    }
+
+    #[test]
+    fn library_override_moves_the_folder_and_keeps_its_files() {
+        let before = bert_model(C1);
+        let observed = installed(std::slice::from_ref(&before));
+        let mut after = before.clone();
+        after.library = Library::LlamaCpp;
+        after.install_dir = "llama-cpp/acme/tiny-bert".into();
+        let plan = plan(&[after], &observed, false);
+        assert_eq!(plan.summary.download_files, 0);
+        let (previous, sources) = plan
+            .actions
+            .iter()
+            .find_map(|a| match &a.action {
+                Action::InstallModel {
+                    previous_install_dir,
+                    files,
+                    ..
+                } => Some((previous_install_dir.clone(), files.clone())),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(previous, Some(PathBuf::from("transformers/acme/tiny-bert")));
+        assert!(
+            sources
+                .iter()
+                .all(|f| matches!(&f.source, FileSource::Keep { path }
+            if path.starts_with("transformers/acme/tiny-bert")))
+        );
+        let text = render_text(&plan);
+        assert!(
+            text.contains("-> models/llama-cpp/acme/tiny-bert"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# moves from transformers/acme/tiny-bert"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn metadata_changes_only_rewrite_the_record() {
+        let desired = bert_model(C1);
+        let observed = installed(std::slice::from_ref(&desired));
+        let mut pinned = desired.clone();
+        pinned.pinned = Some(true);
+        pinned.license_accepted = Some(serde_json::json!({"accepted": true}));
+        let plan = plan(&[pinned], &observed, false);
+        assert_eq!(ids(&plan), ["register:acme/tiny-bert"]);
+        assert_eq!(
+            plan.models[0].reasons,
+            ["pinned changes to true", "license acceptance changes"]
+        );
+    }
+
+    #[test]
+    fn a_missing_config_mirror_is_restored() {
+        let desired = gguf_model();
+        let mut observed = installed(std::slice::from_ref(&desired));
+        observed.dirs.remove(Path::new("configs"));
+        let plan = plan(&[desired], &observed, false);
+        let id = "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF";
+        assert_eq!(
+            ids(&plan),
+            [format!("mirror-config:{id}"), format!("register:{id}")]
+        );
+        assert_eq!(plan.models[0].reasons, ["config mirror missing"]);
+    }
+
+    #[test]
+    fn a_folder_is_vacated_before_another_model_moves_in() {
+        let squatter = bert_model(C1);
+        let mut observed = installed(std::slice::from_ref(&squatter));
+        observed
+            .registry
+            .models
+            .get_mut("acme/tiny-bert")
+            .unwrap()
+            .pinned = None;
+        let mut newcomer = bert_model(C1);
+        newcomer.id = "acme/tiny-bert-v2".to_string();
+        newcomer.install_dir = "transformers/acme/tiny-bert".into();
+        let plan = plan(&[newcomer], &observed, true);
+        assert!(deps(&plan, "install:acme/tiny-bert-v2").contains(&"remove:acme/tiny-bert"));
+    }
+
+    #[test]
+    fn records_without_hashes_are_refetched() {
+        let desired = bert_model(C1);
+        let mut observed = installed(std::slice::from_ref(&desired));
+        for file in &mut observed
+            .registry
+            .models
+            .get_mut("acme/tiny-bert")
+            .unwrap()
+            .files
+        {
+            file.sha256 = None;
+            file.git_sha1 = None;
+        }
+        let plan = plan(&[desired], &observed, false);
+        assert_eq!(plan.summary.download_files, 4);
+        assert!(
+            plan.models[0]
+                .files
+                .iter()
+                .all(|f| f.reason.as_deref() == Some("no hash recorded"))
+        );
+    }
+
+    #[test]
+    fn bytes_are_formatted_in_decimal_units() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(999), "999 B");
+        assert_eq!(format_bytes(1_234), "1.2 kB");
+        assert_eq!(format_bytes(999_999), "1.0 MB");
+        assert_eq!(format_bytes(668_788_096), "668.8 MB");
+        assert_eq!(format_bytes(12_000_000), "12.0 MB");
+        assert_eq!(format_bytes(4_100_000_000), "4.1 GB");
+        assert_eq!(format_bytes(2_500_000_000_000), "2.5 TB");
+    }
+
+    #[test]
+    fn observed_dirs_cover_desired_recorded_and_mirror_folders() {
+        let observed = installed(&[bert_model(C1)]);
+        let dirs = dirs_to_observe(Path::new(ROOT), &[gguf_model()], &observed.registry);
+        let expected: Vec<PathBuf> = vec![
+            "configs".into(),
+            "llama-cpp/TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF".into(),
+            "transformers/acme/tiny-bert".into(),
+        ];
+        assert_eq!(dirs, expected);
+        let _ = Registry::default();
+    }
 }

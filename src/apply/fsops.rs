@@ -1,0 +1,301 @@
+//! The file-system moves apply is built from: link-or-copy, the atomic folder swap, deleting
+//! through the trash, and atomic file copies.
+//!
+//! A model folder is replaced in one step: on Linux `renameat2(RENAME_EXCHANGE)` swaps the new
+//! folder and the old one atomically; where that is unsupported the old folder is renamed away
+//! and the new one renamed in (a reader may then briefly see no folder, never a half-filled one).
+//! Old folders are first renamed into `.kmm/trash/` (atomic) and only then deleted, so a crash
+//! mid-delete leaves garbage in the trash, not a half-deleted model.
+//!
+//! Edges: blocking std I/O (callers run it in `spawn_blocking`); knows nothing about plans.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Hard-links `from` to `to`, or copies when linking is impossible (another file system,
+/// a file system without links). `to` must not exist.
+pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    fs_err::copy(from, to).map(|_| ()).map_err(|e| {
+        Error::io(
+            format!("copying {} to {}", from.display(), to.display()),
+            &e,
+        )
+    })
+}
+
+/// Makes `new` appear at `target` in one step. If `target` existed, its old content is moved
+/// into `trash` and deleted. `new` and `target` must be on the same file system.
+pub(crate) fn swap_in(new: &Path, target: &Path, trash: &Path) -> Result<()> {
+    let parent = target.parent().expect("a model folder has a parent");
+    fs_err::create_dir_all(parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+    if fs_err::symlink_metadata(target).is_err() {
+        rename(new, target)?;
+        sync_dir(parent);
+        return Ok(());
+    }
+    match exchange(new, target) {
+        // `new` now names the old folder.
+        Ok(()) => {
+            sync_dir(parent);
+            discard(new, trash);
+            Ok(())
+        }
+        Err(_) => {
+            let parked = unique_in(trash, target)?;
+            rename(target, &parked)?;
+            if let Err(error) = rename(new, target) {
+                // Put the old folder back: better the old model than none.
+                let _ = std::fs::rename(&parked, target);
+                return Err(error);
+            }
+            sync_dir(parent);
+            discard(&parked, trash);
+            Ok(())
+        }
+    }
+}
+
+/// Makes a rename in `dir` durable. Best effort: not every platform can sync a folder.
+fn sync_dir(dir: &Path) {
+    if let Ok(handle) = std::fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
+}
+
+/// Removes a folder (or file) by renaming it into `trash` first; absent is fine.
+pub(crate) fn remove_via_trash(path: &Path, trash: &Path) -> Result<()> {
+    if fs_err::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let parked = unique_in(trash, path)?;
+    rename(path, &parked)?;
+    discard(&parked, trash);
+    Ok(())
+}
+
+/// Deletes something already parked in (or about to be moved to) the trash. Failures only
+/// leave garbage that the next apply cleans, so they are logged, not returned.
+fn discard(path: &Path, trash: &Path) {
+    let parked = if path.starts_with(trash) {
+        Ok(path.to_path_buf())
+    } else {
+        unique_in(trash, path).and_then(|parked| rename(path, &parked).map(|()| parked))
+    };
+    let result = parked
+        .map_err(|e| io::Error::other(e.to_string()))
+        .and_then(|parked| {
+            remove_any(&parked)?;
+            // The parked item sits in a holder folder of its own (see `unique_in`).
+            match parked.parent() {
+                Some(holder) if holder != trash && holder.starts_with(trash) => {
+                    fs_err::remove_dir(holder)
+                }
+                _ => Ok(()),
+            }
+        });
+    if let Err(error) = result {
+        tracing::warn!(path = %path.display(), %error, "could not delete an old folder; the next apply retries");
+    }
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    match fs_err::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs_err::remove_dir_all(path),
+        Ok(_) => fs_err::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes everything inside `dir` (leftovers of an interrupted run); `dir` itself stays.
+pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
+    let entries = match fs_err::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), &e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), &e))?;
+        remove_any(&entry.path())
+            .map_err(|e| Error::io(format!("cleaning {}", dir.display()), &e))?;
+    }
+    Ok(())
+}
+
+/// Removes empty folders from `start` upwards, stopping below `stop` (never removing it).
+pub(crate) fn remove_empty_parents(start: &Path, stop: &Path) {
+    let mut current = start.to_path_buf();
+    while current.starts_with(stop) && current != stop {
+        // `remove_dir` refuses non-empty folders, which ends the walk.
+        if std::fs::remove_dir(&current).is_err() {
+            break;
+        }
+        if !current.pop() {
+            break;
+        }
+    }
+}
+
+/// Copies `from` to `to` so that `to` is either the old file or the complete new one.
+pub(crate) fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let parent = to.parent().expect("a file has a parent");
+    fs_err::create_dir_all(parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+    let mut temp = tempfile::Builder::new()
+        .prefix(".kmm-")
+        .suffix(".tmp")
+        .tempfile_in(parent)
+        .map_err(|e| {
+            Error::io(
+                format!("creating a temporary file in {}", parent.display()),
+                &e,
+            )
+        })?;
+    let mut source = fs_err::File::open(from)
+        .map_err(|e| Error::io(format!("reading {}", from.display()), &e))?;
+    io::copy(&mut source, temp.as_file_mut())
+        .and_then(|_| temp.as_file().sync_all())
+        .map_err(|e| Error::io(format!("writing {}", to.display()), &e))?;
+    temp.persist(to)
+        .map_err(|e| Error::io(format!("replacing {}", to.display()), &e.error))?;
+    Ok(())
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    fs_err::rename(from, to)
+        .map_err(|e| Error::io(format!("moving {} to {}", from.display(), to.display()), &e))
+}
+
+/// A fresh name inside `dir` for parking `path` (its file name plus a unique suffix).
+fn unique_in(dir: &Path, path: &Path) -> Result<PathBuf> {
+    fs_err::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "old".to_string());
+    // A temp dir reserves a unique name; the parked item goes inside it.
+    let holder = tempfile::Builder::new()
+        .prefix("old-")
+        .tempdir_in(dir)
+        .map_err(|e| Error::io(format!("creating a folder in {}", dir.display()), &e))?
+        .keep();
+    Ok(holder.join(name))
+}
+
+/// Atomically exchanges two paths (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt as _;
+    let a = CString::new(a.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let b = CString::new(b.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        fs_err::create_dir_all(path.parent().unwrap()).unwrap();
+        fs_err::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn swap_replaces_an_existing_folder_and_empties_the_trash() {
+        let root = tempfile::tempdir().unwrap();
+        let (new, target, trash) = (
+            root.path().join("staging/new"),
+            root.path().join("models/org/m"),
+            root.path().join("trash"),
+        );
+        write(&new.join("a.txt"), "new");
+        write(&target.join("a.txt"), "old");
+        write(&target.join("gone.txt"), "old");
+        swap_in(&new, &target, &trash).unwrap();
+        assert_eq!(fs_err::read_to_string(target.join("a.txt")).unwrap(), "new");
+        assert!(!target.join("gone.txt").exists());
+        assert!(!new.exists());
+        assert_eq!(fs_err::read_dir(&trash).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn swap_into_a_missing_folder_creates_its_parents() {
+        let root = tempfile::tempdir().unwrap();
+        let new = root.path().join("staging/new");
+        write(&new.join("x/y.txt"), "y");
+        let target = root.path().join("models/llama-cpp/org/m");
+        swap_in(&new, &target, &root.path().join("trash")).unwrap();
+        assert_eq!(fs_err::read_to_string(target.join("x/y.txt")).unwrap(), "y");
+    }
+
+    #[test]
+    fn exchange_is_atomic_on_linux() {
+        if !cfg!(target_os = "linux") {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        write(&a.join("f"), "a");
+        write(&b.join("f"), "b");
+        exchange(&a, &b).unwrap();
+        assert_eq!(fs_err::read_to_string(a.join("f")).unwrap(), "b");
+        assert_eq!(fs_err::read_to_string(b.join("f")).unwrap(), "a");
+    }
+
+    #[test]
+    fn removal_goes_through_the_trash_and_tolerates_absence() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, trash) = (root.path().join("models/org/m"), root.path().join("trash"));
+        write(&dir.join("f"), "x");
+        remove_via_trash(&dir, &trash).unwrap();
+        assert!(!dir.exists());
+        remove_via_trash(&dir, &trash).unwrap();
+        remove_empty_parents(&root.path().join("models/org"), &root.path().join("models"));
+        assert!(!root.path().join("models/org").exists());
+        assert!(root.path().join("models").exists());
+    }
+
+    #[test]
+    fn atomic_copy_and_link_or_copy_copy_bytes() {
+        let root = tempfile::tempdir().unwrap();
+        let from = root.path().join("a");
+        write(&from, "bytes");
+        copy_atomic(&from, &root.path().join("configs/b.json")).unwrap();
+        link_or_copy(&from, &root.path().join("c")).unwrap();
+        for name in ["configs/b.json", "c"] {
+            assert_eq!(
+                fs_err::read_to_string(root.path().join(name)).unwrap(),
+                "bytes"
+            );
+        }
+        empty_dir(root.path()).unwrap();
+        assert_eq!(fs_err::read_dir(root.path()).unwrap().count(), 0);
+    }
+}

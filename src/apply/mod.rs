@@ -1,0 +1,770 @@
+//! Carries out a `Plan`: the only module that changes the store.
+//!
+//! Downloads land in `models/.kmm/downloads/<hash-hex>.part`, are verified (size + upstream hash)
+//! while they stream, and are renamed to `.kmm/downloads/<hash-hex>`: a content store keyed by
+//! upstream hash, so a re-run after a crash finds them and skips the network. A model's new
+//! folder is assembled under `models/.kmm/staging/` (hard links of verified downloads and of the
+//! unchanged files of the current folder, copies where linking fails) and swapped in with one
+//! atomic rename, so a model folder is never seen half updated. The registry is written after the
+//! files, atomically, by one writer at a time, under the store lock the caller holds; consumed
+//! downloads are deleted once every model using them is installed and registered.
+//!
+//! Independent actions run concurrently (at most `max_workers` at once, see [`queue`]); on the
+//! first failure nothing new starts, running actions finish, and the error is returned: models
+//! whose actions all completed stay installed and registered, the others stay as they were.
+//!
+//! Edges: reports progress through [`Reporter`] and never prints; it does not plan. It trusts the
+//! plan's structure but not its paths: every path is checked to stay inside the models directory
+//! (a plan may come from a file).
+
+mod fsops;
+mod queue;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::Instrument as _;
+
+use crate::error::{Error, Result};
+use crate::hub::HubClient;
+use crate::plan::{
+    Action, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative,
+};
+use crate::registry::{Record, RecordFile, Registry};
+use crate::store::StorePaths;
+use crate::upstream::{FileHash, UpstreamFile};
+
+/// Progress events. The CLI turns them into progress bars; tests record them.
+pub trait Reporter: Send + Sync {
+    /// A download starts: model id, repo path, total bytes.
+    fn download_started(&self, _model: &str, _path: &str, _size: u64) {}
+    /// More bytes of a download landed.
+    fn download_progress(&self, _model: &str, _path: &str, _bytes: u64) {}
+    /// A download finished and verified.
+    fn download_finished(&self, _model: &str, _path: &str) {}
+    /// A model folder was swapped in / removed, or another step finished; one line for humans.
+    fn step(&self, _message: &str) {}
+}
+
+/// A reporter that reports nothing.
+pub struct SilentReporter;
+impl Reporter for SilentReporter {}
+
+/// What apply needs besides the plan.
+pub struct ApplyContext<'a> {
+    pub paths: &'a StorePaths,
+    /// `None` when offline: any action that needs the network fails with `E_NET`.
+    pub hub: Option<&'a HubClient>,
+    pub max_workers: usize,
+    pub reporter: &'a dyn Reporter,
+}
+
+/// What apply did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ApplyReport {
+    pub models_installed: Vec<String>,
+    pub models_updated: Vec<String>,
+    pub models_removed: Vec<String>,
+    pub files_downloaded: u64,
+    pub bytes_downloaded: u64,
+    pub strays_removed: Vec<String>,
+}
+
+/// Executes `plan`. On the first failure no new actions start, running ones finish, models whose
+/// actions all completed stay installed and registered, and the error is returned.
+pub async fn apply(plan: &Plan, ctx: &ApplyContext<'_>) -> Result<ApplyReport> {
+    if plan.models_dir != ctx.paths.root() {
+        return Err(Error::args(format!(
+            "the plan was made for {}, not for {}",
+            plan.models_dir.display(),
+            ctx.paths.root().display()
+        ))
+        .with_hint("run `kmm plan` again for this models directory"));
+    }
+    let deps = dependency_indices(plan)?;
+    let engine = Engine::new(plan, ctx)?;
+    engine.check_offline()?;
+    engine.prepare()?;
+    queue::run(&deps, ctx.max_workers, |index| {
+        engine.run(&plan.actions[index].action)
+    })
+    .await?;
+    let mut report = engine.report.into_inner().expect("report lock");
+    report.models_installed.sort();
+    report.models_updated.sort();
+    report.models_removed.sort();
+    report.strays_removed.sort();
+    Ok(report)
+}
+
+/// `depends_on` ids -> indices, checking that the plan is well formed (unique ids, known
+/// dependencies, dependencies listed earlier).
+fn dependency_indices(plan: &Plan) -> Result<Vec<Vec<usize>>> {
+    let mut index_of = BTreeMap::new();
+    let mut deps = Vec::with_capacity(plan.actions.len());
+    for (index, planned) in plan.actions.iter().enumerate() {
+        if planned.id != planned.action.id() {
+            return Err(Error::schema(format!(
+                "plan action `{}` does not match its content (`{}`)",
+                planned.id,
+                planned.action.id()
+            )));
+        }
+        let mut mine = Vec::with_capacity(planned.depends_on.len());
+        for dep in &planned.depends_on {
+            let Some(&dep_index) = index_of.get(dep.as_str()) else {
+                return Err(Error::schema(format!(
+                    "plan action `{}` depends on `{dep}`, which is not listed before it",
+                    planned.id
+                )));
+            };
+            mine.push(dep_index);
+        }
+        if index_of.insert(planned.id.as_str(), index).is_some() {
+            return Err(Error::schema(format!(
+                "plan action `{}` is listed twice",
+                planned.id
+            )));
+        }
+        deps.push(mine);
+    }
+    Ok(deps)
+}
+
+struct Engine<'a> {
+    plan: &'a Plan,
+    ctx: &'a ApplyContext<'a>,
+    root: PathBuf,
+    downloads: PathBuf,
+    /// One registry writer at a time (the store lock keeps other processes out).
+    registry_writer: Arc<Mutex<()>>,
+    /// Download hash hex -> how many installs still need it.
+    download_users: Mutex<BTreeMap<String, usize>>,
+    /// Model -> the download hashes its install consumes.
+    model_downloads: BTreeMap<&'a str, BTreeSet<String>>,
+    change_of: BTreeMap<&'a str, ChangeKind>,
+    report: Mutex<ApplyReport>,
+}
+
+impl<'a> Engine<'a> {
+    fn new(plan: &'a Plan, ctx: &'a ApplyContext<'a>) -> Result<Self> {
+        let mut download_users: BTreeMap<String, usize> = BTreeMap::new();
+        let mut model_downloads: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for planned in &plan.actions {
+            match &planned.action {
+                Action::Fetch { file, .. } => check_hash_hex(&file.hash)?,
+                Action::InstallModel { model, files, .. } => {
+                    let hashes: BTreeSet<String> = files
+                        .iter()
+                        .filter(|f| matches!(f.source, FileSource::Fetch { .. }))
+                        .map(|f| f.hash.hex().to_string())
+                        .collect();
+                    for hash in &hashes {
+                        *download_users.entry(hash.clone()).or_default() += 1;
+                    }
+                    model_downloads.insert(model.as_str(), hashes);
+                }
+                _ => {}
+            }
+        }
+        Ok(Engine {
+            plan,
+            ctx,
+            root: ctx.paths.root().to_path_buf(),
+            downloads: ctx.paths.downloads_dir(),
+            registry_writer: Arc::new(Mutex::new(())),
+            download_users: Mutex::new(download_users),
+            model_downloads,
+            change_of: plan
+                .models
+                .iter()
+                .map(|m| (m.id.as_str(), m.change))
+                .collect(),
+            report: Mutex::new(ApplyReport::default()),
+        })
+    }
+
+    /// Offline and something must come from the network: fail before touching anything.
+    fn check_offline(&self) -> Result<()> {
+        if self.ctx.hub.is_some() {
+            return Ok(());
+        }
+        let missing = self
+            .plan
+            .actions
+            .iter()
+            .filter(|planned| match &planned.action {
+                Action::Fetch { file, .. } => !self.have_download(file),
+                _ => false,
+            })
+            .count();
+        if missing == 0 {
+            return Ok(());
+        }
+        let files = if missing == 1 { "file" } else { "files" };
+        Err(
+            Error::net(format!("offline: {missing} {files} must be downloaded"))
+                .with_hint("drop --offline (and unset HF_HUB_OFFLINE) to download them"),
+        )
+    }
+
+    /// Creates the internal folders and clears leftovers of an interrupted run (the caller
+    /// holds the store lock, so nobody else is using them).
+    fn prepare(&self) -> Result<()> {
+        let paths = self.ctx.paths;
+        for dir in [
+            paths.downloads_dir(),
+            paths.staging_dir(),
+            paths.trash_dir(),
+        ] {
+            fs_err::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), &e))?;
+        }
+        fsops::empty_dir(&paths.staging_dir())?;
+        fsops::empty_dir(&paths.trash_dir())?;
+        Ok(())
+    }
+
+    fn download_path(&self, hash: &FileHash) -> PathBuf {
+        self.downloads.join(hash.hex())
+    }
+
+    /// A verified download with the right size is already in the content store.
+    fn have_download(&self, file: &UpstreamFile) -> bool {
+        fs_err::metadata(self.download_path(&file.hash))
+            .is_ok_and(|meta| meta.is_file() && meta.len() == file.size)
+    }
+
+    async fn run(&self, action: &Action) -> Result<()> {
+        match action {
+            Action::Fetch {
+                model,
+                commit,
+                file,
+            } => self.fetch(model, commit, file).await,
+            Action::InstallModel {
+                model,
+                install_dir,
+                previous_install_dir,
+                files,
+            } => {
+                self.install(model, install_dir, previous_install_dir.as_deref(), files)
+                    .await
+            }
+            Action::MirrorConfig { model, from, to } => self.mirror_config(model, from, to).await,
+            Action::Register { model, record } => self.register(model, record).await,
+            Action::RemoveModel {
+                model,
+                install_dir,
+                config_mirror,
+            } => {
+                self.remove_model(model, install_dir, config_mirror.as_deref())
+                    .await
+            }
+            Action::Unregister { model } => self.unregister(model).await,
+            Action::DeleteStray { path } => self.delete_stray(path).await,
+        }
+    }
+
+    async fn fetch(&self, model: &str, commit: &str, file: &UpstreamFile) -> Result<()> {
+        let reporter = self.ctx.reporter;
+        if self.have_download(file) {
+            reporter.step(&format!("{model}: {} already downloaded", file.path));
+            return Ok(());
+        }
+        let Some(hub) = self.ctx.hub else {
+            return Err(Error::net(format!(
+                "offline: {} of {model} must be downloaded",
+                file.path
+            ))
+            .with_hint("drop --offline (and unset HF_HUB_OFFLINE) to download it"));
+        };
+        let dest = self.download_path(&file.hash);
+        let part = self.downloads.join(format!("{}.part", file.hash.hex()));
+        reporter.download_started(model, &file.path, file.size);
+        let progress = |bytes: u64| reporter.download_progress(model, &file.path, bytes);
+        hub.download(model, commit, file, &part, &progress)
+            .instrument(tracing::info_span!("download", model, path = %file.path, size = file.size))
+            .await?;
+        {
+            let _span = tracing::info_span!("verify", model, path = %file.path).entered();
+            // The client verified the hash while streaming; the size check guards the rename.
+            let size = fs_err::metadata(&part)
+                .map_err(|e| Error::io(format!("reading {}", part.display()), &e))?
+                .len();
+            if size != file.size {
+                let _ = fs_err::remove_file(&part);
+                return Err(Error::verify(format!(
+                    "{} of {model}: downloaded {size} bytes, expected {}",
+                    file.path, file.size
+                )));
+            }
+            // The client leaves durability to us: the bytes reach the disk before the name.
+            fs_err::File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
+            fs_err::rename(&part, &dest)
+                .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
+        }
+        reporter.download_finished(model, &file.path);
+        let mut report = self.report.lock().expect("report lock");
+        report.files_downloaded += 1;
+        report.bytes_downloaded += file.size;
+        Ok(())
+    }
+
+    async fn install(
+        &self,
+        model: &str,
+        install_dir: &Path,
+        previous: Option<&Path>,
+        files: &[InstallFile],
+    ) -> Result<()> {
+        check_model_dir(install_dir)?;
+        if let Some(previous) = previous {
+            check_model_dir(previous)?;
+        }
+        let mut sources = Vec::with_capacity(files.len());
+        for file in files {
+            if !is_safe_relative(Path::new(&file.path)) || file.path.contains('\\') {
+                return Err(Error::schema(format!(
+                    "{model}: unsafe file path `{}`",
+                    file.path
+                )));
+            }
+            let from = match &file.source {
+                FileSource::Fetch { .. } => self.download_path(&file.hash),
+                FileSource::Keep { path } => {
+                    check_inside(path)?;
+                    self.root.join(path)
+                }
+            };
+            sources.push((from, file.path.clone(), file.size));
+        }
+        let job = InstallJob {
+            model: model.to_string(),
+            root: self.root.clone(),
+            staging: self.ctx.paths.staging_dir(),
+            trash: self.ctx.paths.trash_dir(),
+            install_dir: install_dir.to_path_buf(),
+            previous: previous.map(Path::to_path_buf),
+            sources,
+        };
+        spawn_blocking(move || job.run()).await?;
+        let moved = match previous {
+            Some(previous) => format!(" (moved from {})", previous.display()),
+            None => String::new(),
+        };
+        self.ctx.reporter.step(&format!(
+            "{model}: installed into {}{moved}",
+            install_dir.display()
+        ));
+        Ok(())
+    }
+
+    async fn mirror_config(&self, model: &str, from: &Path, to: &Path) -> Result<()> {
+        check_inside(from)?;
+        check_inside(to)?;
+        let (from, to) = (self.root.join(from), self.root.join(to));
+        let span = tracing::info_span!("mirror-config", model, to = %to.display());
+        spawn_blocking(move || {
+            let _span = span.entered();
+            fsops::copy_atomic(&from, &to)
+        })
+        .await
+    }
+
+    async fn register(&self, model: &str, plan: &RecordPlan) -> Result<()> {
+        let registry_file = self.ctx.paths.registry_file();
+        let writer = self.registry_writer.clone();
+        let (id, plan) = (model.to_string(), plan.clone());
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let span = tracing::info_span!("register", model);
+        spawn_blocking(move || {
+            let _span = span.entered();
+            let _writer = writer.lock().expect("registry writer lock");
+            let mut registry = Registry::load(&registry_file)?;
+            let record = merge_record(registry.models.remove(&id), &plan, now);
+            registry.models.insert(id, record);
+            registry.save(&registry_file)
+        })
+        .await?;
+        self.release_downloads(model);
+        let mut report = self.report.lock().expect("report lock");
+        match self.change_of.get(model) {
+            Some(ChangeKind::Create) => report.models_installed.push(model.to_string()),
+            _ => report.models_updated.push(model.to_string()),
+        }
+        Ok(())
+    }
+
+    /// Deletes the downloads `model` consumed once no other pending install needs them.
+    fn release_downloads(&self, model: &str) {
+        let Some(hashes) = self.model_downloads.get(model) else {
+            return;
+        };
+        let mut users = self.download_users.lock().expect("download users lock");
+        for hash in hashes {
+            let Some(count) = users.get_mut(hash) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                users.remove(hash);
+                let path = self.downloads.join(hash);
+                if let Err(error) = fs_err::remove_file(&path) {
+                    tracing::warn!(%error, "could not delete a consumed download");
+                }
+            }
+        }
+    }
+
+    async fn remove_model(
+        &self,
+        model: &str,
+        install_dir: &Path,
+        config_mirror: Option<&Path>,
+    ) -> Result<()> {
+        check_model_dir(install_dir)?;
+        if let Some(mirror) = config_mirror {
+            check_inside(mirror)?;
+        }
+        let root = self.root.clone();
+        let trash = self.ctx.paths.trash_dir();
+        let dir = root.join(install_dir);
+        let relative = install_dir.to_path_buf();
+        let mirror = config_mirror.map(|m| root.join(m));
+        spawn_blocking(move || {
+            fsops::remove_via_trash(&dir, &trash)?;
+            remove_empty_owner_folders(&root, &relative);
+            if let Some(mirror) = mirror {
+                match fs_err::remove_file(&mirror) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(format!("removing {}", mirror.display()), &e));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.ctx
+            .reporter
+            .step(&format!("{model}: removed {}", install_dir.display()));
+        Ok(())
+    }
+
+    async fn unregister(&self, model: &str) -> Result<()> {
+        let registry_file = self.ctx.paths.registry_file();
+        let writer = self.registry_writer.clone();
+        let id = model.to_string();
+        let span = tracing::info_span!("register", model, remove = true);
+        spawn_blocking(move || {
+            let _span = span.entered();
+            let _writer = writer.lock().expect("registry writer lock");
+            let mut registry = Registry::load(&registry_file)?;
+            if registry.models.remove(&id).is_some() {
+                registry.save(&registry_file)?;
+            }
+            Ok(())
+        })
+        .await?;
+        let mut report = self.report.lock().expect("report lock");
+        report.models_removed.push(model.to_string());
+        Ok(())
+    }
+
+    async fn delete_stray(&self, path: &Path) -> Result<()> {
+        check_inside(path)?;
+        let name = path.to_string_lossy();
+        if !(name.ends_with(".corrupt") || name.ends_with(".incomplete")) {
+            return Err(Error::schema(format!(
+                "refusing to delete `{name}`: only *.corrupt and *.incomplete leftovers are strays"
+            )));
+        }
+        let full = self.root.join(path);
+        match fs_err::remove_file(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("deleting {}", full.display()), &e)),
+        }
+        self.ctx.reporter.step(&format!("deleted leftover {name}"));
+        let mut report = self.report.lock().expect("report lock");
+        report.strays_removed.push(name.replace('\\', "/"));
+        Ok(())
+    }
+}
+
+/// Builds one model's folder in staging and swaps it in. Owned so it can run on a blocking
+/// thread.
+struct InstallJob {
+    model: String,
+    root: PathBuf,
+    staging: PathBuf,
+    trash: PathBuf,
+    install_dir: PathBuf,
+    previous: Option<PathBuf>,
+    /// (absolute source, repo path, expected size)
+    sources: Vec<(PathBuf, String, u64)>,
+}
+
+impl InstallJob {
+    fn run(self) -> Result<()> {
+        let prefix: String = self
+            .model
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        // Removed automatically if anything below fails: a failed install leaves no trace.
+        let staged = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir_in(&self.staging)
+            .map_err(|e| {
+                Error::io(
+                    format!("creating a folder in {}", self.staging.display()),
+                    &e,
+                )
+            })?;
+        for (from, path, size) in &self.sources {
+            let to = staged.path().join(path);
+            if let Some(parent) = to.parent() {
+                fs_err::create_dir_all(parent)
+                    .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+            }
+            fsops::link_or_copy(from, &to)
+                .map_err(|e| e.context(format!("{}: assembling {path}", self.model)))?;
+            let actual = fs_err::metadata(&to)
+                .map_err(|e| Error::io(format!("reading {}", to.display()), &e))?
+                .len();
+            if actual != *size {
+                return Err(Error::verify(format!(
+                    "{}: {path} has {actual} bytes, expected {size}",
+                    self.model
+                ))
+                .with_hint("run `kmm plan` again; the file changed since the plan was made"));
+            }
+        }
+        let target = self.root.join(&self.install_dir);
+        fsops::swap_in(&staged.keep(), &target, &self.trash)?;
+        if let Some(previous) = &self.previous
+            && *previous != self.install_dir
+        {
+            fsops::remove_via_trash(&self.root.join(previous), &self.trash)?;
+            remove_empty_owner_folders(&self.root, previous);
+        }
+        Ok(())
+    }
+}
+
+/// After a model folder went away, removes its now-empty owner folders (`transformers/acme/`)
+/// but never the layout's top-level folders (`transformers/`, `llama-cpp/`).
+fn remove_empty_owner_folders(root: &Path, removed: &Path) {
+    let (Some(top), Some(parent)) = (removed.components().next(), removed.parent()) else {
+        return;
+    };
+    fsops::remove_empty_parents(&root.join(parent), &root.join(top));
+}
+
+/// The new record: the plan's fields over the existing record, keeping what kmm does not
+/// own (unknown fields, per-file unknown fields, `last_accessed`) and, when the installed bytes
+/// did not change, `installed_at`.
+fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Record {
+    let mut old_files: BTreeMap<String, RecordFile> = existing
+        .as_ref()
+        .map(|r| {
+            r.files
+                .iter()
+                .map(|f| (f.path.clone(), f.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let files: Vec<RecordFile> = plan
+        .files
+        .iter()
+        .map(|f| {
+            let extra = old_files
+                .remove(&f.path)
+                .map(|old| old.extra)
+                .unwrap_or_default();
+            RecordFile {
+                path: f.path.clone(),
+                size: f.size,
+                sha256: f.hash.is_lfs().then(|| f.hash.hex().to_string()),
+                git_sha1: (!f.hash.is_lfs()).then(|| f.hash.hex().to_string()),
+                extra,
+            }
+        })
+        .collect();
+    let same_bytes = existing.as_ref().is_some_and(|old| {
+        old.install_path == plan.install_path
+            && old.files.len() == files.len()
+            && old.files.iter().zip(&files).all(|(a, b)| {
+                a.path == b.path
+                    && a.size == b.size
+                    && a.sha256 == b.sha256
+                    && a.git_sha1 == b.git_sha1
+            })
+    });
+    let mut record = existing.unwrap_or_else(|| Record {
+        model_id: String::new(),
+        library: String::new(),
+        revision: None,
+        installed_at: None,
+        install_path: String::new(),
+        files: Vec::new(),
+        total_size: 0,
+        commit: None,
+        pinned: None,
+        license_accepted: None,
+        last_accessed: None,
+        extra: serde_json::Map::new(),
+    });
+    if !(same_bytes && record.installed_at.is_some()) {
+        record.installed_at = Some(now);
+    }
+    record.model_id = plan.model_id.clone();
+    record.library = plan.library.as_str().to_string();
+    record.revision = Some(plan.revision.clone());
+    record.install_path = plan.install_path.clone();
+    record.files = files;
+    record.total_size = plan.total_size;
+    record.commit = Some(plan.commit.clone());
+    record.pinned = plan.pinned;
+    record.license_accepted = plan.license_accepted.clone();
+    record
+}
+
+/// A path from the plan must stay inside the models directory and out of `.kmm/`.
+fn check_inside(path: &Path) -> Result<()> {
+    let first = path.components().next();
+    let internal = first.is_some_and(|c| c.as_os_str() == ".kmm");
+    if !is_safe_relative(path) || internal {
+        return Err(Error::schema(format!(
+            "plan path `{}` is not a relative path inside the models directory",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A model folder: inside the models directory and not one of the layout's shared roots.
+fn check_model_dir(path: &Path) -> Result<()> {
+    check_inside(path)?;
+    let shared = ["llama-cpp", "transformers", "configs"];
+    if path.components().count() == 1 && shared.iter().any(|s| path == Path::new(s)) {
+        return Err(Error::schema(format!(
+            "plan names the shared folder `{}` as a model folder",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Download names are hash hex digits, nothing else (they become file names).
+fn check_hash_hex(hash: &FileHash) -> Result<()> {
+    let hex = hash.hex();
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::schema(format!("plan has a malformed hash `{hex}`")));
+    }
+    Ok(())
+}
+
+async fn spawn_blocking<T: Send + 'static>(
+    job: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(job)
+        .await
+        .map_err(|e| Error::internal(format!("a file-system task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Library;
+    use crate::plan::RecordPlanFile;
+
+    fn record_plan() -> RecordPlan {
+        RecordPlan {
+            model_id: "org/m".to_string(),
+            library: Library::Transformers,
+            revision: "main".to_string(),
+            commit: "c".repeat(40),
+            install_path: "/srv/models/transformers/org/m".to_string(),
+            files: vec![RecordPlanFile {
+                path: "config.json".to_string(),
+                size: 2,
+                hash: FileHash::GitSha1("a".repeat(40)),
+            }],
+            total_size: 2,
+            pinned: Some(true),
+            license_accepted: None,
+        }
+    }
+
+    #[test]
+    fn a_new_record_gets_the_time_and_the_hashes() {
+        let record = merge_record(None, &record_plan(), "2026-01-01T00:00:00Z".to_string());
+        assert_eq!(record.installed_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(record.library, "transformers");
+        assert_eq!(record.files[0].git_sha1.as_deref(), Some(&*"a".repeat(40)));
+        assert_eq!(record.files[0].sha256, None);
+        assert_eq!(record.commit.as_deref(), Some(&*"c".repeat(40)));
+    }
+
+    #[test]
+    fn metadata_changes_keep_installed_at_and_unknown_fields() {
+        let mut old = merge_record(None, &record_plan(), "2025-09-01T12:34:56Z".to_string());
+        old.pinned = None;
+        old.extra
+            .insert("owner_note".into(), serde_json::json!("keep me"));
+        old.files[0]
+            .extra
+            .insert("downloads".into(), serde_json::json!(3));
+        let merged = merge_record(
+            Some(old),
+            &record_plan(),
+            "2026-01-01T00:00:00Z".to_string(),
+        );
+        assert_eq!(merged.installed_at.as_deref(), Some("2025-09-01T12:34:56Z"));
+        assert_eq!(merged.pinned, Some(true));
+        assert_eq!(merged.extra["owner_note"], "keep me");
+        assert_eq!(merged.files[0].extra["downloads"], 3);
+
+        let mut changed = record_plan();
+        changed.files[0].hash = FileHash::GitSha1("b".repeat(40));
+        let merged = merge_record(Some(merged), &changed, "2026-01-01T00:00:00Z".to_string());
+        assert_eq!(merged.installed_at.as_deref(), Some("2026-01-01T00:00:00Z"));
+        assert_eq!(merged.extra["owner_note"], "keep me");
+    }
+
+    #[test]
+    fn the_apply_future_can_be_spawned() {
+        fn assert_send<T: Send>(_: &T) {}
+        let paths = StorePaths::new("/srv/models");
+        let plan = crate::plan::compute(crate::plan::PlanInput {
+            models_dir: paths.root(),
+            desired: &[],
+            observed: &crate::store::Observed::default(),
+            prune: false,
+        });
+        let ctx = ApplyContext {
+            paths: &paths,
+            hub: None,
+            max_workers: 1,
+            reporter: &SilentReporter,
+        };
+        assert_send(&apply(&plan, &ctx));
+    }
+
+    #[test]
+    fn plan_paths_must_stay_inside_the_store() {
+        assert!(check_inside(Path::new("transformers/org/m")).is_ok());
+        for bad in ["", "/etc", "../x", "a/../../b", ".kmm/lock"] {
+            assert!(check_inside(Path::new(bad)).is_err(), "{bad}");
+        }
+        assert!(check_model_dir(Path::new("llama-cpp")).is_err());
+        assert!(check_model_dir(Path::new("distilbert-base-uncased")).is_ok());
+        assert!(check_hash_hex(&FileHash::Sha256("../../x".into())).is_err());
+    }
+}
