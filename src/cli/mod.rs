@@ -11,8 +11,6 @@ mod progress;
 mod reconcile;
 pub mod settings;
 
-use std::path::PathBuf;
-
 use clap::Parser;
 
 use crate::error::{Error, Result};
@@ -97,11 +95,4 @@ fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
-}
-
-/// The manifest path as the user would recognise it in messages.
-fn display_path(path: &std::path::Path, cwd: &std::path::Path) -> PathBuf {
-    path.strip_prefix(cwd)
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| path.to_path_buf())
 }

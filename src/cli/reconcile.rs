@@ -3,7 +3,7 @@
 //! manifest -> settings -> (mirror check) -> resolve -> observe -> plan -> checks (quota, disk)
 //! -> render, or apply under the store lock.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -11,7 +11,7 @@ use crate::apply::{self, ApplyContext, ApplyReport};
 use crate::error::{Error, Result};
 use crate::hub::{HubClient, HubConfig};
 use crate::manifest::Manifest;
-use crate::plan::{self, DesiredModel, Plan, PlanInput};
+use crate::plan::{self, ChangeKind, DesiredModel, Plan, PlanInput};
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
 use crate::store::{self, StoreLock, StorePaths};
@@ -70,7 +70,7 @@ impl Session {
             },
         )
         .await?;
-        let dirs = dirs_to_observe(&desired, &registry, self.paths.root());
+        let dirs = plan::dirs_to_observe(self.paths.root(), &desired, &registry);
         let observed = store::observe(&self.paths, &dirs)?;
         let plan = plan::compute(PlanInput {
             models_dir: self.paths.root(),
@@ -87,26 +87,12 @@ struct Computed {
     plan: Plan,
 }
 
-/// The folders whose files the planner must see: where each declared model goes and where each
-/// registered model is.
-fn dirs_to_observe(desired: &[DesiredModel], registry: &Registry, root: &Path) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = desired.iter().map(|model| model.install_dir.clone()).collect();
-    for record in registry.models.values() {
-        if let Ok(relative) = Path::new(&record.install_path).strip_prefix(root) {
-            dirs.push(relative.to_path_buf());
-        }
-    }
-    dirs.sort();
-    dirs.dedup();
-    dirs
-}
-
 /// `quota_gb`: the store after the plan must fit.
 fn check_quota(plan: &Plan, desired: &[DesiredModel], registry: &Registry, quota_gb: Option<f64>) -> Result<()> {
     let Some(quota_gb) = quota_gb else {
         return Ok(());
     };
-    let after = plan::store_size_after(plan, desired, registry);
+    let after = store_size_after(plan, desired, registry);
     let quota = (quota_gb * 1e9) as u64;
     if after > quota {
         return Err(Error::quota(format!(
@@ -119,11 +105,34 @@ fn check_quota(plan: &Plan, desired: &[DesiredModel], registry: &Registry, quota
     Ok(())
 }
 
+/// Bytes in the store once `plan` is applied: every declared model, plus the registered models
+/// the plan keeps although they are no longer declared.
+fn store_size_after(plan: &Plan, desired: &[DesiredModel], registry: &Registry) -> u64 {
+    let declared: u64 = desired
+        .iter()
+        .flat_map(|model| &model.files)
+        .map(|file| file.size)
+        .sum();
+    let kept_undeclared: u64 = registry
+        .models
+        .iter()
+        .filter(|(id, _)| !desired.iter().any(|model| &model.id == *id))
+        .filter(|(id, _)| {
+            !plan
+                .models
+                .iter()
+                .any(|change| &change.id == *id && change.change == ChangeKind::Remove)
+        })
+        .map(|(_, record)| record.total_size)
+        .sum();
+    declared + kept_undeclared
+}
+
 /// `kmm plan`.
 pub async fn plan(global: &GlobalArgs, args: &PlanArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
     let Computed { plan } = session.compute_plan().await?;
-    out.success(&plan.summary_line(), &plan::render_text(&plan), &plan);
+    out.success(&plan::summary_line(&plan), &plan::render_text(&plan), &plan);
     Ok(if args.detailed_exitcode && !plan.is_empty() { 2 } else { 0 })
 }
 
@@ -147,7 +156,7 @@ pub async fn apply(global: &GlobalArgs, _args: &ApplyArgs, env: EnvLookup<'_>, c
         return Ok(0);
     }
     out.status(&plan::render_text(&plan));
-    check_free_disk(&session.paths, plan.download_bytes())?;
+    check_free_disk(&session.paths, plan.summary.download_bytes)?;
 
     let reporter = ProgressReporter::new(out);
     let report = apply::apply(

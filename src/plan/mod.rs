@@ -30,7 +30,7 @@ use crate::registry::{Record, RecordFile};
 use crate::store::{Observed, ObservedDir};
 use crate::upstream::{FileHash, UpstreamFile};
 
-pub use render::{format_bytes, render_text};
+pub use render::{format_bytes, render_text, summary_line};
 
 /// One declared model, resolved against the hub (or the lock / tree cache).
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -85,7 +85,8 @@ pub fn render_text(plan: &Plan) -> String {
     out
 }
 
-fn summary_line(plan: &Plan) -> String {
+/// `Plan: 1 to add, 0 to change, 0 to remove, 12.0 MB to download in 3 files.`
+pub fn summary_line(plan: &Plan) -> String {
     let s = &plan.summary;
     let mut line = format!(
         "Plan: {} to add, {} to change, {} to remove, ",
