@@ -57,10 +57,11 @@ impl Session {
         })
     }
 
-    /// Resolves, observes and plans. Read-only.
-    async fn compute_plan(&self) -> Result<Computed> {
+    /// Declared models -> desired state (network, or the registry offline). Read-only, and
+    /// needs no lock: only the registry's hints are read.
+    async fn resolve(&self) -> Result<Vec<DesiredModel>> {
         let registry = Registry::load(&self.paths.registry_file())?;
-        let desired = resolve::resolve_all(
+        resolve::resolve_all(
             &self.manifest,
             &ResolveContext {
                 hub: self.hub.as_ref(),
@@ -69,22 +70,24 @@ impl Session {
                 concurrency: self.settings.max_workers,
             },
         )
-        .await?;
-        let dirs = plan::dirs_to_observe(self.paths.root(), &desired, &registry);
+        .await
+    }
+
+    /// Observes the store and plans. Read-only; `apply` calls it under the store lock so that
+    /// what it saw is what it changes.
+    fn plan(&self, desired: &[DesiredModel]) -> Result<Plan> {
+        let registry = Registry::load(&self.paths.registry_file())?;
+        let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
         let observed = store::observe(&self.paths, &dirs)?;
         let plan = plan::compute(PlanInput {
             models_dir: self.paths.root(),
-            desired: &desired,
+            desired,
             observed: &observed,
             prune: self.settings.prune,
         });
-        check_quota(&plan, &desired, &observed.registry, self.settings.quota_gb)?;
-        Ok(Computed { plan })
+        check_quota(&plan, desired, &observed.registry, self.settings.quota_gb)?;
+        Ok(plan)
     }
-}
-
-struct Computed {
-    plan: Plan,
 }
 
 /// `quota_gb`: the store after the plan must fit.
@@ -131,7 +134,8 @@ fn store_size_after(plan: &Plan, desired: &[DesiredModel], registry: &Registry) 
 /// `kmm plan`.
 pub async fn plan(global: &GlobalArgs, args: &PlanArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
-    let Computed { plan } = session.compute_plan().await?;
+    let desired = session.resolve().await?;
+    let plan = session.plan(&desired)?;
     out.success(&plan::summary_line(&plan), &plan::render_text(&plan), &plan);
     Ok(if args.detailed_exitcode && !plan.is_empty() { 2 } else { 0 })
 }
@@ -146,10 +150,11 @@ struct ApplyOutput<'a> {
 /// `kmm apply`.
 pub async fn apply(global: &GlobalArgs, _args: &ApplyArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
+    let desired = session.resolve().await?;
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
     })?;
-    let Computed { plan } = session.compute_plan().await?;
+    let plan = session.plan(&desired)?;
     if plan.is_empty() {
         let message = "No changes. The models directory matches kari-models.toml.";
         out.success(message, if out.quiet { "" } else { message }, &ApplyOutput { plan: &plan, report: ApplyReport::default() });

@@ -88,6 +88,7 @@ fn desired(repo: &RepoSpec, index: usize, library: Option<Library>) -> DesiredMo
         config_mirror,
         pinned: None,
         license_accepted: None,
+        selection: Default::default(),
     }
 }
 
