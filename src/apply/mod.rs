@@ -86,7 +86,13 @@ pub async fn apply(plan: &Plan, ctx: &ApplyContext<'_>) -> Result<ApplyReport> {
     let engine = Engine::new(plan, ctx)?;
     engine.check_offline()?;
     engine.prepare()?;
-    queue::run(&deps, ctx.max_workers, |index| {
+    // Downloads last among ready actions: local steps are quick and finish models early.
+    let priority: Vec<u8> = plan
+        .actions
+        .iter()
+        .map(|planned| u8::from(matches!(planned.action, Action::Fetch { .. })))
+        .collect();
+    queue::run(&deps, &priority, ctx.max_workers, |index| {
         engine.run(&plan.actions[index].action)
     })
     .await?;
