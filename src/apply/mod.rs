@@ -56,6 +56,7 @@ pub struct ApplyContext<'a> {
     pub paths: &'a StorePaths,
     /// `None` when offline: any action that needs the network fails with `E_NET`.
     pub hub: Option<&'a HubClient>,
+    /// Most actions running at once, downloads and local steps alike (0 counts as 1).
     pub max_workers: usize,
     pub reporter: &'a dyn Reporter,
 }
