@@ -56,6 +56,7 @@ pub struct ApplyContext<'a> {
     pub paths: &'a StorePaths,
     /// `None` when offline: any action that needs the network fails with `E_NET`.
     pub hub: Option<&'a HubClient>,
+    /// Most actions running at once, downloads and local steps alike (0 counts as 1).
     pub max_workers: usize,
     pub reporter: &'a dyn Reporter,
 }
@@ -86,7 +87,13 @@ pub async fn apply(plan: &Plan, ctx: &ApplyContext<'_>) -> Result<ApplyReport> {
     let engine = Engine::new(plan, ctx)?;
     engine.check_offline()?;
     engine.prepare()?;
-    queue::run(&deps, ctx.max_workers, |index| {
+    // Downloads last among ready actions: local steps are quick and finish models early.
+    let priority: Vec<u8> = plan
+        .actions
+        .iter()
+        .map(|planned| u8::from(matches!(planned.action, Action::Fetch { .. })))
+        .collect();
+    queue::run(&deps, &priority, ctx.max_workers, |index| {
         engine.run(&plan.actions[index].action)
     })
     .await?;

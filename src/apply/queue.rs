@@ -1,8 +1,9 @@
 //! Runs a dependency graph of jobs with bounded concurrency, in the spirit of cargo's
 //! `DependencyQueue`: a job becomes ready when every job it depends on has succeeded; among the
-//! ready jobs the one with the smallest index starts first (the plan lists actions in a
-//! deterministic topological order, so start order is deterministic too); at most `limit` run
-//! at once. On the first failure nothing new starts, the running jobs finish, and that first
+//! ready jobs the one with the lowest `(priority, index)` starts first (the plan lists actions in
+//! a deterministic topological order, so start order is deterministic too); at most `limit` run
+//! at once. `apply` gives local steps priority over downloads so that each model lands as soon
+//! as its files are there, instead of after every download has started. On the first failure nothing new starts, the running jobs finish, and that first
 //! error is returned.
 //!
 //! Jobs are futures polled together on the caller's task (`FuturesUnordered`), so they may
@@ -18,15 +19,24 @@ use futures_util::stream::FuturesUnordered;
 
 use crate::error::{Error, Result};
 
-/// Runs jobs `0..deps.len()`; `deps[i]` lists the jobs that must succeed before job `i` starts.
-/// `start(i)` makes job `i`'s future. `limit` is clamped to at least 1.
-pub(crate) async fn run<F, Fut>(deps: &[Vec<usize>], limit: usize, mut start: F) -> Result<()>
+/// Runs jobs `0..deps.len()`; `deps[i]` lists the jobs that must succeed before job `i` starts;
+/// `priority[i]` orders ready jobs (lower first, then by index). `start(i)` makes job `i`'s
+/// future. `limit` is clamped to at least 1.
+pub(crate) async fn run<F, Fut>(
+    deps: &[Vec<usize>],
+    priority: &[u8],
+    limit: usize,
+    mut start: F,
+) -> Result<()>
 where
     F: FnMut(usize) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
     let limit = limit.max(1);
     let count = deps.len();
+    if priority.len() != count {
+        return Err(Error::internal("one priority per job is needed"));
+    }
     let mut waiting_on: Vec<usize> = Vec::with_capacity(count);
     let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); count];
     for (job, job_deps) in deps.iter().enumerate() {
@@ -41,13 +51,18 @@ where
         }
         waiting_on.push(unique.len());
     }
-    let mut ready: BTreeSet<usize> = (0..count).filter(|&j| waiting_on[j] == 0).collect();
+    let mut ready: BTreeSet<(u8, usize)> = (0..count)
+        .filter(|&j| waiting_on[j] == 0)
+        .map(|j| (priority[j], j))
+        .collect();
     let mut running = FuturesUnordered::new();
     let mut first_error: Option<Error> = None;
     let mut succeeded = 0;
     loop {
         while first_error.is_none() && running.len() < limit {
-            let Some(job) = ready.pop_first() else { break };
+            let Some((_, job)) = ready.pop_first() else {
+                break;
+            };
             let future = start(job);
             running.push(async move { (job, future.await) });
         }
@@ -60,7 +75,7 @@ where
                 for &next in &dependents[job] {
                     waiting_on[next] -= 1;
                     if waiting_on[next] == 0 {
-                        ready.insert(next);
+                        ready.insert((priority[next], next));
                     }
                 }
             }
@@ -115,7 +130,7 @@ mod tests {
         // 0 -> 2, 1 -> 2, 2 -> 3
         let deps = vec![vec![], vec![], vec![0, 1], vec![2]];
         let log = Log(RefCell::new(Vec::new()));
-        block_on(run(&deps, 4, |job| {
+        block_on(run(&deps, &[0; 4], 4, |job| {
             let log = &log;
             async move {
                 log.push(format!("start:{job}"));
@@ -139,7 +154,7 @@ mod tests {
         let log = Log(RefCell::new(Vec::new()));
         let running = RefCell::new(0usize);
         let peak = RefCell::new(0usize);
-        block_on(run(&deps, 3, |job| {
+        block_on(run(&deps, &[0; 7], 3, |job| {
             let (log, running, peak) = (&log, &running, &peak);
             // Logged when the queue starts the job, not when it is first polled.
             log.push(format!("start:{job}"));
@@ -163,13 +178,27 @@ mod tests {
     }
 
     #[test]
+    fn lower_priority_values_start_first_among_ready_jobs() {
+        // Jobs 0-2 are "downloads" (priority 1); job 3 depends on job 0 and is a local step
+        // (priority 0): with one worker it runs right after job 0, before jobs 1 and 2.
+        let deps = vec![vec![], vec![], vec![], vec![0]];
+        let log = Log(RefCell::new(Vec::new()));
+        block_on(run(&deps, &[1, 1, 1, 0], 1, |job| {
+            log.push(format!("start:{job}"));
+            async { Ok(()) }
+        }))
+        .unwrap();
+        assert_eq!(log.events(), ["start:0", "start:3", "start:1", "start:2"]);
+    }
+
+    #[test]
     fn the_first_failure_stops_new_starts_but_lets_running_jobs_finish() {
         // Job 0 fails while job 1 is still running (it waits for a signal job 0 sends when
         // failing); jobs 2.. are ready but must not start; job 3 depends on 1.
         let deps = vec![vec![], vec![], vec![], vec![1]];
         let log = Log(RefCell::new(Vec::new()));
         let failed = Arc::new(Notify::new());
-        let result = block_on(run(&deps, 2, |job| {
+        let result = block_on(run(&deps, &[0; 4], 2, |job| {
             let log = &log;
             let failed = failed.clone();
             async move {
@@ -207,14 +236,14 @@ mod tests {
     #[test]
     fn a_cycle_or_a_bad_index_is_an_internal_error() {
         let cycle = vec![vec![1], vec![0]];
-        let error = block_on(run(&cycle, 2, |_| async { Ok(()) })).unwrap_err();
+        let error = block_on(run(&cycle, &[0; 2], 2, |_| async { Ok(()) })).unwrap_err();
         assert_eq!(error.code(), crate::error::ErrorCode::Internal);
         let unknown = vec![vec![5]];
-        assert!(block_on(run(&unknown, 2, |_| async { Ok(()) })).is_err());
+        assert!(block_on(run(&unknown, &[0], 2, |_| async { Ok(()) })).is_err());
     }
 
     #[test]
     fn an_empty_graph_succeeds() {
-        block_on(run(&[], 4, |_| async { Ok(()) })).unwrap();
+        block_on(run(&[], &[], 4, |_| async { Ok(()) })).unwrap();
     }
 }

@@ -648,3 +648,41 @@ async fn verified_downloads_left_by_an_interrupted_run_make_the_next_one_offline
     assert_tree(env.root(), "transformers/acme/tiny-bert", &bert.commits[0]);
     env.assert_internals_clean();
 }
+
+#[tokio::test]
+async fn a_failure_keeps_the_models_that_completed_before_it() {
+    let (gguf, bert) = (gguf_repo(), RepoSpec::new(BERT_ID).commit(bert_files_v1()));
+    let mut env = Env::new(vec![gguf.clone(), bert.clone()]);
+    // One worker makes the order fixed: the GGUF model's fetches (first by id), then its
+    // install, mirror and record (local steps go before further downloads), then the bert
+    // fetches, one of which fails.
+    env.max_workers = 1;
+    env.hub.add_fault(Fault::WrongBytes {
+        path_contains: "model.safetensors".to_string(),
+        times: 100,
+    });
+    let desired_models = [desired(&gguf, 0, None), desired(&bert, 0, None)];
+    let error = env
+        .apply(&env.plan(&desired_models, false))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::Verify);
+
+    assert_tree(
+        env.root(),
+        "llama-cpp/TheBloke/Tiny-Chat-GGUF",
+        &gguf.commits[0],
+    );
+    assert!(!env.root().join("transformers/acme/tiny-bert").exists());
+    let registry = env.registry_json();
+    let ids: Vec<&String> = registry.as_object().unwrap().keys().collect();
+    assert_eq!(ids, [GGUF_ID]);
+
+    let rest = env.plan(&desired_models, false);
+    assert_eq!(
+        (rest.summary.to_add, rest.summary.to_change),
+        (1, 0),
+        "{}",
+        plan::render_text(&rest)
+    );
+}
