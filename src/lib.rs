@@ -45,8 +45,8 @@ pub mod manifest;
 pub mod plan;
 pub mod registry;
 pub mod resolve;
-pub mod sys;
 pub mod store;
+pub mod sys;
 pub mod upstream;
 
 pub use error::{Error, ErrorCode, Result};

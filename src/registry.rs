@@ -47,9 +47,22 @@ pub struct Record {
     pub license_accepted: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_accessed: Option<String>,
+    /// The include/exclude globs the files were selected with, so that a later plan knows
+    /// whether `files` still answers the manifest without asking the hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<Selection>,
     /// Fields kmm does not know, preserved on rewrite.
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A model's include/exclude globs as declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Selection {
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
 }
 
 /// One installed file of a record.
@@ -344,6 +357,7 @@ mod tests {
                     pinned: None,
                     license_accepted: None,
                     last_accessed: None,
+                    selection: None,
                     extra: Default::default(),
                 },
             );
@@ -534,6 +548,7 @@ mod tests {
             pinned: Some(true),
             license_accepted: Some(json!({})),
             last_accessed: Some("t".to_string()),
+            selection: Some(Selection::default()),
             extra: Default::default(),
         };
         let fields = |value: serde_json::Value| -> Vec<String> {

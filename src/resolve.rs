@@ -17,7 +17,7 @@ use crate::hub::{Gated, HubClient};
 use crate::layout;
 use crate::manifest::{FileSelection, Manifest, ModelSpec};
 use crate::plan::DesiredModel;
-use crate::registry::{Record, Registry};
+use crate::registry::{Record, Registry, Selection};
 use crate::upstream::{UpstreamFile, is_commit_sha};
 
 /// How resolution may reach the hub.
@@ -32,7 +32,10 @@ pub struct ResolveContext<'a> {
 }
 
 /// Resolves every declared model, in manifest (sorted id) order. The first failure wins.
-pub async fn resolve_all(manifest: &Manifest, ctx: &ResolveContext<'_>) -> Result<Vec<DesiredModel>> {
+pub async fn resolve_all(
+    manifest: &Manifest,
+    ctx: &ResolveContext<'_>,
+) -> Result<Vec<DesiredModel>> {
     let results: Vec<(usize, Result<DesiredModel>)> =
         futures_util::stream::iter(manifest.models.values().enumerate())
             .map(|(index, spec)| async move { (index, resolve_model(spec, ctx).await) })
@@ -62,14 +65,23 @@ pub async fn resolve_model(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Result
         Some(files) => files,
         None => {
             let Some(hub) = ctx.hub else {
-                return Err(offline_error(spec, "its file list at this commit is not known locally"));
+                return Err(offline_error(
+                    spec,
+                    "its file list at this commit is not known locally",
+                ));
             };
-            let listing = hub
-                .list_tree(&spec.id, &commit)
-                .await
-                .map_err(|error| error.context(format!("listing the files of {}@{}", spec.id, short(&commit))))?;
+            let listing = hub.list_tree(&spec.id, &commit).await.map_err(|error| {
+                error.context(format!(
+                    "listing the files of {}@{}",
+                    spec.id,
+                    short(&commit)
+                ))
+            })?;
             let globs = FileSelection::new(&spec.include, &spec.exclude)?;
-            listing.into_iter().filter(|file| globs.matches(&file.path)).collect()
+            listing
+                .into_iter()
+                .filter(|file| globs.matches(&file.path))
+                .collect()
         }
     };
 
@@ -124,7 +136,11 @@ pub async fn resolve_model(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Result
 
 /// The commit of `spec.revision`: itself when it is a commit, else the hub's answer (checking
 /// gating on the way), else, offline, the commit the registry recorded for the same revision.
-async fn resolve_commit(spec: &ModelSpec, record: Option<&Record>, ctx: &ResolveContext<'_>) -> Result<String> {
+async fn resolve_commit(
+    spec: &ModelSpec,
+    record: Option<&Record>,
+    ctx: &ResolveContext<'_>,
+) -> Result<String> {
     if is_commit_sha(&spec.revision) {
         return Ok(spec.revision.clone());
     }
@@ -146,10 +162,22 @@ async fn resolve_commit(spec: &ModelSpec, record: Option<&Record>, ctx: &Resolve
 
 /// A gated repo is planned only with an accepted license (manifest or registry) and a token that
 /// the hub accepts for it.
-async fn check_gate(spec: &ModelSpec, record: Option<&Record>, gated: Gated, ctx: &ResolveContext<'_>) -> Result<()> {
-    let accepted = spec.license.as_ref().is_some_and(|license| license.accepted)
+async fn check_gate(
+    spec: &ModelSpec,
+    record: Option<&Record>,
+    gated: Gated,
+    ctx: &ResolveContext<'_>,
+) -> Result<()> {
+    let accepted = spec
+        .license
+        .as_ref()
+        .is_some_and(|license| license.accepted)
         || record.is_some_and(|record| record.license_accepted.is_some());
-    let kind = if gated == Gated::Manual { "manual approval" } else { "automatic approval" };
+    let kind = if gated == Gated::Manual {
+        "manual approval"
+    } else {
+        "automatic approval"
+    };
     if !accepted {
         return Err(Error::license(format!(
             "{} is a gated model ({kind}); its license has not been accepted here",
@@ -161,8 +189,13 @@ async fn check_gate(spec: &ModelSpec, record: Option<&Record>, gated: Gated, ctx
         )));
     }
     if !ctx.has_token {
-        return Err(Error::license(format!("{} is a gated model and no token is configured", spec.id))
-            .with_hint("set HF_TOKEN (or write the token to $HF_HOME/token) for an account with access"));
+        return Err(Error::license(format!(
+            "{} is a gated model and no token is configured",
+            spec.id
+        ))
+        .with_hint(
+            "set HF_TOKEN (or write the token to $HF_HOME/token) for an account with access",
+        ));
     }
     if let Some(hub) = ctx.hub {
         hub.auth_check(&spec.id)
@@ -174,8 +207,12 @@ async fn check_gate(spec: &ModelSpec, record: Option<&Record>, gated: Gated, ctx
 
 /// The registry's file list, when the record is at `commit` with the same selection and
 /// records a hash for every file: then the hub need not be asked again.
-fn files_from_record(record: &Record, commit: &str, selection: &Selection) -> Option<Vec<UpstreamFile>> {
-    if record.commit.as_deref() != Some(commit) || Selection::of_record(record).as_ref() != Some(selection) {
+fn files_from_record(
+    record: &Record,
+    commit: &str,
+    selection: &Selection,
+) -> Option<Vec<UpstreamFile>> {
+    if record.commit.as_deref() != Some(commit) || record.selection.as_ref() != Some(selection) {
         return None;
     }
     let mut files = record
@@ -193,31 +230,14 @@ fn files_from_record(record: &Record, commit: &str, selection: &Selection) -> Op
     Some(files)
 }
 
-/// The include/exclude globs a model was resolved with, recorded in its registry record (as
-/// `"selection": {"include": [...], "exclude": [...]}`) so that a later plan knows whether the
-/// recorded file list still answers the manifest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Selection {
-    pub include: Vec<String>,
-    pub exclude: Vec<String>,
-}
-
-impl Selection {
-    /// The registry key under which the selection is recorded.
-    pub const RECORD_KEY: &'static str = "selection";
-
-    /// The selection recorded in `record`, if any.
-    pub fn of_record(record: &Record) -> Option<Selection> {
-        serde_json::from_value(record.extra.get(Self::RECORD_KEY)?.clone()).ok()
-    }
-}
-
 fn offline_error(spec: &ModelSpec, why: &str) -> Error {
     Error::net(format!(
         "offline, and {}@{} cannot be resolved: {why}",
         spec.id, spec.revision
     ))
-    .with_hint("run once without --offline / HF_HUB_OFFLINE, or pin `revision` to an installed commit")
+    .with_hint(
+        "run once without --offline / HF_HUB_OFFLINE, or pin `revision` to an installed commit",
+    )
 }
 
 fn short(commit: &str) -> &str {

@@ -33,7 +33,10 @@ fn statvfs_available(path: &Path) -> Result<u64> {
     let status = unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) };
     if status != 0 {
         let error = std::io::Error::last_os_error();
-        return Err(Error::io(format!("checking free space on {}", path.display()), &error));
+        return Err(Error::io(
+            format!("checking free space on {}", path.display()),
+            &error,
+        ));
     }
     #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
     Ok(stats.f_bavail as u64 * stats.f_frsize as u64)

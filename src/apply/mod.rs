@@ -625,6 +625,7 @@ fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Rec
         pinned: None,
         license_accepted: None,
         last_accessed: None,
+        selection: None,
         extra: serde_json::Map::new(),
     });
     if !(same_bytes && record.installed_at.is_some()) {
@@ -639,6 +640,7 @@ fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Rec
     record.commit = Some(plan.commit.clone());
     record.pinned = plan.pinned;
     record.license_accepted = plan.license_accepted.clone();
+    record.selection = Some(plan.selection.clone());
     record
 }
 
@@ -706,6 +708,7 @@ mod tests {
             total_size: 2,
             pinned: Some(true),
             license_accepted: None,
+            selection: Default::default(),
         }
     }
 

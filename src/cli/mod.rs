@@ -61,8 +61,12 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
 /// and exit 0.
 fn usage_error(error: clap::Error, raw: &[std::ffi::OsString]) -> i32 {
     use clap::error::ErrorKind;
-    if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand)
-    {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         let _ = error.print();
         return 0;
     }

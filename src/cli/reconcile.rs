@@ -42,8 +42,7 @@ impl Session {
             let hub = HubClient::new(config)?;
             if settings.mirror {
                 hub.ping().await.map_err(|error| {
-                    error
-                        .context(format!("the mirror {} is not reachable", settings.endpoint))
+                    error.context(format!("the mirror {} is not reachable", settings.endpoint))
                 })?;
             }
             Some(hub)
@@ -91,7 +90,12 @@ impl Session {
 }
 
 /// `quota_gb`: the store after the plan must fit.
-fn check_quota(plan: &Plan, desired: &[DesiredModel], registry: &Registry, quota_gb: Option<f64>) -> Result<()> {
+fn check_quota(
+    plan: &Plan,
+    desired: &[DesiredModel],
+    registry: &Registry,
+    quota_gb: Option<f64>,
+) -> Result<()> {
     let Some(quota_gb) = quota_gb else {
         return Ok(());
     };
@@ -132,12 +136,22 @@ fn store_size_after(plan: &Plan, desired: &[DesiredModel], registry: &Registry) 
 }
 
 /// `kmm plan`.
-pub async fn plan(global: &GlobalArgs, args: &PlanArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
+pub async fn plan(
+    global: &GlobalArgs,
+    args: &PlanArgs,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
     let desired = session.resolve().await?;
     let plan = session.plan(&desired)?;
     out.success(&plan::summary_line(&plan), &plan::render_text(&plan), &plan);
-    Ok(if args.detailed_exitcode && !plan.is_empty() { 2 } else { 0 })
+    Ok(if args.detailed_exitcode && !plan.is_empty() {
+        2
+    } else {
+        0
+    })
 }
 
 /// The `--json` data of `kmm apply`.
@@ -148,7 +162,13 @@ struct ApplyOutput<'a> {
 }
 
 /// `kmm apply`.
-pub async fn apply(global: &GlobalArgs, _args: &ApplyArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
+pub async fn apply(
+    global: &GlobalArgs,
+    _args: &ApplyArgs,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
     let desired = session.resolve().await?;
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
@@ -157,7 +177,14 @@ pub async fn apply(global: &GlobalArgs, _args: &ApplyArgs, env: EnvLookup<'_>, c
     let plan = session.plan(&desired)?;
     if plan.is_empty() {
         let message = "No changes. The models directory matches kari-models.toml.";
-        out.success(message, if out.quiet { "" } else { message }, &ApplyOutput { plan: &plan, report: ApplyReport::default() });
+        out.success(
+            message,
+            if out.quiet { "" } else { message },
+            &ApplyOutput {
+                plan: &plan,
+                report: ApplyReport::default(),
+            },
+        );
         return Ok(0);
     }
     out.status(&plan::render_text(&plan));
@@ -184,7 +211,14 @@ pub async fn apply(global: &GlobalArgs, _args: &ApplyArgs, env: EnvLookup<'_>, c
         plan::format_bytes(report.bytes_downloaded),
         report.files_downloaded
     );
-    out.success(&message, if out.quiet { "" } else { &message }, &ApplyOutput { plan: &plan, report });
+    out.success(
+        &message,
+        if out.quiet { "" } else { &message },
+        &ApplyOutput {
+            plan: &plan,
+            report,
+        },
+    );
     Ok(0)
 }
 

@@ -106,10 +106,7 @@ pub fn resolve(
             }
         }
     } else {
-        manifest
-            .settings
-            .max_workers
-            .unwrap_or(DEFAULT_MAX_WORKERS)
+        manifest.settings.max_workers.unwrap_or(DEFAULT_MAX_WORKERS)
     };
 
     Ok(Settings {
@@ -129,7 +126,9 @@ pub fn resolve(
 /// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the token file (`HF_TOKEN_PATH`, else
 /// `$HF_HOME/token`), as huggingface_hub looks it up. The value is trimmed; empty means none.
 fn find_token(env: EnvLookup<'_>) -> Result<Option<Token>> {
-    if let Some(token) = non_empty(env("HF_TOKEN")).or_else(|| non_empty(env("HUGGING_FACE_HUB_TOKEN"))) {
+    if let Some(token) =
+        non_empty(env("HF_TOKEN")).or_else(|| non_empty(env("HUGGING_FACE_HUB_TOKEN")))
+    {
         return Ok(Some(Token::new(token.trim())));
     }
     let token_file = match non_empty(env("HF_TOKEN_PATH")) {
@@ -199,7 +198,7 @@ mod tests {
         Manifest::parse(&dir.join("kari-models.toml"), text).unwrap()
     }
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
         let map: HashMap<String, String> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -282,12 +281,20 @@ mod tests {
         fs_err::write(home.join("token"), "hf_from_file\n").unwrap();
         let home = home.to_str().unwrap();
         let token_of = |pairs: &[(&str, &str)]| {
-            resolve(&GlobalArgs::default(), &env_of(pairs), &manifest, dir.path())
-                .unwrap()
-                .token
-                .map(|t| t.expose().to_string())
+            resolve(
+                &GlobalArgs::default(),
+                &env_of(pairs),
+                &manifest,
+                dir.path(),
+            )
+            .unwrap()
+            .token
+            .map(|t| t.expose().to_string())
         };
-        assert_eq!(token_of(&[("HF_HOME", home)]).as_deref(), Some("hf_from_file"));
+        assert_eq!(
+            token_of(&[("HF_HOME", home)]).as_deref(),
+            Some("hf_from_file")
+        );
         assert_eq!(
             token_of(&[("HF_HOME", home), ("HF_TOKEN", "hf_env")]).as_deref(),
             Some("hf_env")
@@ -295,7 +302,11 @@ mod tests {
         let other = dir.path().join("other-token");
         fs_err::write(&other, "  hf_path  ").unwrap();
         assert_eq!(
-            token_of(&[("HF_HOME", home), ("HF_TOKEN_PATH", other.to_str().unwrap())]).as_deref(),
+            token_of(&[
+                ("HF_HOME", home),
+                ("HF_TOKEN_PATH", other.to_str().unwrap())
+            ])
+            .as_deref(),
             Some("hf_path")
         );
     }

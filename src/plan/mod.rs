@@ -52,7 +52,7 @@ pub struct DesiredModel {
     /// License acceptance declared in the manifest, recorded into the registry as is.
     pub license_accepted: Option<serde_json::Value>,
     /// The include/exclude globs, recorded so later plans can reuse the registry's file list.
-    pub selection: crate::resolve::Selection,
+    pub selection: crate::registry::Selection,
 }
 
 /// Everything the planner looks at.
@@ -260,6 +260,7 @@ pub struct RecordPlan {
     pub total_size: u64,
     pub pinned: Option<bool>,
     pub license_accepted: Option<serde_json::Value>,
+    pub selection: crate::registry::Selection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -490,6 +491,9 @@ impl<'a> Planner<'a> {
             if record.license_accepted != model.license_accepted {
                 reasons.push("license acceptance changes".to_string());
             }
+            if record.selection.as_ref() != Some(&model.selection) {
+                reasons.push("include/exclude change".to_string());
+            }
             if record.install_path != self.install_path(&model.install_dir) && !moved {
                 reasons.push("install path changes".to_string());
             }
@@ -606,6 +610,7 @@ impl<'a> Planner<'a> {
             total_size: model.files.iter().map(|f| f.size).sum(),
             pinned: model.pinned,
             license_accepted: model.license_accepted.clone(),
+            selection: model.selection.clone(),
         }
     }
 
@@ -739,6 +744,7 @@ mod tests {
             config_mirror: Some("configs/TinyLlama-1.1B-Chat-v1.0-GGUF.json".into()),
             pinned: Some(true),
             license_accepted: None,
+            selection: Default::default(),
         }
     }
 
@@ -758,6 +764,7 @@ mod tests {
             config_mirror: None,
             pinned: None,
             license_accepted: None,
+            selection: Default::default(),
         }
     }
 
@@ -837,6 +844,7 @@ mod tests {
             pinned: plan.pinned,
             license_accepted: plan.license_accepted.clone(),
             last_accessed: None,
+            selection: Some(plan.selection.clone()),
             extra: Default::default(),
         }
     }
@@ -876,6 +884,7 @@ mod tests {
             pinned: None,
             license_accepted: None,
             last_accessed: None,
+            selection: None,
             extra: Default::default(),
         };
         observed

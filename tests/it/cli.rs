@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use assert_cmd::Command;
 use serde_json::Value;
 
-use crate::fake_hub::{FakeHub, FileSpec, Fault, GatedMode, LoggedRequest, RepoSpec, ServerKind};
+use crate::fake_hub::{FakeHub, Fault, FileSpec, GatedMode, LoggedRequest, RepoSpec, ServerKind};
 
 const TOKEN: &str = "hf_SECRET_cli_token_0123456789";
 
@@ -29,7 +29,11 @@ impl Run {
             .next()
             .unwrap_or_else(|| panic!("no JSON on stdout; stderr:\n{}", self.stderr))
             .unwrap_or_else(|error| panic!("stdout is not JSON ({error}):\n{}", self.stdout));
-        assert!(docs.next().is_none(), "more than one JSON document:\n{}", self.stdout);
+        assert!(
+            docs.next().is_none(),
+            "more than one JSON document:\n{}",
+            self.stdout
+        );
         doc
     }
 }
@@ -110,8 +114,14 @@ fn bert_repo() -> RepoSpec {
 
 fn bert_files(weights_seed: &[u8]) -> Vec<FileSpec> {
     vec![
-        FileSpec::regular(".gitattributes", b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n".to_vec()),
-        FileSpec::regular("config.json", br#"{"model_type":"bert","hidden_size":8}"#.to_vec()),
+        FileSpec::regular(
+            ".gitattributes",
+            b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n".to_vec(),
+        ),
+        FileSpec::regular(
+            "config.json",
+            br#"{"model_type":"bert","hidden_size":8}"#.to_vec(),
+        ),
         FileSpec::lfs("model.safetensors", weights_seed.repeat(40_000)),
         FileSpec::regular("tokenizer/tokenizer.json", br#"{"version":"1.0"}"#.to_vec()),
         FileSpec::regular("tokenizer/vocab.txt", b"[PAD]\n[UNK]\nhello\n".to_vec()),
@@ -191,22 +201,44 @@ fn plan_apply_plan_converges_and_second_apply_downloads_nothing() {
     let ws = Workspace::new(&hub, FOUR_MODELS);
 
     let first = ws.run(&["plan", "--detailed-exitcode"]);
-    assert_eq!(first.code, 2, "stdout:\n{}\nstderr:\n{}", first.stdout, first.stderr);
-    assert!(first.stdout.contains("+ TheBloke/TinyLlama-GGUF"), "{}", first.stdout);
+    assert_eq!(
+        first.code, 2,
+        "stdout:\n{}\nstderr:\n{}",
+        first.stdout, first.stderr
+    );
+    assert!(
+        first.stdout.contains("+ TheBloke/TinyLlama-GGUF"),
+        "{}",
+        first.stdout
+    );
     assert!(first.stdout.contains("4 to add"), "{}", first.stdout);
-    assert!(!ws.models().join("model_registry.json").exists(), "plan must not write");
+    assert!(
+        !ws.models().join("model_registry.json").exists(),
+        "plan must not write"
+    );
 
     let apply = ws.run(&["apply"]);
-    assert_eq!(apply.code, 0, "stdout:\n{}\nstderr:\n{}", apply.stdout, apply.stderr);
+    assert_eq!(
+        apply.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        apply.stdout, apply.stderr
+    );
 
     let again = ws.run(&["plan", "--detailed-exitcode"]);
-    assert_eq!(again.code, 0, "stdout:\n{}\nstderr:\n{}", again.stdout, again.stderr);
+    assert_eq!(
+        again.code, 0,
+        "stdout:\n{}\nstderr:\n{}",
+        again.stdout, again.stderr
+    );
 
     hub.clear_requests();
     let second = ws.run(&["apply"]);
     assert_eq!(second.code, 0, "{}", second.stderr);
     let requests = hub.requests();
-    assert!(file_requests(&requests).is_empty(), "second apply fetched files: {requests:#?}");
+    assert!(
+        file_requests(&requests).is_empty(),
+        "second apply fetched files: {requests:#?}"
+    );
     // Only the revision lookups that branch revisions need: one per model.
     assert!(
         requests.iter().all(|r| r.server == ServerKind::Api
@@ -266,14 +298,27 @@ fn layout_config_mirror_and_registry_follow_the_seed() {
     );
     expect_files(
         "transformers/acme/tiny-bert",
-        &[".gitattributes", "config.json", "model.safetensors", "tokenizer/tokenizer.json", "tokenizer/vocab.txt"],
+        &[
+            ".gitattributes",
+            "config.json",
+            "model.safetensors",
+            "tokenizer/tokenizer.json",
+            "tokenizer/vocab.txt",
+        ],
     );
-    expect_files("distilbert-base-uncased", &["config.json", "model.safetensors", "vocab.txt"]);
-    expect_files("transformers/gpt2", &["README.md", "config.json", "model.safetensors"]);
+    expect_files(
+        "distilbert-base-uncased",
+        &["config.json", "model.safetensors", "vocab.txt"],
+    );
+    expect_files(
+        "transformers/gpt2",
+        &["README.md", "config.json", "model.safetensors"],
+    );
 
     // Installed bytes are exactly the upstream bytes.
     assert_eq!(
-        fs_err::read(models.join("llama-cpp/TheBloke/TinyLlama-GGUF/tinyllama.Q4_K_M.gguf")).unwrap(),
+        fs_err::read(models.join("llama-cpp/TheBloke/TinyLlama-GGUF/tinyllama.Q4_K_M.gguf"))
+            .unwrap(),
         gguf_bytes(300_000, 1)
     );
     assert_eq!(
@@ -288,7 +333,8 @@ fn layout_config_mirror_and_registry_follow_the_seed() {
         ("distilbert-base-uncased", "distilbert"),
         ("gpt2", "gpt2"),
     ] {
-        let text = fs_err::read_to_string(models.join("configs").join(format!("{repo}.json"))).unwrap();
+        let text =
+            fs_err::read_to_string(models.join("configs").join(format!("{repo}.json"))).unwrap();
         assert!(text.contains(kind), "configs/{repo}.json: {text}");
     }
 
@@ -304,21 +350,30 @@ fn layout_config_mirror_and_registry_follow_the_seed() {
     assert!(install_path.is_absolute());
     assert_eq!(
         install_path.canonicalize().unwrap(),
-        models.join("llama-cpp/TheBloke/TinyLlama-GGUF").canonicalize().unwrap()
+        models
+            .join("llama-cpp/TheBloke/TinyLlama-GGUF")
+            .canonicalize()
+            .unwrap()
     );
     let files = gguf["files"].as_array().unwrap();
     assert_eq!(files.len(), 3);
     let sizes: u64 = files.iter().map(|f| f["size"].as_u64().unwrap()).sum();
     assert_eq!(gguf["total_size"].as_u64().unwrap(), sizes);
     let installed_at = gguf["installed_at"].as_str().unwrap();
-    assert!(installed_at.ends_with('Z') && installed_at.len() == 20, "{installed_at}");
+    assert!(
+        installed_at.ends_with('Z') && installed_at.len() == 20,
+        "{installed_at}"
+    );
     let weights = files
         .iter()
         .find(|f| f["path"] == "tinyllama.Q4_K_M.gguf")
         .unwrap();
     assert_eq!(weights["sha256"].as_str().unwrap().len(), 64);
     assert_eq!(registry["acme/tiny-bert"]["library"], "transformers");
-    assert_eq!(registry["distilbert-base-uncased"]["library"], "transformers");
+    assert_eq!(
+        registry["distilbert-base-uncased"]["library"],
+        "transformers"
+    );
     assert_eq!(registry["gpt2"]["library"], "transformers");
     // Internals never show in the layout.
     assert!(!models.join("llama-cpp/.kmm").exists());
@@ -331,7 +386,12 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
         if path.is_dir() {
             collect_files(root, &path, out);
         } else {
-            out.push(path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/"));
+            out.push(
+                path.strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/"),
+            );
         }
     }
 }
@@ -345,7 +405,11 @@ fn revision_bump_fetches_only_changed_files_and_removes_dropped_ones() {
     // New commit: weights change, vocab.txt disappears, the rest is identical.
     let mut files = bert_files(b"weights-v2");
     files.retain(|f| f.path != "tokenizer/vocab.txt");
-    hub.put_repo(RepoSpec::new("acme/tiny-bert").commit(bert_files(b"weights-v1")).commit(files));
+    hub.put_repo(
+        RepoSpec::new("acme/tiny-bert")
+            .commit(bert_files(b"weights-v1"))
+            .commit(files),
+    );
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
     assert!(plan.stdout.contains("~ acme/tiny-bert"), "{}", plan.stdout);
@@ -363,7 +427,10 @@ fn revision_bump_fetches_only_changed_files_and_removes_dropped_ones() {
     assert!(fetched[0].ends_with("/model.safetensors"), "{fetched:#?}");
     let dir = ws.models().join("transformers/acme/tiny-bert");
     assert!(!dir.join("tokenizer/vocab.txt").exists());
-    assert_eq!(fs_err::read(dir.join("model.safetensors")).unwrap(), b"weights-v2".repeat(40_000));
+    assert_eq!(
+        fs_err::read(dir.join("model.safetensors")).unwrap(),
+        b"weights-v2".repeat(40_000)
+    );
     assert_eq!(ws.run(&["plan", "--detailed-exitcode"]).code, 0);
 }
 
@@ -376,8 +443,16 @@ fn json_envelope_for_plan_and_apply_and_quiet_apply_is_silent() {
     let doc = plan.json();
     assert_eq!(doc["success"], true);
     assert_eq!(doc["error_code"], Value::Null);
-    assert!(doc["message"].as_str().unwrap().contains("1 to add"), "{doc}");
-    assert!(doc["data"]["actions"].as_array().is_some_and(|a| !a.is_empty()), "{doc}");
+    assert!(
+        doc["message"].as_str().unwrap().contains("1 to add"),
+        "{doc}"
+    );
+    assert!(
+        doc["data"]["actions"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
+        "{doc}"
+    );
 
     let quiet = ws.run(&["apply", "-q"]);
     assert_eq!(quiet.code, 0, "{}", quiet.stderr);
@@ -391,12 +466,19 @@ fn json_envelope_for_plan_and_apply_and_quiet_apply_is_silent() {
 
 /// Runs `args` with `--json` and checks the error envelope and the exit code.
 fn assert_error(run: &Run, code: &str, exit: i32) -> Value {
-    assert_eq!(run.code, exit, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.code, exit,
+        "stdout:\n{}\nstderr:\n{}",
+        run.stdout, run.stderr
+    );
     let doc = run.json();
     assert_eq!(doc["success"], false, "{doc}");
     assert_eq!(doc["error_code"], code, "{doc}");
     assert_eq!(doc["data"], Value::Null);
-    assert!(!run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN), "token leaked");
+    assert!(
+        !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
+        "token leaked"
+    );
     doc
 }
 
@@ -405,7 +487,11 @@ fn e_args_for_bad_usage() {
     let hub = FakeHub::start(vec![]);
     let ws = Workspace::new(&hub, "");
     assert_error(&ws.run(&["plan", "--no-such-flag", "--json"]), "E_ARGS", 18);
-    assert_error(&ws.run(&["--json", "--mirror", "not a url", "plan"]), "E_ARGS", 18);
+    assert_error(
+        &ws.run(&["--json", "--mirror", "not a url", "plan"]),
+        "E_ARGS",
+        18,
+    );
     let human = ws.run(&["frobnicate"]);
     assert_eq!(human.code, 18);
     assert!(human.stderr.contains("error[E_ARGS]"), "{}", human.stderr);
@@ -441,11 +527,23 @@ fn e_net_for_unreachable_mirror_and_offline_without_state() {
     let hub = FakeHub::start(vec![bert_repo()]);
     let ws = Workspace::new(&hub, "[models.\"acme/tiny-bert\"]\n");
     // A port nobody listens on: bind, read the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mirror = format!("http://127.0.0.1:{port}");
-    assert_error(&ws.run(&["--mirror", &mirror, "plan", "--json"]), "E_NET", 10);
+    assert_error(
+        &ws.run(&["--mirror", &mirror, "plan", "--json"]),
+        "E_NET",
+        10,
+    );
     assert_error(&ws.run(&["--offline", "plan", "--json"]), "E_NET", 10);
-    assert_error(&ws.run_with(&["plan", "--json"], &[("HF_HUB_OFFLINE", "1")]), "E_NET", 10);
+    assert_error(
+        &ws.run_with(&["plan", "--json"], &[("HF_HUB_OFFLINE", "1")]),
+        "E_NET",
+        10,
+    );
 }
 
 #[test]
@@ -453,9 +551,13 @@ fn e_license_for_gated_repos_and_success_with_acceptance_and_token() {
     let hub = FakeHub::start(vec![gated_repo()]);
     let ws = Workspace::new(&hub, "[models.\"acme/gated\"]\n");
     let doc = assert_error(&ws.run(&["plan", "--json"]), "E_LICENSE", 13);
-    assert!(doc["message"].as_str().unwrap().contains("acme/gated"), "{doc}");
+    assert!(
+        doc["message"].as_str().unwrap().contains("acme/gated"),
+        "{doc}"
+    );
 
-    let accepted = "[models.\"acme/gated\"]\nlicense = { accepted = true, user_id = \"admin@kari\" }\n";
+    let accepted =
+        "[models.\"acme/gated\"]\nlicense = { accepted = true, user_id = \"admin@kari\" }\n";
     let ws = Workspace::new(&hub, accepted);
     assert_error(&ws.run(&["plan", "--json"]), "E_LICENSE", 13);
     assert_error(
@@ -466,7 +568,10 @@ fn e_license_for_gated_repos_and_success_with_acceptance_and_token() {
     hub.clear_requests();
     let ok = ws.run_with(&["apply", "-vv"], &[("HF_TOKEN", TOKEN)]);
     assert_eq!(ok.code, 0, "{}\n{}", ok.stdout, ok.stderr);
-    assert!(!ok.stdout.contains(TOKEN) && !ok.stderr.contains(TOKEN), "token leaked in logs");
+    assert!(
+        !ok.stdout.contains(TOKEN) && !ok.stderr.contains(TOKEN),
+        "token leaked in logs"
+    );
     let registry = fs_err::read_to_string(ws.models().join("model_registry.json")).unwrap();
     assert!(!registry.contains(TOKEN));
     assert!(registry.contains("admin@kari"));
@@ -486,7 +591,10 @@ fn e_perm_for_an_invalid_token() {
     let ws = Workspace::new(&hub, "[models.\"acme/tiny-bert\"]\n");
     // The fake hub rejects tokens it does not know, as the Hub does for expired ones.
     assert_error(
-        &ws.run_with(&["plan", "--json"], &[("HF_TOKEN", "invalid_expired_token")]),
+        &ws.run_with(
+            &["plan", "--json"],
+            &[("HF_TOKEN", "invalid_expired_token")],
+        ),
         "E_PERM",
         12,
     );
@@ -525,11 +633,17 @@ fn e_quota_when_the_store_would_exceed_quota_gb() {
 #[test]
 fn e_disk_when_the_models_dir_cannot_be_created() {
     let hub = FakeHub::start(vec![bert_repo()]);
-    let ws = Workspace::new(&hub, "[settings]\nmodels_dir = \"blocker/models\"\n[models.\"acme/tiny-bert\"]\n");
+    let ws = Workspace::new(
+        &hub,
+        "[settings]\nmodels_dir = \"blocker/models\"\n[models.\"acme/tiny-bert\"]\n",
+    );
     // A plain file where a folder must go: every write below it fails.
     fs_err::write(ws.path().join("blocker"), b"not a directory").unwrap();
     assert_error(&ws.run(&["apply", "--json"]), "E_DISK", 11);
-    assert_eq!(fs_err::read(ws.path().join("blocker")).unwrap(), b"not a directory");
+    assert_eq!(
+        fs_err::read(ws.path().join("blocker")).unwrap(),
+        b"not a directory"
+    );
 }
 
 #[test]
@@ -545,7 +659,11 @@ fn e_locked_when_another_process_holds_the_store() {
         .open(kmm_dir.join("lock"))
         .unwrap();
     holder.lock().unwrap();
-    let doc = assert_error(&ws.run(&["--lock-timeout", "300ms", "apply", "--json"]), "E_LOCKED", 20);
+    let doc = assert_error(
+        &ws.run(&["--lock-timeout", "300ms", "apply", "--json"]),
+        "E_LOCKED",
+        20,
+    );
     assert!(doc["message"].as_str().unwrap().contains("lock"), "{doc}");
     holder.unlock().unwrap();
     assert_eq!(ws.run(&["--lock-timeout", "5s", "apply"]).code, 0);
@@ -556,7 +674,9 @@ fn stray_corrupt_files_are_deleted_by_apply() {
     let hub = FakeHub::start(vec![bert_repo()]);
     let ws = Workspace::new(&hub, "[models.\"acme/tiny-bert\"]\n");
     assert_eq!(ws.run(&["apply"]).code, 0);
-    let stray = ws.models().join("transformers/acme/tiny-bert/model.safetensors.corrupt");
+    let stray = ws
+        .models()
+        .join("transformers/acme/tiny-bert/model.safetensors.corrupt");
     fs_err::write(&stray, b"junk").unwrap();
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}", plan.stdout);
