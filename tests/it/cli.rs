@@ -683,3 +683,54 @@ fn stray_corrupt_files_are_deleted_by_apply() {
     assert_eq!(ws.run(&["apply"]).code, 0);
     assert!(!stray.exists());
 }
+
+/// The bytes kmm installs are exactly the bytes the real `huggingface_hub` client downloads, for
+/// every file of every bundled fixture repo (legacy ids included).
+#[test]
+fn kmm_installs_the_same_bytes_as_the_real_client() {
+    if let Some(reason) = crate::interop::interop_skip_reason() {
+        eprintln!("{reason}");
+        return;
+    }
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hub");
+    let hub = FakeHub::start(crate::fake_hub::fixtures::load_dir(&fixtures));
+    let models = [
+        (
+            "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+            "llama-cpp/TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF",
+        ),
+        ("acme/tiny-bert", "transformers/acme/tiny-bert"),
+        ("distilbert-base-uncased", "distilbert-base-uncased"),
+        ("gpt2", "transformers/gpt2"),
+    ];
+    let manifest: String = models
+        .iter()
+        .map(|(id, _)| format!("[models.\"{id}\"]\n"))
+        .collect();
+    let ws = Workspace::new(&hub, &manifest);
+    let apply = ws.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{}\n{}", apply.stdout, apply.stderr);
+
+    for (id, dir) in models {
+        let reference = ws.path().join("reference").join(dir);
+        let expected = crate::interop::snapshot_with_real_client(&hub, id, "main", &reference);
+        assert!(
+            !expected.is_empty(),
+            "the real client downloaded nothing for {id}"
+        );
+        let installed_root = ws.models().join(dir);
+        let mut installed = Vec::new();
+        collect_files(&installed_root, &installed_root, &mut installed);
+        let installed: std::collections::BTreeMap<String, String> = installed
+            .into_iter()
+            .map(|path| {
+                let bytes = fs_err::read(installed_root.join(&path)).unwrap();
+                (path, kmm::upstream::sha256_hex(&bytes))
+            })
+            .collect();
+        assert_eq!(
+            installed, expected,
+            "{id}: kmm and huggingface_hub disagree"
+        );
+    }
+}
