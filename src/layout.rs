@@ -13,7 +13,7 @@
 //!
 //! Edges: pure functions, no I/O. Paths returned are relative to the models directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::upstream::UpstreamFile;
 
@@ -235,6 +235,20 @@ pub fn check_repo_path(path: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Finds two models whose folders nest (`transformers/acme` of a plain id `acme` holds
+/// `transformers/acme/tiny-bert` of `acme/tiny-bert`, or two ids route to one folder). Such a
+/// layout cannot be kept safely: replacing the outer folder would carry the inner model away.
+/// Returns `(outer id, inner id)`. Paths are relative to the models directory.
+pub fn find_nested_installs<'a>(installs: &[(&'a str, &'a Path)]) -> Option<(&'a str, &'a str)> {
+    let mut sorted: Vec<&(&str, &Path)> = installs.iter().collect();
+    // Component-wise order puts every folder right before the folders below it.
+    sorted.sort_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)));
+    sorted
+        .windows(2)
+        .find(|pair| pair[1].1.starts_with(pair[0].1))
+        .map(|pair| (pair[0].0, pair[1].0))
 }
 
 #[cfg(test)]
@@ -551,6 +565,30 @@ mod tests {
         assert!(
             message.contains("at most 4096") && message.len() < 400,
             "{message}"
+        );
+    }
+
+    #[test]
+    fn nested_installs_are_found() {
+        let plain = Path::new("transformers/acme");
+        let owned = Path::new("transformers/acme/tiny-bert");
+        let other = Path::new("transformers/acme-2");
+        let gguf = Path::new("llama-cpp/acme/x");
+        assert_eq!(
+            find_nested_installs(&[
+                ("acme/tiny-bert", owned),
+                ("acme", plain),
+                ("acme-2", other)
+            ]),
+            Some(("acme", "acme/tiny-bert"))
+        );
+        assert_eq!(
+            find_nested_installs(&[("acme-2", other), ("acme", plain), ("x", gguf)]),
+            None
+        );
+        assert_eq!(
+            find_nested_installs(&[("a", plain), ("b", plain)]),
+            Some(("a", "b"))
         );
     }
 }

@@ -11,6 +11,7 @@
 //! Edges: reads the hub; never writes anything.
 
 use futures_util::StreamExt;
+use tracing::Instrument;
 
 use crate::error::{Error, Result};
 use crate::hub::{Gated, HubClient};
@@ -36,23 +37,21 @@ pub async fn resolve_all(
     manifest: &Manifest,
     ctx: &ResolveContext<'_>,
 ) -> Result<Vec<DesiredModel>> {
-    let results: Vec<(usize, Result<DesiredModel>)> =
-        futures_util::stream::iter(manifest.models.values().enumerate())
-            .map(|(index, spec)| async move { (index, resolve_model(spec, ctx).await) })
-            .buffer_unordered(ctx.concurrency.max(1))
-            .collect()
-            .await;
-    let mut ordered: Vec<Option<Result<DesiredModel>>> = (0..results.len()).map(|_| None).collect();
-    for (index, result) in results {
-        ordered[index] = Some(result);
-    }
-    ordered.into_iter().flatten().collect()
+    let results: Vec<Result<DesiredModel>> = futures_util::stream::iter(manifest.models.values())
+        .map(|spec| resolve_model(spec, ctx))
+        .buffered(ctx.concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 /// Resolves one model.
 pub async fn resolve_model(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Result<DesiredModel> {
     let span = tracing::info_span!("resolve", model = %spec.id, revision = %spec.revision);
-    let _guard = span.enter();
+    resolve_model_inner(spec, ctx).instrument(span).await
+}
+
+async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Result<DesiredModel> {
     let record = ctx.registry.models.get(&spec.id);
     let selection = Selection {
         include: spec.include.clone(),

@@ -76,6 +76,7 @@ impl Session {
     /// what it saw is what it changes.
     fn plan(&self, desired: &[DesiredModel]) -> Result<Plan> {
         let registry = Registry::load(&self.paths.registry_file())?;
+        check_layout_conflicts(self.paths.root(), desired, &registry)?;
         let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
         let observed = store::observe(&self.paths, &dirs)?;
         let plan = plan::compute(PlanInput {
@@ -86,6 +87,33 @@ impl Session {
         });
         check_quota(&plan, desired, &observed.registry, self.settings.quota_gb)?;
         Ok(plan)
+    }
+}
+
+/// Refuses layouts where one model's folder would hold another's (see
+/// [`crate::layout::find_nested_installs`]), among declared and registered models.
+fn check_layout_conflicts(
+    root: &Path,
+    desired: &[DesiredModel],
+    registry: &Registry,
+) -> Result<()> {
+    let recorded: Vec<(&str, std::path::PathBuf)> = registry
+        .models
+        .iter()
+        .filter(|(id, _)| !desired.iter().any(|model| &model.id == *id))
+        .filter_map(|(id, record)| Some((id.as_str(), plan::recorded_install_dir(root, record)?)))
+        .collect();
+    let installs: Vec<(&str, &Path)> = desired
+        .iter()
+        .map(|model| (model.id.as_str(), model.install_dir.as_path()))
+        .chain(recorded.iter().map(|(id, dir)| (*id, dir.as_path())))
+        .collect();
+    match crate::layout::find_nested_installs(&installs) {
+        None => Ok(()),
+        Some((outer, inner)) => Err(Error::schema(format!(
+            "`{outer}` and `{inner}` would share a folder: the folder of `{outer}` holds (or is) the folder of `{inner}`"
+        ))
+        .with_hint("route one of them elsewhere with `library = \"llama-cpp\"` / `\"transformers\"`, or declare only one")),
     }
 }
 

@@ -734,3 +734,18 @@ fn kmm_installs_the_same_bytes_as_the_real_client() {
         );
     }
 }
+
+#[test]
+fn models_whose_folders_would_nest_are_refused_before_anything_is_written() {
+    // The plain id `acme` routes to transformers/acme/, which would hold acme/tiny-bert's folder.
+    let plain =
+        RepoSpec::new("acme").commit(vec![FileSpec::regular("config.json", b"{}".to_vec())]);
+    let hub = FakeHub::start(vec![bert_repo(), plain]);
+    let ws = Workspace::new(&hub, "[models.\"acme/tiny-bert\"]\n[models.\"acme\"]\n");
+    let doc = assert_error(&ws.run(&["apply", "--json"]), "E_SCHEMA", 15);
+    assert!(
+        doc["message"].as_str().unwrap().contains("share a folder"),
+        "{doc}"
+    );
+    assert!(!ws.models().join("transformers").exists());
+}
