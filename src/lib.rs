@@ -19,6 +19,7 @@
 //! | [`registry`] | `models/model_registry.json` load / atomic save |
 //! | [`store`] | store paths, the store lock, the read-only scan |
 //! | [`hub`] | Hugging Face Hub HTTP client |
+//! | [`hf_cache`] | read-only lookups in a local Hugging Face cache |
 //! | [`resolve`] | declared models -> [`plan::DesiredModel`] via the hub or caches |
 //! | [`plan`] | desired + observed -> `Plan` |
 //! | [`sys`] | machine facts (free disk) |
@@ -34,11 +35,13 @@
 //! | `models/<layout>/...` | written by [`apply`] only |
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
+//! | `models/.kmm/downloads/<hash>.part(.state)` | resumable partial downloads ([`hub`], cleaned by [`apply`]) |
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
 
 pub mod apply;
 pub mod cli;
 pub mod error;
+pub mod hf_cache;
 pub mod hub;
 pub mod layout;
 pub mod manifest;

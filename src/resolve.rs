@@ -30,6 +30,9 @@ pub struct ResolveContext<'a> {
     pub registry: &'a Registry,
     /// Models resolved concurrently.
     pub concurrency: usize,
+    /// A local Hugging Face cache: offline, revisions and file lists not known from the
+    /// registry are read from its `refs/` and `snapshots/`.
+    pub hf_cache: Option<&'a crate::hf_cache::HfCache>,
 }
 
 /// Resolves every declared model, in manifest (sorted id) order. The first failure wins.
@@ -60,8 +63,21 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
 
     let commit = resolve_commit(spec, record, ctx).await?;
 
+    let offline_snapshot = ctx
+        .hf_cache
+        .filter(|_| ctx.hub.is_none())
+        .and_then(|cache| cache.snapshot_files(&spec.id, &commit));
     let files = match record.and_then(|record| files_from_record(record, &commit, &selection)) {
         Some(files) => files,
+        // Offline: the snapshot a local Hugging Face cache holds for this commit.
+        None if offline_snapshot.is_some() => {
+            let globs = FileSelection::new(&spec.include, &spec.exclude)?;
+            offline_snapshot
+                .into_iter()
+                .flatten()
+                .filter(|file| globs.matches(&file.path))
+                .collect()
+        }
         None => {
             let Some(hub) = ctx.hub else {
                 return Err(offline_error(
@@ -147,6 +163,10 @@ async fn resolve_commit(
         return record
             .filter(|record| record.revision.as_deref() == Some(spec.revision.as_str()))
             .and_then(|record| record.commit.clone())
+            .or_else(|| {
+                ctx.hf_cache
+                    .and_then(|cache| cache.commit_of(&spec.id, &spec.revision))
+            })
             .ok_or_else(|| offline_error(spec, "the revision has never been resolved here"));
     };
     let info = hub

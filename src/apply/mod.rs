@@ -13,18 +13,22 @@
 //! first failure nothing new starts, running actions finish, and the error is returned: models
 //! whose actions all completed stay installed and registered, the others stay as they were.
 //!
+//! The `Fetch` action (sources: store, Hugging Face cache, resumable network download; stale
+//! partials) lives in [`fetch`].
+//!
 //! Edges: reports progress through [`Reporter`] and never prints; it does not plan. It trusts the
 //! plan's structure but not its paths: every path is checked to stay inside the models directory
 //! (a plan may come from a file).
 
+mod fetch;
 mod fsops;
 mod queue;
+
+pub use fetch::{FetchSources, bytes_to_fetch};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-use tracing::Instrument as _;
 
 use crate::error::{Error, Result};
 use crate::hub::HubClient;
@@ -75,6 +79,15 @@ pub struct ApplyReport {
 /// Executes `plan`. On the first failure no new actions start, running ones finish, models whose
 /// actions all completed stay installed and registered, and the error is returned.
 pub async fn apply(plan: &Plan, ctx: &ApplyContext<'_>) -> Result<ApplyReport> {
+    apply_with(plan, ctx, &FetchSources::default()).await
+}
+
+/// [`apply`] with local sources (a Hugging Face cache) that fetches try before the network.
+pub async fn apply_with(
+    plan: &Plan,
+    ctx: &ApplyContext<'_>,
+    sources: &FetchSources,
+) -> Result<ApplyReport> {
     if plan.models_dir != ctx.paths.root() {
         return Err(Error::args(format!(
             "the plan was made for {}, not for {}",
@@ -84,9 +97,10 @@ pub async fn apply(plan: &Plan, ctx: &ApplyContext<'_>) -> Result<ApplyReport> {
         .with_hint("run `kmm plan` again for this models directory"));
     }
     let deps = dependency_indices(plan)?;
-    let engine = Engine::new(plan, ctx)?;
+    let engine = Engine::new(plan, ctx, sources)?;
     engine.check_offline()?;
     engine.prepare()?;
+    engine.remove_stale_partials()?;
     // Downloads last among ready actions: local steps are quick and finish models early.
     let priority: Vec<u8> = plan
         .actions
@@ -152,10 +166,11 @@ struct Engine<'a> {
     model_downloads: BTreeMap<&'a str, BTreeSet<String>>,
     change_of: BTreeMap<&'a str, ChangeKind>,
     report: Mutex<ApplyReport>,
+    sources: &'a FetchSources,
 }
 
 impl<'a> Engine<'a> {
-    fn new(plan: &'a Plan, ctx: &'a ApplyContext<'a>) -> Result<Self> {
+    fn new(plan: &'a Plan, ctx: &'a ApplyContext<'a>, sources: &'a FetchSources) -> Result<Self> {
         let mut download_users: BTreeMap<String, usize> = BTreeMap::new();
         let mut model_downloads: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
         for planned in &plan.actions {
@@ -189,31 +204,8 @@ impl<'a> Engine<'a> {
                 .map(|m| (m.id.as_str(), m.change))
                 .collect(),
             report: Mutex::new(ApplyReport::default()),
+            sources,
         })
-    }
-
-    /// Offline and something must come from the network: fail before touching anything.
-    fn check_offline(&self) -> Result<()> {
-        if self.ctx.hub.is_some() {
-            return Ok(());
-        }
-        let missing = self
-            .plan
-            .actions
-            .iter()
-            .filter(|planned| match &planned.action {
-                Action::Fetch { file, .. } => !self.have_download(file),
-                _ => false,
-            })
-            .count();
-        if missing == 0 {
-            return Ok(());
-        }
-        let files = if missing == 1 { "file" } else { "files" };
-        Err(
-            Error::net(format!("offline: {missing} {files} must be downloaded"))
-                .with_hint("drop --offline (and unset HF_HUB_OFFLINE) to download them"),
-        )
     }
 
     /// Creates the internal folders and clears leftovers of an interrupted run (the caller
@@ -272,53 +264,6 @@ impl<'a> Engine<'a> {
             Action::Unregister { model } => self.unregister(model).await,
             Action::DeleteStray { path } => self.delete_stray(path).await,
         }
-    }
-
-    async fn fetch(&self, model: &str, commit: &str, file: &UpstreamFile) -> Result<()> {
-        let reporter = self.ctx.reporter;
-        if self.have_download(file) {
-            reporter.step(&format!("{model}: {} already downloaded", file.path));
-            return Ok(());
-        }
-        let Some(hub) = self.ctx.hub else {
-            return Err(Error::net(format!(
-                "offline: {} of {model} must be downloaded",
-                file.path
-            ))
-            .with_hint("drop --offline (and unset HF_HUB_OFFLINE) to download it"));
-        };
-        let dest = self.download_path(&file.hash);
-        let part = self.downloads.join(format!("{}.part", file.hash.hex()));
-        reporter.download_started(model, &file.path, file.size);
-        let progress = |bytes: u64| reporter.download_progress(model, &file.path, bytes);
-        hub.download(model, commit, file, &part, &progress)
-            .instrument(tracing::info_span!("download", model, path = %file.path, size = file.size))
-            .await?;
-        {
-            let _span = tracing::info_span!("verify", model, path = %file.path).entered();
-            // The client verified the hash while streaming; the size check guards the rename.
-            let size = fs_err::metadata(&part)
-                .map_err(|e| Error::io(format!("reading {}", part.display()), &e))?
-                .len();
-            if size != file.size {
-                let _ = fs_err::remove_file(&part);
-                return Err(Error::verify(format!(
-                    "{} of {model}: downloaded {size} bytes, expected {}",
-                    file.path, file.size
-                )));
-            }
-            // The client leaves durability to us: the bytes reach the disk before the name.
-            fs_err::File::open(&part)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
-            fs_err::rename(&part, &dest)
-                .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
-        }
-        reporter.download_finished(model, &file.path);
-        let mut report = self.report.lock().expect("report lock");
-        report.files_downloaded += 1;
-        report.bytes_downloaded += file.size;
-        Ok(())
     }
 
     async fn install(

@@ -27,6 +27,8 @@ struct Session {
     settings: Settings,
     paths: StorePaths,
     hub: Option<HubClient>,
+    /// The local Hugging Face cache: a source of files before the network.
+    hf_cache: crate::hf_cache::HfCache,
 }
 
 impl Session {
@@ -39,6 +41,13 @@ impl Session {
         } else {
             let mut config = HubConfig::new(settings.endpoint.clone());
             config.token = settings.token.clone();
+            if let Some(chunk_size) = settings.chunk_size {
+                config.chunk_size = chunk_size;
+                config.parallel_min_size = chunk_size.saturating_mul(4);
+            }
+            if let Some(connections) = settings.connections_per_file {
+                config.connections_per_file = connections;
+            }
             let hub = HubClient::new(config)?;
             if settings.mirror {
                 hub.ping().await.map_err(|error| {
@@ -48,7 +57,9 @@ impl Session {
             Some(hub)
         };
         let paths = StorePaths::new(settings.models_dir.clone());
+        let hf_cache = crate::hf_cache::HfCache::new(settings.hf_cache.clone());
         Ok(Session {
+            hf_cache,
             manifest,
             settings,
             paths,
@@ -67,6 +78,7 @@ impl Session {
                 has_token: self.settings.token.is_some(),
                 registry: &registry,
                 concurrency: self.settings.max_workers,
+                hf_cache: Some(&self.hf_cache),
             },
         )
         .await
@@ -216,10 +228,16 @@ pub async fn apply(
         return Ok(0);
     }
     out.status(&plan::render_text(&plan));
-    check_free_disk(&session.paths, plan.summary.download_bytes)?;
+    let sources = apply::FetchSources {
+        hf_cache: Some(session.hf_cache.clone()),
+    };
+    check_free_disk(
+        &session.paths,
+        apply::bytes_to_fetch(&plan, &session.paths, &sources),
+    )?;
 
-    let reporter = ProgressReporter::new(out);
-    let report = apply::apply(
+    let reporter = ProgressReporter::with_json(out, session.settings.progress_json);
+    let report = apply::apply_with(
         &plan,
         &ApplyContext {
             paths: &session.paths,
@@ -227,6 +245,7 @@ pub async fn apply(
             max_workers: session.settings.max_workers,
             reporter: &reporter,
         },
+        &sources,
     )
     .await;
     reporter.finish();
@@ -250,7 +269,8 @@ pub async fn apply(
     Ok(0)
 }
 
-/// Refuses to start when the downloads cannot fit on the disk holding the models directory.
+/// Refuses to start when the downloads cannot fit on the disk holding the models directory
+/// (`needed`: the bytes still to fetch, after partial downloads and local sources).
 fn check_free_disk(paths: &StorePaths, needed: u64) -> Result<()> {
     if needed == 0 {
         return Ok(());

@@ -11,6 +11,10 @@
 //! | offline | `--offline` | `HF_HUB_OFFLINE` | `settings.offline` | false |
 //! | workers | `--max-workers` | `KMM_MAX_WORKERS` | `settings.max_workers` | 8 |
 //! | token | | `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, file `HF_TOKEN_PATH` or `$HF_HOME/token` | | none |
+//! | HF cache (local source) | | `HF_HUB_CACHE`, else `$HF_HOME/hub` | | `~/.cache/huggingface/hub` |
+//! | chunk size (files from 4 chunks on are fetched in parallel chunks) | | `KMM_CHUNK_SIZE` (bytes, >= 64 KiB) | | 16 MiB |
+//! | connections per large file | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 4 |
+//! | progress as JSON lines on stderr (with `--json`) | | `KMM_PROGRESS_JSON=1` | | off |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,6 +48,13 @@ pub struct Settings {
     pub quota_gb: Option<f64>,
     pub prune: bool,
     pub lock_timeout: Option<Duration>,
+    /// The local Hugging Face cache searched before the network.
+    pub hf_cache: PathBuf,
+    /// Chunk size for parallel downloads (`None`: the hub client's default).
+    pub chunk_size: Option<u64>,
+    pub connections_per_file: Option<usize>,
+    /// With `--json`, progress events as JSON lines on stderr.
+    pub progress_json: bool,
 }
 
 /// Where the manifest is: `--manifest`, else `KMM_MANIFEST`, else `./kari-models.toml`,
@@ -120,7 +131,33 @@ pub fn resolve(
         quota_gb: manifest.settings.quota_gb,
         prune: manifest.settings.prune,
         lock_timeout: args.lock_timeout,
+        hf_cache: hf_hub_cache(env),
+        chunk_size: number_env(env, "KMM_CHUNK_SIZE", 64 << 10, 1 << 40)?,
+        connections_per_file: number_env(env, "KMM_CONNECTIONS_PER_FILE", 1, 64)?
+            .map(|n| n as usize),
+        progress_json: env("KMM_PROGRESS_JSON").is_some_and(|value| is_truthy(&value)),
     })
+}
+
+/// `HF_HUB_CACHE`, else `$HF_HOME/hub` (as `huggingface_hub` looks it up).
+pub fn hf_hub_cache(env: EnvLookup<'_>) -> PathBuf {
+    match non_empty(env("HF_HUB_CACHE")) {
+        Some(dir) => PathBuf::from(dir),
+        None => hf_home(env).join("hub"),
+    }
+}
+
+/// An optional whole-number variable within `min..=max`; anything else is `E_ARGS`.
+fn number_env(env: EnvLookup<'_>, name: &str, min: u64, max: u64) -> Result<Option<u64>> {
+    let Some(text) = non_empty(env(name)) else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(Error::args(format!(
+            "{name} must be a number from {min} to {max}, got `{text}`"
+        ))),
+    }
 }
 
 /// `HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`, else the token file (`HF_TOKEN_PATH`, else
@@ -193,6 +230,26 @@ fn absolute(base: &Path, path: &Path) -> PathBuf {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn download_settings_from_the_environment() {
+        let vars: HashMap<&str, &str> = HashMap::from([
+            ("HF_HOME", "/h"),
+            ("KMM_CHUNK_SIZE", "1048576"),
+            ("KMM_CONNECTIONS_PER_FILE", "3"),
+        ]);
+        let env = |name: &str| vars.get(name).map(|v| v.to_string());
+        assert_eq!(hf_hub_cache(&env), PathBuf::from("/h/hub"));
+        let cache = |name: &str| (name == "HF_HUB_CACHE").then(|| "/c".to_string());
+        assert_eq!(hf_hub_cache(&cache), PathBuf::from("/c"));
+        assert_eq!(
+            number_env(&env, "KMM_CHUNK_SIZE", 64 << 10, 1 << 40).unwrap(),
+            Some(1 << 20)
+        );
+        let bad = |_: &str| Some("12".to_string());
+        assert!(number_env(&bad, "KMM_CHUNK_SIZE", 64 << 10, 1 << 40).is_err());
+        assert_eq!(number_env(&env, "NOPE", 1, 2).unwrap(), None);
+    }
 
     fn manifest_with(text: &str, dir: &Path) -> Manifest {
         Manifest::parse(&dir.join("kari-models.toml"), text).unwrap()

@@ -30,8 +30,8 @@ use tracing::Instrument;
 use url::Url;
 
 use super::errors::{self, Target, Transient};
-use super::{HubClient, SendError, redact_url, retry, urls};
-use crate::error::{Error, Result};
+use super::{HubClient, SendError, chunked, redact_url, retry, urls};
+use crate::error::{Error, ErrorCode, Result};
 use crate::upstream::{ContentHasher, FileHash, UpstreamFile};
 
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
@@ -45,7 +45,7 @@ pub(super) async fn download(
     on_progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<()> {
     let span = tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
-    let result = fetch_into(client, repo_id, commit, file, dest, on_progress)
+    let result = fetch_into(client, repo_id, commit, file, dest, false, on_progress)
         .instrument(span)
         .await;
     if result.is_err()
@@ -57,12 +57,69 @@ pub(super) async fn download(
     result
 }
 
+/// See [`HubClient::download_resumable`].
+pub(super) async fn download_resumable(
+    client: &HubClient,
+    repo_id: &str,
+    commit: &str,
+    file: &UpstreamFile,
+    part: &Path,
+    on_progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<()> {
+    let span = tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
+    async {
+        let mut verify_failures = 0;
+        loop {
+            let parallel = file.size >= client.config.parallel_min_size
+                && file.size > client.config.chunk_size
+                && client.config.connections_per_file > 0;
+            let mut result = if parallel {
+                chunked::fetch(client, repo_id, commit, file, part, on_progress).await
+            } else {
+                Ok(false)
+            };
+            if matches!(result, Ok(false)) {
+                // Small file, or a server that ignores Range: one sequential stream that
+                // continues from what an earlier run left in `part`.
+                result = fetch_into(client, repo_id, commit, file, part, true, on_progress)
+                    .await
+                    .map(|()| true);
+            }
+            match result {
+                Ok(_) => {
+                    chunked::remove_state(part);
+                    return Ok(());
+                }
+                Err(error) if error.code() == ErrorCode::Verify => {
+                    // The bytes on disk are wrong: none of them can be trusted for a resume.
+                    chunked::remove_state(part);
+                    if let Err(err) = fs_err::remove_file(part)
+                        && err.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!("could not remove the bad download: {err}");
+                    }
+                    verify_failures += 1;
+                    if verify_failures > 1 {
+                        return Err(error);
+                    }
+                    tracing::warn!(file = %file.path, "{error}; fetching the file once more");
+                }
+                // Network, disk, ...: `part` and its state stay for the next run.
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
 async fn fetch_into(
     client: &HubClient,
     repo_id: &str,
     commit: &str,
     file: &UpstreamFile,
     dest: &Path,
+    resume: bool,
     on_progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<()> {
     let target = Target::file(repo_id, commit, &file.path);
@@ -73,7 +130,11 @@ async fn fetch_into(
         &file.path,
     ))?;
     let mut state = Transfer {
-        sink: Sink::create(file, dest)?,
+        sink: if resume {
+            Sink::resume(file, dest)?
+        } else {
+            Sink::create(file, dest)?
+        },
         url: resolve.clone(),
         resolve,
         ranges_supported: true,
@@ -84,7 +145,9 @@ async fn fetch_into(
     let max_attempts = max_retries.saturating_add(1).saturating_mul(4);
     let mut attempts = 0u32;
     let mut failures_without_progress = 0u32;
-    loop {
+    // An earlier run got every byte but stopped before the rename: only the hash is left.
+    let complete = resume && state.sink.written == file.size && file.size > 0;
+    while !complete {
         attempts += 1;
         let before = state.sink.written;
         let (transient, retry_after) = match state.attempt(client, on_progress).await {
@@ -311,6 +374,63 @@ impl<'a> Sink<'a> {
         })
     }
 
+    /// Continues a sequential download an earlier run left in `dest`: its bytes are the
+    /// file's first ones (verified with the rest at the end), so they are hashed and kept.
+    /// A file longer than the listing, or one that belongs to a chunked download (a state
+    /// file beside it), starts over.
+    fn resume(file: &'a UpstreamFile, dest: &'a Path) -> Result<Self> {
+        let chunked = super::chunked::state_path(dest).exists();
+        super::chunked::remove_state(dest);
+        let handle = fs_err::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dest)
+            .map_err(|err| Error::io(format!("opening `{}`", dest.display()), &err))?;
+        let mut sink = Sink {
+            writer: BufWriter::with_capacity(WRITE_BUFFER_BYTES, handle),
+            hasher: ContentHasher::for_hash(&file.hash, file.size),
+            written: 0,
+            file,
+            dest,
+        };
+        let len = sink
+            .writer
+            .get_ref()
+            .metadata()
+            .map_err(|err| sink.io_error(&err))?
+            .len();
+        if chunked || len > file.size {
+            sink.writer
+                .get_ref()
+                .set_len(0)
+                .map_err(|err| sink.io_error(&err))?;
+            return Ok(sink);
+        }
+        if len > 0 {
+            let mut reader = std::io::BufReader::with_capacity(
+                WRITE_BUFFER_BYTES,
+                sink.writer.get_ref().file().try_clone().map_err(|err| sink.io_error(&err))?,
+            );
+            let mut left = len;
+            let mut buffer = vec![0u8; WRITE_BUFFER_BYTES];
+            while left > 0 {
+                let want = buffer.len().min(left as usize);
+                std::io::Read::read_exact(&mut reader, &mut buffer[..want])
+                    .map_err(|err| sink.io_error(&err))?;
+                sink.hasher.update(&buffer[..want]);
+                left -= want as u64;
+            }
+            sink.writer
+                .seek(SeekFrom::Start(len))
+                .map_err(|err| sink.io_error(&err))?;
+            sink.written = len;
+            tracing::debug!(file = %file.path, resumed_at = len, "continuing a partial download");
+        }
+        Ok(sink)
+    }
+
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if self.written + bytes.len() as u64 > self.file.size {
             return Err(self.too_many_bytes_error("the server sent more bytes than the listing"));
@@ -358,7 +478,6 @@ impl<'a> Sink<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorCode;
     use crate::upstream::git_sha1_hex;
 
     #[test]

@@ -21,6 +21,7 @@
 //! Edges: talks HTTP and writes only the single destination file it is given by `apply`; it never
 //! touches the registry or the layout.
 
+mod chunked;
 mod download;
 mod errors;
 mod parse;
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::upstream::UpstreamFile;
 use errors::{Target, Transient};
 
+pub use chunked::{partial_bytes as partial_download_bytes, state_path as partial_state_path};
 pub use urls::redact_url;
 
 /// A token that never shows up in `Debug` output.
@@ -74,6 +76,12 @@ pub struct HubConfig {
     pub connect_timeout: Duration,
     /// A body that stalls this long is treated as a dropped connection.
     pub read_timeout: Duration,
+    /// Resumable downloads ([`HubClient::download_resumable`]): files of at least
+    /// `parallel_min_size` bytes are fetched in `chunk_size` Range chunks over up to
+    /// `connections_per_file` connections.
+    pub chunk_size: u64,
+    pub parallel_min_size: u64,
+    pub connections_per_file: usize,
 }
 
 impl HubConfig {
@@ -87,6 +95,9 @@ impl HubConfig {
             retry_base_delay: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            chunk_size: chunked::DEFAULT_CHUNK_SIZE,
+            parallel_min_size: chunked::DEFAULT_PARALLEL_MIN_SIZE,
+            connections_per_file: chunked::DEFAULT_CONNECTIONS,
         }
     }
 }
@@ -292,6 +303,23 @@ impl HubClient {
         download::download(self, repo_id, commit, file, dest, on_progress).await
     }
 
+    /// Downloads `file` into `part` so that an interrupted download can be continued, by this
+    /// call (dropped connections) or by a later one (a killed process): see
+    /// [`chunked`](self) for the state file beside `part`. Large files come in parallel Range
+    /// chunks. Network errors keep `part` for the next run; wrong bytes (`E_VERIFY`) discard it
+    /// and fetch the file once more before giving up. On success `part` holds the verified
+    /// bytes and the state file is gone.
+    pub async fn download_resumable(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        file: &UpstreamFile,
+        part: &Path,
+        on_progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
+        download::download_resumable(self, repo_id, commit, file, part, on_progress).await
+    }
+
     /// Models from `GET /api/models` with the query's parameters, following `Link` pages until
     /// `query`'s limit is reached or the listing ends.
     pub async fn list_models(&self, query: &ModelQuery) -> Result<Vec<serde_json::Value>> {
@@ -359,6 +387,16 @@ impl HubClient {
         start: Url,
         range_from: Option<u64>,
     ) -> std::result::Result<reqwest::Response, SendError> {
+        self.send_range(start, range_from.map(|from| (from, None)))
+            .await
+    }
+
+    /// [`HubClient::send`] with an optional inclusive end: `Range: bytes={from}-{to}`.
+    pub(crate) async fn send_range(
+        &self,
+        start: Url,
+        range: Option<(u64, Option<u64>)>,
+    ) -> std::result::Result<reqwest::Response, SendError> {
         let mut url = start.clone();
         for _ in 0..=MAX_REDIRECTS {
             let mut request = self.http.get(url.clone());
@@ -375,8 +413,14 @@ impl HubClient {
                 value.set_sensitive(true);
                 request = request.header(header::AUTHORIZATION, value);
             }
-            if let Some(from) = range_from {
-                request = request.header(header::RANGE, format!("bytes={from}-"));
+            match range {
+                Some((from, Some(to))) => {
+                    request = request.header(header::RANGE, format!("bytes={from}-{to}"));
+                }
+                Some((from, None)) => {
+                    request = request.header(header::RANGE, format!("bytes={from}-"));
+                }
+                None => {}
             }
             let shown = redact_url(url.as_str());
             let response = match request.send().await {

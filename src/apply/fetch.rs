@@ -1,0 +1,280 @@
+//! The `Fetch` action: one upstream file into the content store `models/.kmm/downloads/<hash>`,
+//! from the cheapest source that has exactly those bytes.
+//!
+//! 1. Already in the store (a previous run fetched it): nothing to do.
+//! 2. The local Hugging Face cache has a blob with that hash and size: hard-linked (or copied)
+//!    to `<hash>.hfcache`, verified against the hash, renamed to `<hash>`. The link gets its own
+//!    name so that no later download can ever write into the cache's blob through it.
+//! 3. Offline: `E_NET` (see [`Engine::check_offline`], which lists every missing file first).
+//! 4. The network, into `<hash>.part` via [`HubClient::download_resumable`]: a partial download
+//!    an earlier run left (and its `.state` file) is continued; network and disk errors keep it
+//!    for the next run; wrong bytes are discarded and fetched once more, then `E_VERIFY`.
+//!
+//! Partials no plan needs any more are deleted by [`Engine::remove_stale_partials`] (apply holds
+//! the store lock, so no other kmm process is writing them).
+//!
+//! Edges: writes only under `models/.kmm/downloads/`; never into the Hugging Face cache.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use tracing::Instrument as _;
+
+use super::{Engine, fsops, spawn_blocking};
+use crate::error::{Error, Result};
+use crate::hf_cache::HfCache;
+use crate::hub::{partial_download_bytes, partial_state_path};
+use crate::plan::{Action, Plan};
+use crate::store::StorePaths;
+use crate::upstream::{ContentHasher, UpstreamFile};
+
+/// Where files may come from besides the network.
+#[derive(Debug, Clone, Default)]
+pub struct FetchSources {
+    /// A local Hugging Face cache to take files from before downloading them.
+    pub hf_cache: Option<HfCache>,
+}
+
+/// Suffixes of files in the downloads folder that belong to an unfinished fetch.
+const PARTIAL_SUFFIXES: [&str; 4] = [".part", ".part.state", ".part.state.tmp", ".hfcache"];
+
+/// Bytes the plan's fetches still need on the disk of the models directory: the size of every
+/// file not already in the store, minus what partial downloads already hold and minus files
+/// that can be hard-linked from a Hugging Face cache on the same filesystem.
+pub fn bytes_to_fetch(plan: &Plan, paths: &StorePaths, sources: &FetchSources) -> u64 {
+    let downloads = paths.downloads_dir();
+    let models_dev = device_of(paths.root());
+    let mut seen = BTreeSet::new();
+    let mut total = 0u64;
+    for planned in &plan.actions {
+        let Action::Fetch { model, file, .. } = &planned.action else {
+            continue;
+        };
+        if !seen.insert(file.hash.hex().to_string()) {
+            continue;
+        }
+        if have(&downloads.join(file.hash.hex()), file) {
+            continue;
+        }
+        let linkable = sources
+            .hf_cache
+            .as_ref()
+            .and_then(|cache| cache.blob(model, file))
+            .is_some_and(|blob| models_dev.is_some() && device_of(&blob) == models_dev);
+        if linkable {
+            continue;
+        }
+        let part = downloads.join(format!("{}.part", file.hash.hex()));
+        total += file.size - partial_download_bytes(&part, file).min(file.size);
+    }
+    total
+}
+
+fn device_of(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut probe = path;
+    loop {
+        if let Ok(meta) = std::fs::metadata(probe) {
+            return Some(meta.dev());
+        }
+        probe = probe.parent()?;
+    }
+}
+
+fn have(path: &Path, file: &UpstreamFile) -> bool {
+    fs_err::metadata(path).is_ok_and(|meta| meta.is_file() && meta.len() == file.size)
+}
+
+impl Engine<'_> {
+    /// Offline and something must come from the network: fail before touching anything, naming
+    /// every file that is neither in the store nor in the Hugging Face cache.
+    pub(super) fn check_offline(&self) -> Result<()> {
+        if self.ctx.hub.is_some() {
+            return Ok(());
+        }
+        let missing: Vec<String> = self
+            .plan
+            .actions
+            .iter()
+            .filter_map(|planned| match &planned.action {
+                Action::Fetch { model, file, .. }
+                    if !self.have_download(file) && self.cached_blob(model, file).is_none() =>
+                {
+                    Some(format!("{model}/{}", file.path))
+                }
+                _ => None,
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let files = if missing.len() == 1 { "file" } else { "files" };
+        Err(Error::net(format!(
+            "offline: {} {files} must be downloaded: {}",
+            missing.len(),
+            missing.join(", ")
+        ))
+        .with_hint(
+            "drop --offline (and unset HF_HUB_OFFLINE) to download them, or fill the Hugging Face cache (HF_HUB_CACHE) first",
+        ))
+    }
+
+    /// Deletes partial downloads (and their state files) whose hash this plan does not fetch.
+    pub(super) fn remove_stale_partials(&self) -> Result<()> {
+        let needed: BTreeSet<&str> = self
+            .plan
+            .actions
+            .iter()
+            .filter_map(|planned| match &planned.action {
+                Action::Fetch { file, .. } => Some(file.hash.hex()),
+                _ => None,
+            })
+            .collect();
+        let entries = fs_err::read_dir(&self.downloads)
+            .map_err(|e| Error::io(format!("listing {}", self.downloads.display()), &e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hash) = PARTIAL_SUFFIXES
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+            else {
+                continue;
+            };
+            if needed.contains(hash) {
+                continue;
+            }
+            let path = entry.path();
+            match fs_err::remove_file(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "removed a stale partial download"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", path.display()), &e)),
+            }
+        }
+        Ok(())
+    }
+
+    fn cached_blob(&self, model: &str, file: &UpstreamFile) -> Option<PathBuf> {
+        self.sources.hf_cache.as_ref()?.blob(model, file)
+    }
+
+    pub(super) async fn fetch(&self, model: &str, commit: &str, file: &UpstreamFile) -> Result<()> {
+        let reporter = self.ctx.reporter;
+        if self.have_download(file) {
+            reporter.step(&format!("{model}: {} already downloaded", file.path));
+            return Ok(());
+        }
+        let dest = self.download_path(&file.hash);
+        if let Some(blob) = self.cached_blob(model, file) {
+            let span = tracing::info_span!("hf_cache", model, path = %file.path);
+            let taken = take_from_cache(blob, dest.clone(), file.clone())
+                .instrument(span)
+                .await?;
+            if taken {
+                reporter.step(&format!(
+                    "{model}: {} taken from the Hugging Face cache",
+                    file.path
+                ));
+                return Ok(());
+            }
+        }
+        let Some(hub) = self.ctx.hub else {
+            return Err(Error::net(format!(
+                "offline: {} of {model} must be downloaded",
+                file.path
+            ))
+            .with_hint("drop --offline (and unset HF_HUB_OFFLINE) to download it"));
+        };
+        let part = self.downloads.join(format!("{}.part", file.hash.hex()));
+        reporter.download_started(model, &file.path, file.size);
+        let progress = |bytes: u64| reporter.download_progress(model, &file.path, bytes);
+        hub.download_resumable(model, commit, file, &part, &progress)
+            .instrument(tracing::info_span!("download", model, path = %file.path, size = file.size))
+            .await?;
+        {
+            let _span = tracing::info_span!("verify", model, path = %file.path).entered();
+            // The client verified the hash; the size check guards the rename.
+            let size = fs_err::metadata(&part)
+                .map_err(|e| Error::io(format!("reading {}", part.display()), &e))?
+                .len();
+            if size != file.size {
+                let _ = fs_err::remove_file(&part);
+                let _ = fs_err::remove_file(partial_state_path(&part));
+                return Err(Error::verify(format!(
+                    "{} of {model}: downloaded {size} bytes, expected {}",
+                    file.path, file.size
+                )));
+            }
+            // The client leaves durability to us: the bytes reach the disk before the name.
+            fs_err::File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
+            fs_err::rename(&part, &dest)
+                .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
+        }
+        reporter.download_finished(model, &file.path);
+        let mut report = self.report.lock().expect("report lock");
+        report.files_downloaded += 1;
+        report.bytes_downloaded += file.size;
+        Ok(())
+    }
+}
+
+/// Links (or copies) a Hugging Face cache blob into the store and verifies it. `Ok(false)`: the
+/// blob does not hold the bytes its name promises (nothing is left behind; download instead).
+async fn take_from_cache(blob: PathBuf, dest: PathBuf, file: UpstreamFile) -> Result<bool> {
+    spawn_blocking(move || {
+        let mut name = dest.as_os_str().to_owned();
+        name.push(".hfcache");
+        let staged = PathBuf::from(name);
+        let _ = fs_err::remove_file(&staged);
+        fsops::link_or_copy(&blob, &staged)?;
+        let actual = hash_file(&staged, &file);
+        match actual {
+            Ok(hash) if hash == file.hash => {
+                fs_err::rename(&staged, &dest)
+                    .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
+                Ok(true)
+            }
+            other => {
+                let _ = fs_err::remove_file(&staged);
+                tracing::warn!(
+                    blob = %blob.display(),
+                    "a Hugging Face cache blob does not match its hash ({}); downloading instead",
+                    match other {
+                        Ok(hash) => hash.display(),
+                        Err(error) => error.to_string(),
+                    }
+                );
+                Ok(false)
+            }
+        }
+    })
+    .await
+}
+
+fn hash_file(path: &Path, file: &UpstreamFile) -> Result<crate::upstream::FileHash> {
+    use std::io::Read;
+    let mut reader = fs_err::File::open(path)
+        .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+    let mut hasher = ContentHasher::for_hash(&file.hash, file.size);
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buffer)
+            .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buffer[..n]);
+    }
+    if total != file.size {
+        return Err(Error::verify(format!(
+            "{} has {total} bytes, expected {}",
+            path.display(),
+            file.size
+        )));
+    }
+    Ok(hasher.finish())
+}

@@ -1,0 +1,629 @@
+//! Large files in parallel Range chunks, resumable across runs.
+//!
+//! The file is cut into `chunk_size` chunks; up to `connections_per_file` connections each take
+//! the next missing chunk, ask for `Range: bytes={start}-{end}` and write what arrives in place
+//! (`FileExt::write_at`) into `part`, which is created at its final length. Each connection
+//! holds at most one [`WRITE_BUFFER_BYTES`] buffer, so memory does not grow with the file.
+//!
+//! Verification without a second download: a hashing thread follows the contiguous prefix of
+//! completed chunks and reads those bytes back (from the page cache, moments after they were
+//! written) through the file's [`ContentHasher`], so sha256 / git sha1 see the bytes in order
+//! while later chunks are still arriving. The hash is checked once the last chunk lands.
+//!
+//! Resume across runs: after each completed chunk, `<part>.state` is rewritten atomically
+//! (temp file + rename) with the expected hash and size, the chunk size and the completed
+//! chunks. A later run trusts it only if everything matches (same hash, size, a `part` of the
+//! full length, known format); anything else starts over. Correctness does not depend on the
+//! state being right: the whole-file hash at the end catches any bad chunk, and the caller then
+//! discards the file and fetches it once more. A killed run loses at most the chunks that were
+//! in flight.
+//!
+//! In-run retries per chunk: a dropped or stalled body continues from the chunk's last written
+//! byte; 408/429/5xx back off (honouring `Retry-After`) as [`super::retry`] says; a server that
+//! answers a Range with a full `200` makes [`fetch`] return `Ok(false)` so the caller falls back
+//! to one sequential stream.
+//!
+//! Edges: writes only `part` and its state file; the rename into the store belongs to `apply`.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+
+use reqwest::header;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::errors::{self, Target, Transient};
+use super::{HubClient, SendError, redact_url, retry, urls};
+use crate::error::{Error, Result};
+use crate::upstream::{ContentHasher, UpstreamFile};
+
+/// 16 MiB: big enough that a request's latency is noise, small enough that a kill loses little.
+pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
+/// Files from 64 MiB on are fetched in chunks; smaller ones in one stream.
+pub const DEFAULT_PARALLEL_MIN_SIZE: u64 = 64 << 20;
+/// Connections per large file.
+pub const DEFAULT_CONNECTIONS: usize = 4;
+/// Bytes a connection gathers before one positioned write; also the hasher's read size.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+const STATE_VERSION: u32 = 1;
+
+/// `<part>.state`.
+pub fn state_path(part: &Path) -> PathBuf {
+    let mut name = part.as_os_str().to_owned();
+    name.push(".state");
+    PathBuf::from(name)
+}
+
+/// Removes the state file of `part`, if any.
+pub fn remove_state(part: &Path) {
+    let path = state_path(part);
+    if let Err(err) = fs_err::remove_file(&path)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("could not remove {}: {err}", path.display());
+    }
+}
+
+/// What survives a kill: which chunks of which file are in `part`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkState {
+    pub version: u32,
+    /// `sha256:<hex>` / `git-sha1:<hex>` of the whole file.
+    pub hash: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    /// Indices of the chunks completely written.
+    pub done: Vec<u64>,
+}
+
+impl ChunkState {
+    /// The state for `file` if `part` and its state file describe a usable partial download.
+    pub fn load_valid(part: &Path, file: &UpstreamFile) -> Option<ChunkState> {
+        let text = std::fs::read(state_path(part)).ok()?;
+        let state: ChunkState = serde_json::from_slice(&text).ok()?;
+        let part_len = std::fs::metadata(part).ok()?.len();
+        let chunks = state.chunk_count();
+        let valid = state.version == STATE_VERSION
+            && state.hash == file.hash.display()
+            && state.size == file.size
+            && state.chunk_size > 0
+            && part_len == file.size
+            && state.done.iter().all(|&index| index < chunks);
+        valid.then_some(state)
+    }
+
+    fn chunk_count(&self) -> u64 {
+        self.size.div_ceil(self.chunk_size)
+    }
+
+    /// Bytes of the file the completed chunks hold.
+    pub fn done_bytes(&self) -> u64 {
+        self.done
+            .iter()
+            .map(|&index| chunk_range(index, self.chunk_size, self.size).1 - chunk_range(index, self.chunk_size, self.size).0 + 1)
+            .sum()
+    }
+
+    fn save(&self, part: &Path) -> Result<()> {
+        let path = state_path(part);
+        let mut tmp_name = path.as_os_str().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = PathBuf::from(tmp_name);
+        let body = serde_json::to_vec(self).expect("state serializes");
+        fs_err::write(&tmp, body)
+            .and_then(|()| fs_err::rename(&tmp, &path))
+            .map_err(|err| Error::io(format!("recording progress in `{}`", path.display()), &err))
+    }
+}
+
+/// Bytes already in a resumable partial download of `file` at `part` (0 when there is none).
+pub fn partial_bytes(part: &Path, file: &UpstreamFile) -> u64 {
+    if let Some(state) = ChunkState::load_valid(part, file) {
+        return state.done_bytes();
+    }
+    // A sequential partial without a state file holds its length in valid bytes.
+    if state_path(part).exists() {
+        return 0;
+    }
+    std::fs::metadata(part)
+        .map(|meta| meta.len())
+        .ok()
+        .filter(|&len| len <= file.size)
+        .unwrap_or(0)
+}
+
+/// Inclusive byte range of chunk `index`.
+fn chunk_range(index: u64, chunk_size: u64, size: u64) -> (u64, u64) {
+    let start = index * chunk_size;
+    (start, (start + chunk_size).min(size) - 1)
+}
+
+/// Shared by the connections of one download.
+struct Shared {
+    done: Vec<bool>,
+    pending: VecDeque<u64>,
+    /// The URL that last served bytes (the CDN for LFS files).
+    url: Url,
+    state: ChunkState,
+    /// Length of the completed prefix already sent to the hasher.
+    prefix: u64,
+}
+
+/// Fetches `file` into `part` in chunks. `Ok(true)`: `part` holds the verified file.
+/// `Ok(false)`: the server does not do ranges; nothing useful is in `part`.
+pub(super) async fn fetch(
+    client: &HubClient,
+    repo_id: &str,
+    commit: &str,
+    file: &UpstreamFile,
+    part: &Path,
+    on_progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<bool> {
+    let io_error = |what: &str, err: &std::io::Error| {
+        Error::io(format!("{what} `{}`", part.display()), err)
+    };
+    let state = match ChunkState::load_valid(part, file) {
+        Some(state) => {
+            tracing::debug!(file = %file.path, chunks_done = state.done.len(), "resuming a chunked download");
+            state
+        }
+        None => {
+            remove_state(part);
+            let handle = fs_err::File::create(part).map_err(|e| io_error("creating", &e))?;
+            handle
+                .set_len(file.size)
+                .map_err(|e| io_error("sizing", &e))?;
+            let state = ChunkState {
+                version: STATE_VERSION,
+                hash: file.hash.display(),
+                size: file.size,
+                chunk_size: client.config.chunk_size,
+                done: Vec::new(),
+            };
+            state.save(part)?;
+            state
+        }
+    };
+    let handle = Arc::new(
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(part)
+            .map_err(|e| io_error("opening", &e))?,
+    );
+    let chunks = state.chunk_count();
+    let mut done = vec![false; chunks as usize];
+    for &index in &state.done {
+        done[index as usize] = true;
+    }
+    let pending: VecDeque<u64> = (0..chunks).filter(|&i| !done[i as usize]).collect();
+    let resolve = client.parse_url(&urls::resolve_url(
+        client.endpoint(),
+        repo_id,
+        commit,
+        &file.path,
+    ))?;
+    let chunk_size = state.chunk_size;
+    let connections = client.config.connections_per_file.min(pending.len()).max(1);
+    let shared = Mutex::new(Shared {
+        done,
+        pending,
+        url: resolve.clone(),
+        state,
+        prefix: 0,
+    });
+
+    // The hasher follows the completed prefix on its own thread.
+    let (prefix_tx, prefix_rx) = mpsc::channel::<u64>();
+    let hasher_file = handle.clone();
+    let hasher_target = (file.hash.clone(), file.size);
+    let hasher = tokio::task::spawn_blocking(move || {
+        hash_prefix(&hasher_file, &hasher_target.0, hasher_target.1, prefix_rx)
+    });
+    advance_prefix(&shared, &prefix_tx);
+
+    let target = Target::file(repo_id, commit, &file.path);
+    let context = ChunkContext {
+        client,
+        file,
+        part,
+        handle: &handle,
+        shared: &shared,
+        resolve: &resolve,
+        target: &target,
+        chunk_size,
+        prefix_tx: &prefix_tx,
+        on_progress,
+    };
+    let workers = (0..connections).map(|_| context.worker());
+    let outcome = futures_util::future::try_join_all(workers).await;
+    drop(prefix_tx);
+    let hashed = hasher
+        .await
+        .map_err(|e| Error::internal(format!("the hashing task failed: {e}")))?;
+    match outcome {
+        Err(ChunkError::NoRanges) => {
+            remove_state(part);
+            return Ok(false);
+        }
+        Err(ChunkError::Fatal(error)) => return Err(error),
+        Ok(_) => {}
+    }
+    let (hashed_bytes, actual) = hashed.map_err(|e| io_error("reading back", &e))?;
+    if hashed_bytes != file.size {
+        return Err(Error::internal(format!(
+            "hashed {hashed_bytes} of {} bytes of `{}`",
+            file.size, file.path
+        )));
+    }
+    if actual != file.hash {
+        return Err(Error::verify(format!(
+            "`{}` of `{repo_id}` at `{commit}` does not match its upstream hash",
+            file.path
+        ))
+        .caused_by(format!(
+            "expected {}, got {}",
+            file.hash.display(),
+            actual.display()
+        ))
+        .with_hint(
+            "the hub or mirror served other bytes than it lists; retry, and check the mirror if it persists",
+        ));
+    }
+    Ok(true)
+}
+
+/// Sends the hasher the new end of the completed prefix, if it grew.
+fn advance_prefix(shared: &Mutex<Shared>, prefix_tx: &mpsc::Sender<u64>) {
+    let mut shared = shared.lock().expect("chunk state lock");
+    let chunk_size = shared.state.chunk_size;
+    let size = shared.state.size;
+    let first_missing = shared
+        .done
+        .iter()
+        .position(|done| !done)
+        .map(|index| index as u64 * chunk_size)
+        .unwrap_or(size);
+    if first_missing > shared.prefix {
+        shared.prefix = first_missing;
+        let _ = prefix_tx.send(first_missing);
+    }
+}
+
+/// Hashes `[0, prefix)` as the prefix grows, until the sender is dropped. Returns how many bytes
+/// were hashed and the hash.
+fn hash_prefix(
+    file: &std::fs::File,
+    expected: &crate::upstream::FileHash,
+    size: u64,
+    prefixes: mpsc::Receiver<u64>,
+) -> std::io::Result<(u64, crate::upstream::FileHash)> {
+    let mut hasher = ContentHasher::for_hash(expected, size);
+    let mut hashed = 0u64;
+    let mut buffer = vec![0u8; WRITE_BUFFER_BYTES];
+    while let Ok(mut target) = prefixes.recv() {
+        while let Ok(newer) = prefixes.try_recv() {
+            target = newer;
+        }
+        while hashed < target {
+            let want = buffer.len().min((target - hashed) as usize);
+            file.read_exact_at(&mut buffer[..want], hashed)?;
+            hasher.update(&buffer[..want]);
+            hashed += want as u64;
+        }
+    }
+    Ok((hashed, hasher.finish()))
+}
+
+enum ChunkError {
+    NoRanges,
+    Fatal(Error),
+}
+
+impl From<Error> for ChunkError {
+    fn from(error: Error) -> Self {
+        ChunkError::Fatal(error)
+    }
+}
+
+struct ChunkContext<'a> {
+    client: &'a HubClient,
+    file: &'a UpstreamFile,
+    part: &'a Path,
+    handle: &'a std::fs::File,
+    shared: &'a Mutex<Shared>,
+    resolve: &'a Url,
+    target: &'a Target<'a>,
+    chunk_size: u64,
+    prefix_tx: &'a mpsc::Sender<u64>,
+    on_progress: &'a (dyn Fn(u64) + Send + Sync),
+}
+
+impl ChunkContext<'_> {
+    /// Takes missing chunks until none is left.
+    async fn worker(&self) -> std::result::Result<(), ChunkError> {
+        loop {
+            let next = self
+                .shared
+                .lock()
+                .expect("chunk state lock")
+                .pending
+                .pop_front();
+            let Some(index) = next else {
+                return Ok(());
+            };
+            self.fetch_chunk(index).await?;
+            {
+                let mut shared = self.shared.lock().expect("chunk state lock");
+                shared.done[index as usize] = true;
+                shared.state.done.push(index);
+                shared.state.save(self.part)?;
+            }
+            advance_prefix(self.shared, self.prefix_tx);
+        }
+    }
+
+    /// One chunk, with retries that continue from its last written byte.
+    async fn fetch_chunk(&self, index: u64) -> std::result::Result<(), ChunkError> {
+        let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
+        let max_retries = self.client.config.max_retries;
+        let max_attempts = max_retries.saturating_add(1).saturating_mul(4);
+        let mut attempts = 0u32;
+        let mut failures_without_progress = 0u32;
+        let mut written = 0u64;
+        loop {
+            attempts += 1;
+            let before = written;
+            let url = self.shared.lock().expect("chunk state lock").url.clone();
+            let (transient, retry_after) =
+                match self.attempt(&url, start, end, &mut written).await {
+                    Ok(()) => return Ok(()),
+                    Err(Step::NoRanges) => return Err(ChunkError::NoRanges),
+                    Err(Step::Fatal(error)) => return Err(ChunkError::Fatal(error)),
+                    Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
+                };
+            if written > before {
+                failures_without_progress = 0;
+            } else {
+                failures_without_progress += 1;
+            }
+            if failures_without_progress > max_retries
+                || attempts >= max_attempts
+                || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
+            {
+                return Err(ChunkError::Fatal(errors::retries_exhausted(
+                    self.target,
+                    &redact_url(url.as_str()),
+                    attempts,
+                    &transient,
+                )));
+            }
+            let delay = retry::delay_before_retry(
+                self.client.config.retry_base_delay,
+                failures_without_progress.saturating_sub(1),
+                retry_after,
+            );
+            tracing::debug!(file = %self.file.path, chunk = index, attempt = attempts, failure = ?transient, ?delay, "retrying a chunk");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        url: &Url,
+        start: u64,
+        end: u64,
+        written: &mut u64,
+    ) -> std::result::Result<(), Step> {
+        let from = start + *written;
+        let mut response = match self
+            .client
+            .send_range(url.clone(), Some((from, Some(end))))
+            .await
+        {
+            Ok(response) => response,
+            Err(SendError::Fatal(error)) => return Err(Step::Fatal(error)),
+            Err(SendError::Transport(transient)) => return Err(Step::Retry(transient, None)),
+        };
+        let status = response.status().as_u16();
+        match status {
+            206 => {
+                let content_range = response
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(parse_content_range);
+                match content_range {
+                    Some((got_start, got_end, total)) if got_start == from && got_end == end => {
+                        if total.is_some_and(|total| total != self.file.size) {
+                            return Err(Step::Fatal(Error::verify(format!(
+                                "`{}` is not the {} bytes the hub lists",
+                                self.file.path, self.file.size
+                            ))
+                            .caused_by(format!("the server announces {total:?} bytes"))));
+                        }
+                    }
+                    _ => return Err(Step::NoRanges),
+                }
+            }
+            200 => return Err(Step::NoRanges),
+            _ if retry::is_retryable_status(status) => {
+                return Err(Step::Retry(
+                    Transient::Status(status),
+                    retry::parse_retry_after(response.headers()),
+                ));
+            }
+            401 | 403 | 404 | 410 if url != self.resolve => {
+                // The signed CDN URL has expired: resolve again.
+                self.shared.lock().expect("chunk state lock").url = self.resolve.clone();
+                return Err(Step::Retry(Transient::Status(status), None));
+            }
+            _ => {
+                let final_url = redact_url(response.url().as_str());
+                let headers = response.headers().clone();
+                let body = response.bytes().await.unwrap_or_default();
+                return Err(Step::Fatal(errors::error_from_status(
+                    status,
+                    &headers,
+                    &body[..body.len().min(64 << 10)],
+                    self.target,
+                    &final_url,
+                    self.client.secret(),
+                )));
+            }
+        }
+        if response.url() != url {
+            self.shared.lock().expect("chunk state lock").url = response.url().clone();
+        }
+        let length = end - start + 1;
+        let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES);
+        let result = loop {
+            match response.chunk().await {
+                Ok(Some(bytes)) => {
+                    if *written + (buffer.len() + bytes.len()) as u64 > length {
+                        break Err(Step::Fatal(Error::verify(format!(
+                            "`{}`: the server sent more bytes than the range asked for",
+                            self.file.path
+                        ))));
+                    }
+                    (self.on_progress)(bytes.len() as u64);
+                    buffer.extend_from_slice(&bytes);
+                    if buffer.len() >= WRITE_BUFFER_BYTES {
+                        self.flush(&mut buffer, start, written)?;
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(err) => break Err(Step::Retry(Transient::from_reqwest(&err), None)),
+            }
+        };
+        // Bytes that arrived before a drop are good: keep them for the retry.
+        self.flush(&mut buffer, start, written)?;
+        result?;
+        if *written < length {
+            return Err(Step::Retry(
+                Transient::Interrupted(format!(
+                    "the body ended after {} of {length} bytes of a chunk",
+                    *written
+                )),
+                None,
+            ));
+        }
+        Ok(())
+    }
+
+    fn flush(&self, buffer: &mut Vec<u8>, start: u64, written: &mut u64) -> Result<()> {
+        if buffer.is_empty() {
+            return Ok(());
+        }
+        self.handle
+            .write_all_at(buffer, start + *written)
+            .map_err(|err| Error::io(format!("writing `{}`", self.part.display()), &err))?;
+        *written += buffer.len() as u64;
+        buffer.clear();
+        Ok(())
+    }
+}
+
+enum Step {
+    Retry(Transient, Option<std::time::Duration>),
+    NoRanges,
+    Fatal(Error),
+}
+
+impl From<Error> for Step {
+    fn from(error: Error) -> Self {
+        Step::Fatal(error)
+    }
+}
+
+/// `Content-Range: bytes {start}-{end}/{total|*}` -> (start, end, total).
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let range = value.trim().strip_prefix("bytes")?.trim_start();
+    let (span, total) = range.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        total => Some(total.parse().ok()?),
+    };
+    Some((start.trim().parse().ok()?, end.trim().parse().ok()?, total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{FileHash, sha256_hex};
+
+    fn file(size: u64) -> UpstreamFile {
+        UpstreamFile {
+            path: "big.bin".into(),
+            size,
+            hash: FileHash::Sha256(sha256_hex(b"x")),
+        }
+    }
+
+    #[test]
+    fn chunk_ranges_cover_the_file() {
+        assert_eq!(chunk_range(0, 10, 25), (0, 9));
+        assert_eq!(chunk_range(2, 10, 25), (20, 24));
+        let state = ChunkState {
+            version: STATE_VERSION,
+            hash: String::new(),
+            size: 25,
+            chunk_size: 10,
+            done: vec![0, 2],
+        };
+        assert_eq!(state.chunk_count(), 3);
+        assert_eq!(state.done_bytes(), 15);
+    }
+
+    #[test]
+    fn the_state_is_trusted_only_when_everything_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("x.part");
+        let wanted = file(30);
+        let state = ChunkState {
+            version: STATE_VERSION,
+            hash: wanted.hash.display(),
+            size: 30,
+            chunk_size: 10,
+            done: vec![1],
+        };
+        // No part file yet.
+        state.save(&part).unwrap();
+        assert_eq!(ChunkState::load_valid(&part, &wanted), None);
+        fs_err::write(&part, vec![0u8; 30]).unwrap();
+        assert_eq!(ChunkState::load_valid(&part, &wanted), Some(state.clone()));
+        assert_eq!(partial_bytes(&part, &wanted), 10);
+        // Another file, another size, a bad chunk index, a short part, garbage: start over.
+        let mut other = wanted.clone();
+        other.hash = FileHash::Sha256(sha256_hex(b"y"));
+        assert_eq!(ChunkState::load_valid(&part, &other), None);
+        assert_eq!(ChunkState::load_valid(&part, &file(31)), None);
+        let mut bad = state.clone();
+        bad.done = vec![3];
+        bad.save(&part).unwrap();
+        assert_eq!(ChunkState::load_valid(&part, &wanted), None);
+        state.save(&part).unwrap();
+        fs_err::write(&part, vec![0u8; 29]).unwrap();
+        assert_eq!(ChunkState::load_valid(&part, &wanted), None);
+        fs_err::write(&part, vec![0u8; 30]).unwrap();
+        fs_err::write(state_path(&part), b"{not json").unwrap();
+        assert_eq!(ChunkState::load_valid(&part, &wanted), None);
+        assert_eq!(partial_bytes(&part, &wanted), 0);
+        remove_state(&part);
+        // Without a state file, a sequential partial counts by its length.
+        assert_eq!(partial_bytes(&part, &wanted), 30);
+    }
+
+    #[test]
+    fn content_ranges_with_ends() {
+        assert_eq!(
+            parse_content_range("bytes 10-19/30"),
+            Some((10, 19, Some(30)))
+        );
+        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, 0, None)));
+        assert_eq!(parse_content_range("bytes */30"), None);
+    }
+}
