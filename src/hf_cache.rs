@@ -72,9 +72,9 @@ impl HfCache {
         is_commit_sha(commit).then(|| commit.to_string())
     }
 
-    /// Every file of the snapshot at `commit` whose blob is present: path, size (of the blob)
-    /// and hash (the blob's name: 64 hex digits are sha256, 40 a git sha1). Sorted by path.
-    /// `None` when there is no such snapshot.
+    /// Every file of the snapshot at `commit`: path, size (of the blob) and hash (the blob's
+    /// name: 64 hex digits are sha256, 40 a git sha1). Sorted by path. `None` when there is no
+    /// such snapshot or one of its entries is not a link to a present blob.
     pub fn snapshot_files(&self, repo_id: &str, commit: &str) -> Option<Vec<UpstreamFile>> {
         if !is_commit_sha(commit) {
             return None;
@@ -95,10 +95,9 @@ impl HfCache {
                     stack.push(path);
                     continue;
                 }
-                let Some(file) = snapshot_entry(&snapshot, &path) else {
-                    continue;
-                };
-                files.push(file);
+                // An entry that is not a link to a present blob (an interrupted download, a
+                // pruned blob) makes the snapshot an incomplete file list: not usable.
+                files.push(snapshot_entry(&snapshot, &path)?);
             }
         }
         files.sort();

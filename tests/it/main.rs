@@ -7,6 +7,7 @@ mod fake_hub;
 
 mod apply_engine;
 mod cli;
+mod downloads;
 mod fake_hub_selftest;
 mod hub_client;
 mod interop;
