@@ -110,10 +110,10 @@ impl Engine<'_> {
         }
         let files = if missing.len() == 1 { "file" } else { "files" };
         Err(Error::net(format!(
-            "offline: {} {files} must be downloaded: {}",
-            missing.len(),
-            missing.join(", ")
+            "offline: {} {files} must be downloaded",
+            missing.len()
         ))
+        .caused_by(format!("not in the store or the Hugging Face cache: {}", missing.join(", ")))
         .with_hint(
             "drop --offline (and unset HF_HUB_OFFLINE) to download them, or fill the Hugging Face cache (HF_HUB_CACHE) first",
         ))
