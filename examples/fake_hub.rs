@@ -2,8 +2,11 @@
 //! manual tries and scripts.
 //!
 //! `cargo run --example fake_hub -- --root examples/hub [--port 8080] [--cdn-port 0]
-//! [--page-size N]` prints `endpoint=http://127.0.0.1:PORT` (then `cdn=...`) on stdout once both
+//! [--page-size N] [--bandwidth-cap BYTES_PER_SEC] [--stats-file PATH]` prints `endpoint=http://127.0.0.1:PORT` (then `cdn=...`) on stdout once both
 //! listeners are bound, and serves until killed. Folder format: `examples/hub/README.md`.
+//! `--bandwidth-cap` throttles every file response (one per connection) as a CDN on a long link
+//! would; `--stats-file` is rewritten every 100 ms with `body_bytes_served=N` (file-content bytes
+//! sent so far), which benchmarks read to count what a resumed download transferred.
 
 #[path = "../tests/fake_hub/mod.rs"]
 #[allow(dead_code)]
@@ -15,13 +18,15 @@ use std::process::ExitCode;
 
 use fake_hub::{FakeHub, PageSizes, fixtures};
 
-const USAGE: &str = "usage: fake_hub --root DIR [--port N] [--cdn-port N] [--page-size N]";
+const USAGE: &str = "usage: fake_hub --root DIR [--port N] [--cdn-port N] [--page-size N] [--bandwidth-cap BYTES_PER_SEC] [--stats-file PATH]";
 
 struct Args {
     root: PathBuf,
     port: u16,
     cdn_port: u16,
     page_size: Option<usize>,
+    bandwidth_cap: Option<u64>,
+    stats_file: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -29,6 +34,8 @@ fn parse_args() -> Result<Args, String> {
     let mut port = 8080;
     let mut cdn_port = 0;
     let mut page_size = None;
+    let mut bandwidth_cap = None;
+    let mut stats_file = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
@@ -53,6 +60,14 @@ fn parse_args() -> Result<Args, String> {
                         .map_err(|_| format!("`--page-size`: not a number: `{value}`"))?,
                 )
             }
+            "--bandwidth-cap" => {
+                bandwidth_cap = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("`--bandwidth-cap`: not a number: `{value}`"))?,
+                )
+            }
+            "--stats-file" => stats_file = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown argument `{flag}`\n{USAGE}")),
         }
     }
@@ -65,6 +80,8 @@ fn parse_args() -> Result<Args, String> {
         port,
         cdn_port,
         page_size,
+        bandwidth_cap,
+        stats_file,
     })
 }
 
@@ -95,6 +112,9 @@ fn main() -> ExitCode {
             tree_expand: size.min(50),
         });
     }
+    if let Some(bytes_per_sec) = args.bandwidth_cap {
+        hub.add_fault(fake_hub::Fault::BandwidthCap { bytes_per_sec });
+    }
     eprintln!(
         "serving {} repos from {}: {}",
         ids.len(),
@@ -106,6 +126,16 @@ fn main() -> ExitCode {
     let _ = writeln!(stdout, "cdn={}", hub.cdn_url());
     let _ = stdout.flush();
     loop {
-        std::thread::park();
+        match &args.stats_file {
+            Some(path) => {
+                let text = format!("body_bytes_served={}\n", hub.body_bytes_served());
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, text).is_ok() {
+                    let _ = std::fs::rename(&tmp, path);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            None => std::thread::park(),
+        }
     }
 }
