@@ -64,7 +64,10 @@ impl HfCache {
                 .is_dir()
                 .then(|| revision.to_string());
         }
-        if revision.split('/').any(|part| part.is_empty() || part == "..") {
+        if revision
+            .split('/')
+            .any(|part| part.is_empty() || part == "..")
+        {
             return None;
         }
         let text = std::fs::read_to_string(dir.join("refs").join(revision)).ok()?;
@@ -158,8 +161,11 @@ mod tests {
             snap.join("sub/model.bin"),
         )
         .unwrap();
-        std::os::unix::fs::symlink(format!("../../blobs/{small_hash}"), snap.join("config.json"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{small_hash}"),
+            snap.join("config.json"),
+        )
+        .unwrap();
 
         assert_eq!(cache.commit_of("org/m", "main"), Some(commit.clone()));
         assert_eq!(cache.commit_of("org/m", &commit), Some(commit.clone()));

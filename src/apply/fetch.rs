@@ -145,7 +145,9 @@ impl Engine<'_> {
             }
             let path = entry.path();
             match fs_err::remove_file(&path) {
-                Ok(()) => tracing::debug!(path = %path.display(), "removed a stale partial download"),
+                Ok(()) => {
+                    tracing::debug!(path = %path.display(), "removed a stale partial download")
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(Error::io(format!("removing {}", path.display()), &e)),
             }

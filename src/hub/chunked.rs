@@ -102,7 +102,11 @@ impl ChunkState {
     pub fn done_bytes(&self) -> u64 {
         self.done
             .iter()
-            .map(|&index| chunk_range(index, self.chunk_size, self.size).1 - chunk_range(index, self.chunk_size, self.size).0 + 1)
+            .map(|&index| {
+                chunk_range(index, self.chunk_size, self.size).1
+                    - chunk_range(index, self.chunk_size, self.size).0
+                    + 1
+            })
             .sum()
     }
 
@@ -161,9 +165,8 @@ pub(super) async fn fetch(
     part: &Path,
     on_progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<bool> {
-    let io_error = |what: &str, err: &std::io::Error| {
-        Error::io(format!("{what} `{}`", part.display()), err)
-    };
+    let io_error =
+        |what: &str, err: &std::io::Error| Error::io(format!("{what} `{}`", part.display()), err);
     let state = match ChunkState::load_valid(part, file) {
         Some(state) => {
             tracing::debug!(file = %file.path, chunks_done = state.done.len(), "resuming a chunked download");
@@ -400,13 +403,13 @@ impl ChunkContext<'_> {
             attempts += 1;
             let before = written;
             let url = self.shared.lock().expect("chunk state lock").url.clone();
-            let (transient, retry_after) =
-                match self.attempt(&url, start, end, &mut written).await {
-                    Ok(()) => return Ok(()),
-                    Err(Step::NoRanges) => return Err(ChunkError::NoRanges),
-                    Err(Step::Fatal(error)) => return Err(ChunkError::Fatal(error)),
-                    Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
-                };
+            let (transient, retry_after) = match self.attempt(&url, start, end, &mut written).await
+            {
+                Ok(()) => return Ok(()),
+                Err(Step::NoRanges) => return Err(ChunkError::NoRanges),
+                Err(Step::Fatal(error)) => return Err(ChunkError::Fatal(error)),
+                Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
+            };
             if written > before {
                 failures_without_progress = 0;
             } else {
@@ -461,11 +464,13 @@ impl ChunkContext<'_> {
                 match content_range {
                     Some((got_start, got_end, total)) if got_start == from && got_end == end => {
                         if total.is_some_and(|total| total != self.file.size) {
-                            return Err(Step::Fatal(Error::verify(format!(
-                                "`{}` is not the {} bytes the hub lists",
-                                self.file.path, self.file.size
-                            ))
-                            .caused_by(format!("the server announces {total:?} bytes"))));
+                            return Err(Step::Fatal(
+                                Error::verify(format!(
+                                    "`{}` is not the {} bytes the hub lists",
+                                    self.file.path, self.file.size
+                                ))
+                                .caused_by(format!("the server announces {total:?} bytes")),
+                            ));
                         }
                     }
                     _ => return Err(Step::NoRanges),

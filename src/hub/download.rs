@@ -147,7 +147,10 @@ async fn fetch_into(
     let mut failures_without_progress = 0u32;
     // An earlier run got every byte but stopped before the rename: only the hash is left.
     let complete = resume && state.sink.written == file.size && file.size > 0;
-    while !complete {
+    loop {
+        if complete {
+            break;
+        }
         attempts += 1;
         let before = state.sink.written;
         let (transient, retry_after) = match state.attempt(client, on_progress).await {
@@ -411,7 +414,11 @@ impl<'a> Sink<'a> {
         if len > 0 {
             let mut reader = std::io::BufReader::with_capacity(
                 WRITE_BUFFER_BYTES,
-                sink.writer.get_ref().file().try_clone().map_err(|err| sink.io_error(&err))?,
+                sink.writer
+                    .get_ref()
+                    .file()
+                    .try_clone()
+                    .map_err(|err| sink.io_error(&err))?,
             );
             let mut left = len;
             let mut buffer = vec![0u8; WRITE_BUFFER_BYTES];

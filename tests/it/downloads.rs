@@ -84,10 +84,7 @@ impl Workspace {
     }
 
     fn write_manifest(&mut self, models: &[&str]) {
-        let mut text = format!(
-            "[settings]\nmodels_dir = \"{}\"\n",
-            self.models.display()
-        );
+        let mut text = format!("[settings]\nmodels_dir = \"{}\"\n", self.models.display());
         for model in models {
             text.push_str(&format!("\n[models.\"{model}\"]\nrevision = \"main\"\n"));
         }
@@ -144,7 +141,8 @@ impl Workspace {
     }
 
     fn part(&self, content: &[u8]) -> PathBuf {
-        self.downloads().join(format!("{}.part", sha256_hex(content)))
+        self.downloads()
+            .join(format!("{}.part", sha256_hex(content)))
     }
 
     fn registry_text(&self) -> Option<String> {
@@ -206,7 +204,10 @@ fn a_killed_download_resumes_where_it_stopped() {
     let state = state_of(&part).expect("the state survives the kill");
     let done = state["done"].as_array().unwrap().len() as u64;
     assert!(done >= 8, "{state}");
-    assert!(done * CHUNK < size as u64, "the kill came too late: {state}");
+    assert!(
+        done * CHUNK < size as u64,
+        "the kill came too late: {state}"
+    );
     assert_eq!(fs_err::metadata(&part).unwrap().len(), size as u64);
     assert!(ws.registry_text().is_none(), "nothing was registered");
 
@@ -254,7 +255,10 @@ fn dropped_connections_are_continued_in_the_same_run() {
         .iter()
         .filter(|r| r.is_file_request() && r.path.contains(BIG) && r.status == 206)
         .count();
-    assert!(big_requests > (size as u64 / CHUNK) as usize, "{big_requests}");
+    assert!(
+        big_requests > (size as u64 / CHUNK) as usize,
+        "{big_requests}"
+    );
 }
 
 #[test]
@@ -424,8 +428,8 @@ impl Drop for Tmpfs {
 fn running_out_of_space_is_e_disk_and_keeps_the_partial() {
     let size = 1536 << 10;
     let (repo, big) = big_repo(size);
-    let small = RepoSpec::new("acme/small")
-        .commit(vec![FileSpec::regular("config.json", b"{}".to_vec())]);
+    let small =
+        RepoSpec::new("acme/small").commit(vec![FileSpec::regular("config.json", b"{}".to_vec())]);
     let hub = FakeHub::start(vec![repo, small]);
     let mut ws = Workspace::new(&hub, &["acme/small"]);
     let Some(_tmpfs) = Tmpfs::mount(&ws.models, "2m") else {
@@ -446,8 +450,16 @@ fn running_out_of_space_is_e_disk_and_keeps_the_partial() {
     ws.write_manifest(&["acme/small", REPO]);
     let run = ws.run(&["apply", "--json"]);
     assert_eq!(run.error_code(), "E_DISK", "{}", run.stdout);
-    assert!(run.stdout.contains("not enough free space"), "{}", run.stdout);
-    assert_eq!(hub.body_bytes_served(), 2, "no byte of the big file was fetched");
+    assert!(
+        run.stdout.contains("not enough free space"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        hub.body_bytes_served(),
+        2,
+        "no byte of the big file was fetched"
+    );
     fs_err::remove_file(&too_big).unwrap();
 
     // Mid-download: the space goes away while the file arrives.
@@ -474,7 +486,10 @@ fn running_out_of_space_is_e_disk_and_keeps_the_partial() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let doc: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(doc["error_code"], "E_DISK", "{stdout}");
-    assert!(part.exists(), "the partial download is kept for the next run");
+    assert!(
+        part.exists(),
+        "the partial download is kept for the next run"
+    );
     let done = chunks_done(&part);
     assert!(done >= 1);
     assert_eq!(ws.registry_text().unwrap(), registry_before);
