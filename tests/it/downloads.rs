@@ -600,3 +600,56 @@ fn offline_installs_come_from_a_real_client_cache() {
     assert_eq!(run.error_code(), "E_NET", "{}", run.stdout);
     assert!(hub.requests().is_empty());
 }
+
+#[test]
+fn progress_goes_to_stderr_as_lines_or_json_events_only_when_asked() {
+    let (repo, _) = big_repo(1 << 20);
+    let hub = FakeHub::start(vec![repo]);
+    let mut ws = Workspace::new(&hub, &[REPO]);
+
+    // Not a terminal: plain lines on stderr, stdout keeps the one envelope.
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.json()["success"].as_bool().unwrap());
+    assert!(
+        !run.stderr.contains("\"event\""),
+        "JSON progress without being asked:\n{}",
+        run.stderr
+    );
+
+    fs_err::remove_dir_all(&ws.models).unwrap();
+    ws.set_env("KMM_PROGRESS_JSON", "1");
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    run.json();
+    let events: Vec<Value> = run
+        .stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|event| event["event"].as_str())
+        .collect();
+    assert!(kinds.contains(&"download_started"), "{}", run.stderr);
+    assert!(kinds.contains(&"download_finished"), "{}", run.stderr);
+    let started = events
+        .iter()
+        .find(|event| event["event"] == "download_started" && event["path"] == BIG)
+        .unwrap();
+    assert_eq!(started["size"], 1 << 20);
+
+    fs_err::remove_dir_all(&ws.models).unwrap();
+    let run = ws.run(&["apply"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(&format!("downloaded {REPO}/{BIG}")),
+        "{}",
+        run.stderr
+    );
+
+    fs_err::remove_dir_all(&ws.models).unwrap();
+    let run = ws.run(&["apply", "--quiet"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!run.stderr.contains("downloaded"), "{}", run.stderr);
+}
