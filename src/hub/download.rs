@@ -13,11 +13,17 @@
 //! ends in `E_NET`.
 //!
 //! The size in the listing is a hard limit: a byte beyond it is `E_VERIFY` at once and never
-//! written. At the end the hash must match, else `E_VERIFY`. On every error `dest` is removed.
+//! written. At the end the hash must match, else `E_VERIFY`. On every error [`download`] removes
+//! `dest`.
 //!
 //! Writes go through a synchronous, 256 KiB-buffered `fs_err` file (so I/O errors name the
 //! path): each write lands in the page cache in microseconds, which is cheaper than handing
 //! every chunk to a blocking thread.
+//!
+//! [`download_resumable`] (what `apply` uses) differs in what survives a failure: network and
+//! disk errors keep the partial file for a later run, which hashes the bytes already there and
+//! continues with `Range` (large files go through [`super::chunked`] instead); wrong bytes are
+//! discarded and the file is fetched once more before `E_VERIFY`.
 //!
 //! Edges: writes only `dest`; durability (fsync) and the final rename belong to `apply`.
 
