@@ -462,7 +462,9 @@ fn running_out_of_space_is_e_disk_and_keeps_the_partial() {
     );
     fs_err::remove_file(&too_big).unwrap();
 
-    // Mid-download: the space goes away while the file arrives.
+    // Mid-download: the space goes away while the file arrives (one connection at 256 KiB/s:
+    // about a second per chunk, so most of the file is still to come when the disk fills).
+    ws.set_env("KMM_CONNECTIONS_PER_FILE", "1");
     hub.add_fault(Fault::BandwidthCap {
         bytes_per_sec: 256 << 10,
     });
