@@ -526,4 +526,34 @@ mod tests {
         assert_eq!(sink.finish().unwrap(), file.hash);
         assert_eq!(fs_err::read(&dest).unwrap(), content);
     }
+
+    #[test]
+    fn a_sequential_partial_is_continued_and_a_chunked_one_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f.part");
+        let content = b"hello resumable world";
+        let file = UpstreamFile {
+            path: "f".into(),
+            size: content.len() as u64,
+            hash: FileHash::GitSha1(git_sha1_hex(content)),
+        };
+        fs_err::write(&dest, &content[..7]).unwrap();
+        let mut sink = Sink::resume(&file, &dest).unwrap();
+        assert_eq!(sink.written, 7);
+        sink.write(&content[7..]).unwrap();
+        assert_eq!(sink.finish().unwrap(), file.hash);
+        assert_eq!(fs_err::read(&dest).unwrap(), content);
+
+        // A state file beside it: the bytes belong to a chunked download, not a prefix.
+        fs_err::write(chunked::state_path(&dest), b"{}").unwrap();
+        let sink = Sink::resume(&file, &dest).unwrap();
+        assert_eq!(sink.written, 0);
+        assert!(!chunked::state_path(&dest).exists());
+        drop(sink);
+        assert_eq!(fs_err::metadata(&dest).unwrap().len(), 0);
+
+        // Longer than the listing: start over.
+        fs_err::write(&dest, b"far too long for this file, really").unwrap();
+        assert_eq!(Sink::resume(&file, &dest).unwrap().written, 0);
+    }
 }
