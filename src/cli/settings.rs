@@ -13,7 +13,7 @@
 //! | token | | `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, file `HF_TOKEN_PATH` or `$HF_HOME/token` | | none |
 //! | HF cache (local source) | | `HF_HUB_CACHE`, else `$HF_HOME/hub` | | `~/.cache/huggingface/hub` |
 //! | chunk size (files from 4 chunks on are fetched in parallel chunks) | | `KMM_CHUNK_SIZE` (bytes, >= 64 KiB) | | 16 MiB |
-//! | connections per large file | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 8 |
+//! | most connections per large file (4 start; more join when connections are slow) | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 16 |
 //! | progress as JSON lines on stderr (with `--json`) | | `KMM_PROGRESS_JSON=1` | | off |
 
 use std::path::{Path, PathBuf};

@@ -1,9 +1,11 @@
 //! Large files in parallel Range chunks, resumable across runs.
 //!
-//! The file is cut into `chunk_size` chunks; up to `connections_per_file` connections each take
-//! the next missing chunk, ask for `Range: bytes={start}-{end}` and write what arrives in place
-//! (`FileExt::write_at`) into `part`, which is created at its final length. Each connection
+//! The file is cut into `chunk_size` chunks; connections each take the next missing chunk, ask
+//! for `Range: bytes={start}-{end}` and write what arrives in place (`FileExt::write_at`) into `part`, which is created at its final length. Each connection
 //! holds at most one [`WRITE_BUFFER_BYTES`] buffer, so memory does not grow with the file.
+//! Four connections start; up to `connections_per_file` join once a chunk arrives slower than
+//! 150 MB/s, the sign of a per-connection cap (CDNs on long links). On a fast link more
+//! connections only cost CPU.
 //!
 //! Verification without a second download: a hashing thread follows the contiguous prefix of
 //! completed chunks and reads those bytes back (from the page cache, moments after they were
@@ -28,7 +30,9 @@
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
 
 use reqwest::header;
 use serde::{Deserialize, Serialize};
@@ -43,8 +47,14 @@ use crate::upstream::{ContentHasher, UpstreamFile};
 pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
 /// Files from 64 MiB on are fetched in chunks; smaller ones in one stream.
 pub const DEFAULT_PARALLEL_MIN_SIZE: u64 = 64 << 20;
-/// Connections per large file.
-pub const DEFAULT_CONNECTIONS: usize = 8;
+/// Most connections per large file.
+pub const DEFAULT_CONNECTIONS: usize = 16;
+/// Connections a large file starts with. More (up to the configured most) join only when a
+/// connection turns out to be slow (a per-connection cap, as CDNs apply on long links): on a
+/// fast link extra connections only cost CPU.
+const START_CONNECTIONS: usize = 4;
+/// A chunk that arrived slower than this per connection lets the extra connections join.
+const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 150e6;
 /// Bytes a connection gathers before one positioned write; also the hasher's read size.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 const STATE_VERSION: u32 = 1;
@@ -210,6 +220,7 @@ pub(super) async fn fetch(
     ))?;
     let chunk_size = state.chunk_size;
     let connections = client.config.connections_per_file.min(pending.len()).max(1);
+    let start_connections = START_CONNECTIONS.min(connections);
     let shared = Mutex::new(Shared {
         done,
         pending,
@@ -239,8 +250,10 @@ pub(super) async fn fetch(
         chunk_size,
         prefix_tx: &prefix_tx,
         on_progress,
+        widen: AtomicBool::new(false),
+        changed: tokio::sync::Notify::new(),
     };
-    let workers = (0..connections).map(|_| context.worker());
+    let workers = (0..connections).map(|number| context.worker(number >= start_connections));
     let outcome = futures_util::future::try_join_all(workers).await;
     drop(prefix_tx);
     let hashed = hasher
@@ -364,11 +377,50 @@ struct ChunkContext<'a> {
     chunk_size: u64,
     prefix_tx: &'a mpsc::Sender<u64>,
     on_progress: &'a (dyn Fn(u64) + Send + Sync),
+    /// Set once a chunk arrived slowly: the extra connections may start.
+    widen: AtomicBool,
+    /// Wakes extra connections waiting for `widen` (or for the work to run out).
+    changed: tokio::sync::Notify,
 }
 
 impl ChunkContext<'_> {
-    /// Takes missing chunks until none is left.
-    async fn worker(&self) -> std::result::Result<(), ChunkError> {
+    /// Takes missing chunks until none is left. An `extra` connection first waits until a slow
+    /// chunk says that more connections help (or until no work is left).
+    async fn worker(&self, extra: bool) -> std::result::Result<(), ChunkError> {
+        if extra {
+            loop {
+                let notified = self.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.widen.load(Ordering::Relaxed) {
+                    break;
+                }
+                if self
+                    .shared
+                    .lock()
+                    .expect("chunk state lock")
+                    .pending
+                    .is_empty()
+                {
+                    return Ok(());
+                }
+                notified.await;
+            }
+        }
+        let result = self.take_chunks().await;
+        // Waiting connections re-check: the work may have run out (or failed).
+        if result.is_err() {
+            self.shared
+                .lock()
+                .expect("chunk state lock")
+                .pending
+                .clear();
+        }
+        self.changed.notify_waiters();
+        result
+    }
+
+    async fn take_chunks(&self) -> std::result::Result<(), ChunkError> {
         loop {
             let next = self
                 .shared
@@ -379,7 +431,14 @@ impl ChunkContext<'_> {
             let Some(index) = next else {
                 return Ok(());
             };
+            let started = Instant::now();
             self.fetch_chunk(index).await?;
+            let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
+            let rate = (end - start + 1) as f64 / started.elapsed().as_secs_f64().max(1e-6);
+            if rate < SLOW_CONNECTION_BYTES_PER_SEC && !self.widen.swap(true, Ordering::Relaxed) {
+                tracing::debug!(file = %self.file.path, rate, "slow connections: adding more");
+                self.changed.notify_waiters();
+            }
             start_writeback(self.handle, index, self.chunk_size, self.file.size);
             {
                 let mut shared = self.shared.lock().expect("chunk state lock");
