@@ -4,7 +4,7 @@
 //! for `Range: bytes={start}-{end}` and write what arrives in place (`FileExt::write_at`) into `part`, which is created at its final length. Each connection
 //! holds at most one [`WRITE_BUFFER_BYTES`] buffer, so memory does not grow with the file.
 //! Four connections start; up to `connections_per_file` join once a chunk arrives slower than
-//! 150 MB/s, the sign of a per-connection cap (CDNs on long links). On a fast link more
+//! 60 MB/s, the sign of a per-connection cap (CDNs on long links). On a fast link more
 //! connections only cost CPU.
 //!
 //! Verification without a second download: a hashing thread follows the contiguous prefix of
@@ -54,7 +54,7 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 /// fast link extra connections only cost CPU.
 const START_CONNECTIONS: usize = 4;
 /// A chunk that arrived slower than this per connection lets the extra connections join.
-const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 150e6;
+const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 60e6;
 /// Bytes a connection gathers before one positioned write; also the hasher's read size.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
 const STATE_VERSION: u32 = 1;
