@@ -56,7 +56,7 @@ const START_CONNECTIONS: usize = 4;
 /// A chunk that arrived slower than this per connection lets the extra connections join.
 const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 60e6;
 /// Bytes a connection gathers before one positioned write; also the hasher's read size.
-const WRITE_BUFFER_BYTES: usize = 1 << 20;
+const WRITE_BUFFER_BYTES: usize = 512 << 10;
 const STATE_VERSION: u32 = 1;
 
 /// `<part>.state`.
