@@ -37,8 +37,11 @@
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
 
 pub mod apply;
+pub mod baselines;
 pub mod cli;
+pub mod compat;
 pub mod error;
+pub mod gc;
 pub mod hub;
 pub mod layout;
 pub mod manifest;
