@@ -14,8 +14,8 @@
 //! - overhead: 10% of the weights + 100 MB (compute buffers, runtime); on a GPU another
 //!   300 MB for the CUDA context.
 //!
-//! Verdict: `ok`, or `warnings` with a recommendation each (no GPU and unquantized weights ->
-//! prefer a quantized GGUF; RAM or VRAM below the estimate; no AVX2 for llama.cpp CPU builds;
+//! Verdict: `ok`, or `warnings` with a recommendation each (no GPU and unquantized weights of
+//! 1 GB or more -> prefer a quantized GGUF; RAM or VRAM below the estimate; no AVX2 for llama.cpp CPU builds;
 //! too little free disk). Warnings never fail a command unless the user asks with
 //! `--force-compat`, which turns them into `E_COMPAT`.
 //!
@@ -39,6 +39,9 @@ pub const FIRST_FETCH: u64 = 64 << 10;
 pub const MAX_HEADER_FETCH: u64 = 64 << 20;
 /// Context the KV cache is estimated for, at most.
 pub const DEFAULT_CONTEXT: u64 = 4096;
+/// Unquantized weights from this size on get the "no GPU" warning; smaller models (BERT-class
+/// classifiers) run fine on a CPU.
+pub const NO_GPU_WARN_BYTES: u64 = 1_000_000_000;
 /// Largest `config.json` read.
 const MAX_CONFIG: u64 = 1 << 20;
 
@@ -383,7 +386,7 @@ pub fn check(machine: &MachineFacts, facts: ModelFacts) -> Report {
     let mut warnings = Vec::new();
     let best_gpu = machine.gpus.iter().map(|g| g.memory_total_bytes).max();
     let fits_gpu = best_gpu.is_some_and(|vram| vram >= estimate.gpu_vram_bytes);
-    if machine.gpus.is_empty() && !facts.quantized && facts.weights_bytes > 0 {
+    if machine.gpus.is_empty() && !facts.quantized && facts.weights_bytes >= NO_GPU_WARN_BYTES {
         warnings.push(Warning {
             kind: "no_gpu".to_string(),
             message: format!(

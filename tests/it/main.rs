@@ -10,3 +10,4 @@ mod cli;
 mod fake_hub_selftest;
 mod hub_client;
 mod interop;
+mod machine;
