@@ -93,14 +93,19 @@ pub fn ensure_basic_cls(paths: &StorePaths, python: &str) -> Result<BaselineResu
         return Ok(BaselineResult::new(
             NAME,
             "present",
-            format!("models/{BASIC_CLS_DIR}/ already holds {}", BASIC_CLS_FILES.join(" and ")),
+            format!(
+                "models/{BASIC_CLS_DIR}/ already holds {}",
+                BASIC_CLS_FILES.join(" and ")
+            ),
         ));
     }
     if let Err(reason) = probe(python, "import sklearn, joblib") {
         return Ok(BaselineResult::new(
             NAME,
             "skipped",
-            format!("scikit-learn and joblib are not importable by `{python}` ({reason}); install them there (pip install scikit-learn joblib) or pass --python"),
+            format!(
+                "scikit-learn and joblib are not importable by `{python}` ({reason}); install them there (pip install scikit-learn joblib) or pass --python"
+            ),
         ));
     }
     let staging = paths.staging_dir();
@@ -117,14 +122,22 @@ pub fn ensure_basic_cls(paths: &StorePaths, python: &str) -> Result<BaselineResu
         Some(BASIC_CLS_SCRIPT),
     )?;
     if run.code == Some(SCRIPT_MISSING_PACKAGES) {
-        return Ok(BaselineResult::new(NAME, "skipped", format!("`{python}`: {}", run.tail())));
+        return Ok(BaselineResult::new(
+            NAME,
+            "skipped",
+            format!("`{python}`: {}", run.tail()),
+        ));
     }
     if run.code != Some(0) {
         return Err(failure(python, "training the basic classifier", &run));
     }
     for file in BASIC_CLS_FILES {
         if !out_dir.join(file).is_file() {
-            return Err(failure(python, &format!("the script wrote no {file}"), &run));
+            return Err(failure(
+                python,
+                &format!("the script wrote no {file}"),
+                &run,
+            ));
         }
     }
     let target = paths.root().join(BASIC_CLS_DIR);
@@ -138,7 +151,11 @@ pub fn ensure_basic_cls(paths: &StorePaths, python: &str) -> Result<BaselineResu
     Ok(BaselineResult::new(
         NAME,
         "installed",
-        format!("wrote models/{BASIC_CLS_DIR}/{} ({})", BASIC_CLS_FILES.join(", "), run.last_line()),
+        format!(
+            "wrote models/{BASIC_CLS_DIR}/{} ({})",
+            BASIC_CLS_FILES.join(", "),
+            run.last_line()
+        ),
     ))
 }
 
@@ -149,7 +166,9 @@ pub fn ensure_spacy(python: &str) -> Result<BaselineResult> {
         return Ok(BaselineResult::new(
             NAME,
             "skipped",
-            format!("spaCy is not installed for `{python}` ({reason}); install it (pip install spacy) to get {SPACY_PIPELINE}"),
+            format!(
+                "spaCy is not installed for `{python}` ({reason}); install it (pip install spacy) to get {SPACY_PIPELINE}"
+            ),
         ));
     }
     if probe(python, &format!("import {SPACY_PIPELINE}")).is_ok() {
@@ -161,7 +180,11 @@ pub fn ensure_spacy(python: &str) -> Result<BaselineResult> {
     }
     let run = run_python(python, &["-m", "spacy", "download", SPACY_PIPELINE], None)?;
     if run.code != Some(0) {
-        return Err(failure(python, &format!("`spacy download {SPACY_PIPELINE}`"), &run));
+        return Err(failure(
+            python,
+            &format!("`spacy download {SPACY_PIPELINE}`"),
+            &run,
+        ));
     }
     Ok(BaselineResult::new(
         NAME,
@@ -178,7 +201,11 @@ struct PythonRun {
 
 impl PythonRun {
     fn tail(&self) -> String {
-        let lines: Vec<&str> = self.output.lines().filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<&str> = self
+            .output
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
     }
     fn last_line(&self) -> String {
@@ -215,7 +242,11 @@ fn run_python(python: &str, args: &[&str], stdin: Option<&str>) -> Result<Python
     use std::io::Write as _;
     let mut child = Command::new(python)
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -228,9 +259,10 @@ fn run_python(python: &str, args: &[&str], stdin: Option<&str>) -> Result<Python
         // A script that exits early closes its stdin; its exit code tells the rest.
         let _ = pipe.write_all(text.as_bytes());
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|error| Error::new(ErrorCode::Compat, format!("waiting for `{python}`")).caused_by(error.to_string()))?;
+    let output = child.wait_with_output().map_err(|error| {
+        Error::new(ErrorCode::Compat, format!("waiting for `{python}`"))
+            .caused_by(error.to_string())
+    })?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
@@ -250,7 +282,8 @@ fn failure(python: &str, what: &str, run: &PythonRun) -> Error {
         ErrorCode::Compat,
         format!(
             "{what} with `{python}` failed (exit {})",
-            run.code.map_or_else(|| "by signal".to_string(), |c| c.to_string())
+            run.code
+                .map_or_else(|| "by signal".to_string(), |c| c.to_string())
         ),
     );
     for line in run.tail().lines() {
@@ -271,8 +304,11 @@ mod tests {
 
     #[test]
     fn distilbert_baseline_is_added_pinned() {
-        let mut manifest =
-            Manifest::parse(Path::new("kari-models.toml"), "[baselines]\ndistilbert = true\n").unwrap();
+        let mut manifest = Manifest::parse(
+            Path::new("kari-models.toml"),
+            "[baselines]\ndistilbert = true\n",
+        )
+        .unwrap();
         add_desired_models(&mut manifest);
         assert_eq!(manifest.models[DISTILBERT_ID].pinned, Some(true));
         let mut none = Manifest::parse(Path::new("kari-models.toml"), "").unwrap();
@@ -286,7 +322,11 @@ mod tests {
         let paths = StorePaths::new(dir.path().join("models"));
         let result = ensure_basic_cls(&paths, "/nonexistent/python3").unwrap();
         assert_eq!(result.status, "skipped");
-        assert!(result.message.contains("cannot run it"), "{}", result.message);
+        assert!(
+            result.message.contains("cannot run it"),
+            "{}",
+            result.message
+        );
         let result = ensure_spacy("/nonexistent/python3").unwrap();
         assert_eq!(result.status, "skipped");
         assert!(!paths.root().join(BASIC_CLS_DIR).exists());

@@ -65,9 +65,7 @@ pub fn select(
         .filter(|c| !c.pinned && (evict_declared || !c.declared))
         .collect();
     // Undeclared first; then oldest use first (never used = oldest); ties by id.
-    order.sort_by(|a, b| {
-        (a.declared, a.last_used, &a.id).cmp(&(b.declared, b.last_used, &b.id))
-    });
+    order.sort_by(|a, b| (a.declared, a.last_used, &a.id).cmp(&(b.declared, b.last_used, &b.id)));
     for candidate in order {
         if selection.bytes_freed >= need {
             break;
@@ -106,9 +104,9 @@ pub fn select(
                 format_bytes(declared)
             ))
         };
-        return Err(error.with_hint(
-            "raise the quota, unpin or undeclare models, or pass --evict-declared",
-        ));
+        return Err(
+            error.with_hint("raise the quota, unpin or undeclare models, or pass --evict-declared")
+        );
     }
     Ok(selection)
 }
@@ -163,7 +161,13 @@ mod tests {
         Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs))
     }
 
-    fn c(id: &str, bytes: u64, last: Option<SystemTime>, pinned: bool, declared: bool) -> Candidate {
+    fn c(
+        id: &str,
+        bytes: u64,
+        last: Option<SystemTime>,
+        pinned: bool,
+        declared: bool,
+    ) -> Candidate {
         Candidate {
             id: id.to_string(),
             bytes,
@@ -185,8 +189,14 @@ mod tests {
             c("mid", 100, at(200), false, false),
             c("never", 100, None, false, false),
         ];
-        assert_eq!(ids(&select(&models, 150, false, "t").unwrap()), ["never", "old"]);
-        assert_eq!(select(&models, 0, false, "t").unwrap(), Selection::default());
+        assert_eq!(
+            ids(&select(&models, 150, false, "t").unwrap()),
+            ["never", "old"]
+        );
+        assert_eq!(
+            select(&models, 0, false, "t").unwrap(),
+            Selection::default()
+        );
         let all = select(&models, 400, false, "t").unwrap();
         assert_eq!(ids(&all), ["never", "old", "mid", "new"]);
         assert_eq!(all.bytes_freed, 400);
@@ -199,12 +209,28 @@ mod tests {
             c("declared-old", 100, at(1), false, true),
             c("undeclared-new", 100, at(999), false, false),
         ];
-        assert_eq!(ids(&select(&models, 100, false, "t").unwrap()), ["undeclared-new"]);
+        assert_eq!(
+            ids(&select(&models, 100, false, "t").unwrap()),
+            ["undeclared-new"]
+        );
         let error = select(&models, 150, false, "quota_gb = 1").unwrap_err();
         assert_eq!(error.code(), ErrorCode::Quota);
-        assert!(error.message().contains("150 B freed, but only 100 B"), "{error}");
-        assert!(error.causes().iter().any(|c| c.contains("pinned models hold 500 B")));
-        assert!(error.causes().iter().any(|c| c.contains("--evict-declared")));
+        assert!(
+            error.message().contains("150 B freed, but only 100 B"),
+            "{error}"
+        );
+        assert!(
+            error
+                .causes()
+                .iter()
+                .any(|c| c.contains("pinned models hold 500 B"))
+        );
+        assert!(
+            error
+                .causes()
+                .iter()
+                .any(|c| c.contains("--evict-declared"))
+        );
         assert_eq!(
             ids(&select(&models, 150, true, "t").unwrap()),
             ["undeclared-new", "declared-old"]
@@ -219,7 +245,10 @@ mod tests {
         assert_eq!(excess(10, 4), 6);
         assert_eq!(excess(3, 4), 0);
         let t = parse_time("2025-09-02T00:00:00Z").unwrap();
-        assert_eq!(humantime::format_rfc3339_seconds(t).to_string(), "2025-09-02T00:00:00Z");
+        assert_eq!(
+            humantime::format_rfc3339_seconds(t).to_string(),
+            "2025-09-02T00:00:00Z"
+        );
         assert!(parse_time("yesterday").is_none());
     }
 
@@ -229,7 +258,10 @@ mod tests {
         assert_eq!(newest_atime(&dir.path().join("missing")), None);
         fs_err::create_dir_all(dir.path().join("a/b")).unwrap();
         fs_err::write(dir.path().join("a/b/f"), "x").unwrap();
-        let atime = fs_err::metadata(dir.path().join("a/b/f")).unwrap().accessed().unwrap();
+        let atime = fs_err::metadata(dir.path().join("a/b/f"))
+            .unwrap()
+            .accessed()
+            .unwrap();
         assert_eq!(newest_atime(dir.path()), Some(atime));
     }
 }

@@ -21,7 +21,10 @@
 //! | [`hub`] | Hugging Face Hub HTTP client |
 //! | [`resolve`] | declared models -> [`plan::DesiredModel`] via the hub or caches |
 //! | [`plan`] | desired + observed -> `Plan` |
-//! | [`sys`] | machine facts (free disk) |
+//! | [`sys`] | machine facts: RAM, CPU model/cores/features, GPUs (`nvidia-smi`), free disk |
+//! | [`compat`] | GGUF / safetensors headers through ranged reads, memory estimate, verdicts |
+//! | [`gc`] | LRU eviction selection (pins, declared models, quotas) |
+//! | [`baselines`] | `kmm ensure`: distilbert, the spaCy pipeline, the basic classifier |
 //! | [`apply`] | executes a `Plan` |
 //! | [`cli`] | the `kmm` command line |
 //!
@@ -35,6 +38,8 @@
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
+//! | `models/basic_cls/` | [`baselines`] (built in `.kmm/staging/`, renamed in, under the store lock) |
+//! | `last_accessed` in the registry | [`apply`] (install, and `kmm path` via [`apply::record_access`]) |
 
 pub mod apply;
 pub mod baselines;

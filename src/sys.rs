@@ -145,7 +145,9 @@ pub fn parse_nvidia_smi(text: &str) -> std::result::Result<Vec<Gpu>, String> {
         let mib = |text: &str| {
             text.parse::<u64>()
                 .map(|mib| mib * 1024 * 1024)
-                .map_err(|_| format!("unexpected memory value `{text}` in nvidia-smi line `{line}`"))
+                .map_err(|_| {
+                    format!("unexpected memory value `{text}` in nvidia-smi line `{line}`")
+                })
         };
         gpus.push(Gpu {
             name: name.to_string(),
@@ -223,7 +225,11 @@ mod tests {
         let gpus = parse_nvidia_smi(&fixture("comma-in-name.csv")).unwrap();
         assert_eq!(gpus[0].name, "Tesla T4, rev. A1");
         assert_eq!(gpus[0].memory_total_bytes, 15360 * 1024 * 1024);
-        assert!(parse_nvidia_smi(&fixture("no-devices.csv")).unwrap().is_empty());
+        assert!(
+            parse_nvidia_smi(&fixture("no-devices.csv"))
+                .unwrap()
+                .is_empty()
+        );
         assert!(parse_nvidia_smi("garbage without commas\n").is_err());
         assert!(parse_nvidia_smi("GPU, [N/A], 12\n").is_err());
     }

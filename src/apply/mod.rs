@@ -676,7 +676,10 @@ pub fn stale_downloads(paths: &StorePaths, keep: &BTreeSet<String>) -> Result<Ve
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let hash = name.strip_suffix(".part").unwrap_or(&name).to_ascii_lowercase();
+        let hash = name
+            .strip_suffix(".part")
+            .unwrap_or(&name)
+            .to_ascii_lowercase();
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
         if is_file && !keep.contains(&hash) {
             let size = entry.metadata().map_or(0, |m| m.len());
@@ -693,7 +696,9 @@ pub fn delete_downloads(paths: &StorePaths, names: &[String]) -> Result<()> {
     let dir = paths.downloads_dir();
     for name in names {
         if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(Error::internal(format!("refusing to delete download `{name}`")));
+            return Err(Error::internal(format!(
+                "refusing to delete download `{name}`"
+            )));
         }
         let path = dir.join(name);
         match fs_err::remove_file(&path) {

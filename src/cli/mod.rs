@@ -57,7 +57,9 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Compatibility(args) => {
                 commands_machine::compatibility::run(&cli.global, args, &env, &cwd, out).await
             }
-            Command::Gc(args) => commands_machine::gc::run(&cli.global, args, &env, &cwd, out).await,
+            Command::Gc(args) => {
+                commands_machine::gc::run(&cli.global, args, &env, &cwd, out).await
+            }
             Command::Ensure(args) => {
                 commands_machine::ensure::run(&cli.global, args, &env, &cwd, out).await
             }

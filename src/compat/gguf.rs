@@ -77,7 +77,9 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, ParseError> {
     let mut r = Reader { bytes, pos: 0 };
     let magic = r.take(4)?;
     if magic != b"GGUF" {
-        return Err(ParseError::Invalid("not a GGUF file (bad magic)".to_string()));
+        return Err(ParseError::Invalid(
+            "not a GGUF file (bad magic)".to_string(),
+        ));
     }
     let version = r.u32()?;
     if !(2..=3).contains(&version) {
@@ -102,7 +104,9 @@ pub fn parse(bytes: &[u8]) -> Result<GgufHeader, ParseError> {
         let _name = r.string()?;
         let dims = r.u32()?;
         if dims > 8 {
-            return Err(ParseError::Invalid(format!("a tensor with {dims} dimensions")));
+            return Err(ParseError::Invalid(format!(
+                "a tensor with {dims} dimensions"
+            )));
         }
         let mut elements: u64 = 1;
         for _ in 0..dims {
@@ -140,10 +144,14 @@ impl Reader<'_> {
         Ok(slice)
     }
     fn u32(&mut self) -> Result<u32, ParseError> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> Result<u64, ParseError> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn string(&mut self) -> Result<String, ParseError> {
         let len = self.u64()?;
@@ -402,7 +410,10 @@ mod tests {
 
     #[test]
     fn garbage_is_invalid() {
-        assert!(matches!(parse(b"GGML\x03\0\0\0"), Err(ParseError::Invalid(_))));
+        assert!(matches!(
+            parse(b"GGML\x03\0\0\0"),
+            Err(ParseError::Invalid(_))
+        ));
         let mut v1 = b"GGUF".to_vec();
         v1.extend_from_slice(&1u32.to_le_bytes());
         assert!(matches!(parse(&v1), Err(ParseError::Invalid(_))));

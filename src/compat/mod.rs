@@ -143,9 +143,7 @@ impl Report {
         for warning in &self.warnings {
             error = error.caused_by(format!("{}: {}", warning.kind, warning.recommendation));
         }
-        Err(error.with_hint(
-            "drop --force-compat to install anyway, or follow the recommendations",
-        ))
+        Err(error.with_hint("drop --force-compat to install anyway, or follow the recommendations"))
     }
 }
 
@@ -236,7 +234,13 @@ async fn read_gguf(
     file: &UpstreamFile,
 ) -> Result<(gguf::GgufHeader, u64)> {
     let mut bytes = hub
-        .fetch_range(&model.id, &model.commit, &file.path, 0, FIRST_FETCH.min(file.size))
+        .fetch_range(
+            &model.id,
+            &model.commit,
+            &file.path,
+            0,
+            FIRST_FETCH.min(file.size),
+        )
         .await?;
     loop {
         match gguf::parse(&bytes) {
@@ -282,12 +286,21 @@ async fn read_safetensors(
 ) -> Result<(safetensors::SafetensorsHeader, u64)> {
     let bad = |reason: String| Error::schema(format!("{} of {}: {reason}", file.path, model.id));
     let mut bytes = hub
-        .fetch_range(&model.id, &model.commit, &file.path, 0, FIRST_FETCH.min(file.size))
+        .fetch_range(
+            &model.id,
+            &model.commit,
+            &file.path,
+            0,
+            FIRST_FETCH.min(file.size),
+        )
         .await?;
     let len = safetensors::header_len(&bytes).map_err(bad)?;
     let needed = 8 + len;
     if needed > file.size {
-        return Err(bad(format!("header of {len} bytes in a file of {}", file.size)));
+        return Err(bad(format!(
+            "header of {len} bytes in a file of {}",
+            file.size
+        )));
     }
     let have = bytes.len() as u64;
     if needed > have {
@@ -315,7 +328,9 @@ fn apply_gguf(facts: &mut ModelFacts, file: &UpstreamFile, header: &gguf::GgufHe
         .or_else(|| (!types.is_empty()).then(|| types.join("+")));
     facts.quantized = match header.file_type_name() {
         Some(name) => !gguf::is_unquantized(name),
-        None => types.iter().any(|t| !gguf::is_unquantized(t) && *t != "unknown"),
+        None => types
+            .iter()
+            .any(|t| !gguf::is_unquantized(t) && *t != "unknown"),
     };
     facts.context_length = header.arch_u64("context_length");
     facts.layers = header.arch_u64("block_count");
@@ -346,7 +361,13 @@ pub fn estimate(facts: &ModelFacts) -> Estimate {
         (Some(layers), Some(ctx), Some(embedding), Some(heads)) if heads > 0 => {
             let kv_heads = facts.kv_heads.unwrap_or(heads);
             let head_dim = embedding / heads;
-            Some((2 * layers * ctx * kv_heads * head_dim * 2, layers, ctx, kv_heads, head_dim))
+            Some((
+                2 * layers * ctx * kv_heads * head_dim * 2,
+                layers,
+                ctx,
+                kv_heads,
+                head_dim,
+            ))
         }
         _ => None,
     };
@@ -407,8 +428,8 @@ pub fn check(machine: &MachineFacts, facts: ModelFacts) -> Report {
                 format_bytes(machine.available_ram_bytes),
                 format_bytes(machine.total_ram_bytes)
             ),
-            recommendation:
-                "choose a smaller quantization or a smaller model, or free memory".to_string(),
+            recommendation: "choose a smaller quantization or a smaller model, or free memory"
+                .to_string(),
         });
     }
     if let Some(vram) = best_gpu
@@ -445,7 +466,9 @@ pub fn check(machine: &MachineFacts, facts: ModelFacts) -> Report {
                 format_bytes(facts.download_bytes),
                 format_bytes(free)
             ),
-            recommendation: "free space (`kmm gc --dry-run` shows what could go) or narrow `include` globs".to_string(),
+            recommendation:
+                "free space (`kmm gc --dry-run` shows what could go) or narrow `include` globs"
+                    .to_string(),
         });
     }
     Report {
@@ -487,12 +510,22 @@ pub fn render_text(report: &Report) -> String {
     ));
     out.push_str(&format!("  estimate: {}\n", report.estimate.method));
     let gpus = if machine.gpus.is_empty() {
-        machine.gpu_note.clone().unwrap_or_else(|| "no GPU".to_string())
+        machine
+            .gpu_note
+            .clone()
+            .unwrap_or_else(|| "no GPU".to_string())
     } else {
         machine
             .gpus
             .iter()
-            .map(|g| format!("{} ({} free of {})", g.name, format_bytes(g.memory_free_bytes), format_bytes(g.memory_total_bytes)))
+            .map(|g| {
+                format!(
+                    "{} ({} free of {})",
+                    g.name,
+                    format_bytes(g.memory_free_bytes),
+                    format_bytes(g.memory_total_bytes)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -500,13 +533,26 @@ pub fn render_text(report: &Report) -> String {
         "  machine:  {} RAM ({} available), {} ({} cores, {}; {}), {} free disk; {gpus}\n",
         format_bytes(machine.total_ram_bytes),
         format_bytes(machine.available_ram_bytes),
-        if machine.cpu_model.is_empty() { "unknown CPU" } else { &machine.cpu_model },
+        if machine.cpu_model.is_empty() {
+            "unknown CPU"
+        } else {
+            &machine.cpu_model
+        },
         machine.cpu_cores,
         machine.arch,
-        if machine.cpu_features.is_empty() { "no listed features".to_string() } else { machine.cpu_features.join(" ") },
-        machine.free_disk_bytes.map_or_else(|| "unknown".to_string(), format_bytes),
+        if machine.cpu_features.is_empty() {
+            "no listed features".to_string()
+        } else {
+            machine.cpu_features.join(" ")
+        },
+        machine
+            .free_disk_bytes
+            .map_or_else(|| "unknown".to_string(), format_bytes),
     ));
-    out.push_str(&format!("  header bytes read: {}\n", m.header_bytes_fetched));
+    out.push_str(&format!(
+        "  header bytes read: {}\n",
+        m.header_bytes_fetched
+    ));
     if report.warnings.is_empty() {
         out.push_str("Verdict: ok\n");
     } else {

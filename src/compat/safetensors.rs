@@ -31,8 +31,10 @@ pub fn header_len(prefix: &[u8]) -> Result<u64, String> {
         .and_then(|b| b.try_into().ok())
         .ok_or("shorter than 8 bytes: not a safetensors file")?;
     let len = u64::from_le_bytes(bytes);
-    if len < 2 || len > MAX_HEADER_LEN {
-        return Err(format!("header length {len} is out of range: not a safetensors file"));
+    if !(2..=MAX_HEADER_LEN).contains(&len) {
+        return Err(format!(
+            "header length {len} is out of range: not a safetensors file"
+        ));
     }
     Ok(len)
 }
@@ -40,11 +42,14 @@ pub fn header_len(prefix: &[u8]) -> Result<u64, String> {
 /// Parses the header from a prefix holding at least `8 + header_len` bytes.
 pub fn parse(prefix: &[u8]) -> Result<SafetensorsHeader, String> {
     let len = header_len(prefix)?;
-    let json = prefix
-        .get(8..8 + len as usize)
-        .ok_or_else(|| format!("the prefix holds {} of the {len} header bytes", prefix.len().saturating_sub(8)))?;
-    let map: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(json).map_err(|error| format!("the header is not a JSON object: {error}"))?;
+    let json = prefix.get(8..8 + len as usize).ok_or_else(|| {
+        format!(
+            "the prefix holds {} of the {len} header bytes",
+            prefix.len().saturating_sub(8)
+        )
+    })?;
+    let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(json)
+        .map_err(|error| format!("the header is not a JSON object: {error}"))?;
     let mut header = SafetensorsHeader {
         header_len: len,
         ..SafetensorsHeader::default()
@@ -93,10 +98,16 @@ mod tests {
         let bytes = fs_err::read(path).unwrap();
         let header = parse(&bytes).unwrap();
         assert!(header.tensor_count > 0);
-        assert_eq!(header.parameters_by_dtype.keys().collect::<Vec<_>>(), ["F32"]);
+        assert_eq!(
+            header.parameters_by_dtype.keys().collect::<Vec<_>>(),
+            ["F32"]
+        );
         // F32: 4 bytes per parameter, and the data follows the header exactly.
         assert_eq!(header.data_bytes, header.parameters * 4);
-        assert_eq!(8 + header.header_len + header.data_bytes, bytes.len() as u64);
+        assert_eq!(
+            8 + header.header_len + header.data_bytes,
+            bytes.len() as u64
+        );
     }
 
     #[test]

@@ -320,41 +320,46 @@ impl HubClient {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (transient, retry_after) = match self.send_range(url.clone(), Some(range.clone())).await {
-                Err(SendError::Fatal(error)) => return Err(error),
-                Err(SendError::Transport(transient)) => (transient, None),
-                Ok(response) if matches!(response.status().as_u16(), 200 | 206) => {
-                    let skip = if response.status().as_u16() == 200 { start } else { 0 };
-                    match read_window(response, skip, len).await {
-                        Ok(bytes) => return Ok(bytes),
-                        Err(transient) => (transient, None),
+            let (transient, retry_after) =
+                match self.send_range(url.clone(), Some(range.clone())).await {
+                    Err(SendError::Fatal(error)) => return Err(error),
+                    Err(SendError::Transport(transient)) => (transient, None),
+                    Ok(response) if matches!(response.status().as_u16(), 200 | 206) => {
+                        let skip = if response.status().as_u16() == 200 {
+                            start
+                        } else {
+                            0
+                        };
+                        match read_window(response, skip, len).await {
+                            Ok(bytes) => return Ok(bytes),
+                            Err(transient) => (transient, None),
+                        }
                     }
-                }
-                Ok(response) if response.status().as_u16() == 416 => return Ok(Vec::new()),
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    if retry::is_retryable_status(status) {
-                        (
-                            Transient::Status(status),
-                            retry::parse_retry_after(response.headers()),
-                        )
-                    } else {
-                        let final_url = redact_url(response.url().as_str());
-                        let headers = response.headers().clone();
-                        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
-                            .await
-                            .unwrap_or_default();
-                        return Err(errors::error_from_status(
-                            status,
-                            &headers,
-                            &body,
-                            &target,
-                            &final_url,
-                            self.secret(),
-                        ));
+                    Ok(response) if response.status().as_u16() == 416 => return Ok(Vec::new()),
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        if retry::is_retryable_status(status) {
+                            (
+                                Transient::Status(status),
+                                retry::parse_retry_after(response.headers()),
+                            )
+                        } else {
+                            let final_url = redact_url(response.url().as_str());
+                            let headers = response.headers().clone();
+                            let body = read_capped(response, MAX_ERROR_BODY_BYTES)
+                                .await
+                                .unwrap_or_default();
+                            return Err(errors::error_from_status(
+                                status,
+                                &headers,
+                                &body,
+                                &target,
+                                &final_url,
+                                self.secret(),
+                            ));
+                        }
                     }
-                }
-            };
+                };
             if attempts > self.config.max_retries
                 || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
             {

@@ -38,11 +38,19 @@ struct Run {
 
 impl Run {
     fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
     fn ok(&self) -> Value {
-        assert_eq!(self.code, 0, "stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         let doc = self.json();
         assert_eq!(doc["success"], true, "{doc}");
         doc
@@ -89,7 +97,10 @@ impl Workspace {
         cmd.env("HF_HOME", self.path().join("hf-home"));
         cmd.env("HF_ENDPOINT", &self.endpoint);
         // The workspace's scripts first (a fake nvidia-smi, fake pythons), then the system's.
-        cmd.env("PATH", format!("{}:/usr/bin:/bin", self.path().join("bin").display()));
+        cmd.env(
+            "PATH",
+            format!("{}:/usr/bin:/bin", self.path().join("bin").display()),
+        );
         for (name, value) in env {
             cmd.env(name, value);
         }
@@ -128,15 +139,24 @@ impl Workspace {
 /// Every file under `root` (relative path -> sha256 of its bytes), symlinks included by target.
 fn tree(root: &Path) -> BTreeMap<String, String> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        let Ok(entries) = fs_err::read_dir(dir) else { return };
+        let Ok(entries) = fs_err::read_dir(dir) else {
+            return;
+        };
         for entry in entries {
             let path = entry.unwrap().path();
-            let relative = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if path.is_dir() {
                 out.insert(format!("{relative}/"), String::new());
                 walk(root, &path, out);
             } else {
-                out.insert(relative, hex::encode(Sha256::digest(fs_err::read(&path).unwrap())));
+                out.insert(
+                    relative,
+                    hex::encode(Sha256::digest(fs_err::read(&path).unwrap())),
+                );
             }
         }
     }
@@ -342,14 +362,24 @@ fn gguf_repo(id: &str, file: &str, bytes: Vec<u8>) -> RepoSpec {
 #[test]
 fn gguf_facts_come_from_one_small_ranged_read() {
     let file_len = 4 * MB;
-    let hub = FakeHub::start(vec![gguf_repo("acme/llama-GGUF", "llama.Q4_K_M.gguf", llama_gguf(10, file_len))]);
+    let hub = FakeHub::start(vec![gguf_repo(
+        "acme/llama-GGUF",
+        "llama.Q4_K_M.gguf",
+        llama_gguf(10, file_len),
+    )]);
     let facts = inspect(&hub, "acme/llama-GGUF");
     assert_eq!(facts.format, Format::Gguf);
     assert_eq!(facts.architecture.as_deref(), Some("llama"));
     assert_eq!(facts.quantization.as_deref(), Some("Q4_K_M"));
     assert!(facts.quantized);
-    assert_eq!(facts.parameter_count, Some(4096 * 32000 + 4096 * 4096 + 4096));
-    assert_eq!((facts.layers, facts.embedding, facts.heads, facts.kv_heads), (Some(32), Some(4096), Some(32), Some(8)));
+    assert_eq!(
+        facts.parameter_count,
+        Some(4096 * 32000 + 4096 * 4096 + 4096)
+    );
+    assert_eq!(
+        (facts.layers, facts.embedding, facts.heads, facts.kv_heads),
+        (Some(32), Some(4096), Some(32), Some(8))
+    );
     assert_eq!(facts.context_length, Some(8192));
     assert_eq!(facts.weights_bytes, file_len as u64);
 
@@ -368,8 +398,17 @@ fn gguf_facts_come_from_one_small_ranged_read() {
     // 2 x 32 layers x 4096 tokens (the default context, below 8192) x 8 KV heads x 128 x 2 bytes.
     assert_eq!(estimate.kv_cache_bytes, 2 * 32 * 4096 * 8 * 128 * 2);
     assert_eq!(estimate.context, Some(4096));
-    assert!(estimate.method.contains("2 x 32 layers x 4096 tokens x 8 KV heads x 128 head dim x 2 bytes (f16)"), "{}", estimate.method);
-    assert_eq!(estimate.cpu_ram_bytes, file_len as u64 + estimate.kv_cache_bytes + estimate.overhead_bytes);
+    assert!(
+        estimate
+            .method
+            .contains("2 x 32 layers x 4096 tokens x 8 KV heads x 128 head dim x 2 bytes (f16)"),
+        "{}",
+        estimate.method
+    );
+    assert_eq!(
+        estimate.cpu_ram_bytes,
+        file_len as u64 + estimate.kv_cache_bytes + estimate.overhead_bytes
+    );
 }
 
 #[test]
@@ -377,16 +416,29 @@ fn a_long_gguf_header_is_read_in_growing_ranges_without_the_tensor_data() {
     let file_len = 8 * MB;
     let bytes = llama_gguf(30_000, file_len);
     let header_len = kmm::compat::gguf::parse(&bytes).unwrap().header_len;
-    assert!(header_len > 64 * 1024, "the vocabulary makes the header longer than one window");
+    assert!(
+        header_len > 64 * 1024,
+        "the vocabulary makes the header longer than one window"
+    );
     let hub = FakeHub::start(vec![gguf_repo("acme/vocab-GGUF", "m.Q4_K_M.gguf", bytes)]);
     let facts = inspect(&hub, "acme/vocab-GGUF");
     assert_eq!(facts.layers, Some(32));
     let served = hub.body_bytes_served();
-    assert!(served >= header_len && served <= 2 * header_len + 64 * 1024, "served {served}, header {header_len}");
+    assert!(
+        served >= header_len && served <= 2 * header_len + 64 * 1024,
+        "served {served}, header {header_len}"
+    );
     assert!(served < file_len as u64 / 8, "served {served}");
-    let cdn: Vec<_> = hub.requests().into_iter().filter(|r| r.server == ServerKind::Cdn).collect();
+    let cdn: Vec<_> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.server == ServerKind::Cdn)
+        .collect();
     assert!(cdn.len() >= 2, "{cdn:#?}");
-    assert!(cdn.iter().all(|r| r.header("range").is_some_and(|v| v.starts_with("bytes=") && !v.ends_with('-'))));
+    assert!(cdn.iter().all(|r| {
+        r.header("range")
+            .is_some_and(|v| v.starts_with("bytes=") && !v.ends_with('-'))
+    }));
 }
 
 #[test]
@@ -405,10 +457,21 @@ fn safetensors_headers_and_config_give_parameters_and_sizes() {
     assert_eq!(facts.quantization.as_deref(), Some("F16"));
     assert!(!facts.quantized);
     assert_eq!(facts.architecture.as_deref(), Some("bert"));
-    assert_eq!((facts.layers, facts.context_length, facts.embedding, facts.heads), (Some(4), Some(512), Some(256), Some(4)));
+    assert_eq!(
+        (
+            facts.layers,
+            facts.context_length,
+            facts.embedding,
+            facts.heads
+        ),
+        (Some(4), Some(512), Some(256), Some(4))
+    );
     assert_eq!(facts.weights_bytes, file_len);
     // Header bytes of the weights (8 + header) plus the whole config.json, nothing more.
-    assert_eq!(hub.body_bytes_served(), 8 + header_len + config.len() as u64);
+    assert_eq!(
+        hub.body_bytes_served(),
+        8 + header_len + config.len() as u64
+    );
     assert!(8 + header_len < file_len);
 
     // The fixture repos' genuine headers read the same way.
@@ -428,8 +491,13 @@ fn safetensors_headers_and_config_give_parameters_and_sizes() {
 #[test]
 fn verdicts_from_fixed_machine_facts() {
     let hub = FakeHub::start(vec![
-        gguf_repo("acme/llama-GGUF", "llama.Q4_K_M.gguf", llama_gguf(10, 4 * MB)),
-        RepoSpec::new("acme/st").commit(vec![FileSpec::lfs("model.safetensors", safetensors(10).0)]),
+        gguf_repo(
+            "acme/llama-GGUF",
+            "llama.Q4_K_M.gguf",
+            llama_gguf(10, 4 * MB),
+        ),
+        RepoSpec::new("acme/st")
+            .commit(vec![FileSpec::lfs("model.safetensors", safetensors(10).0)]),
     ]);
     let gguf = inspect(&hub, "acme/llama-GGUF");
     let avx2 = ["avx", "avx2", "fma", "f16c"];
@@ -447,11 +515,28 @@ fn verdicts_from_fixed_machine_facts() {
     assert_eq!(kinds(&no_avx2), ["avx2"]);
     assert!(no_avx2.warnings[0].recommendation.contains("llama.cpp"));
 
-    let small_gpu = Gpu { name: "Tiny".into(), memory_total_bytes: 200_000_000, memory_free_bytes: 100_000_000 };
-    assert_eq!(kinds(&compat::check(&machine(16.0, &avx2, vec![small_gpu]), gguf.clone())), ["vram"]);
-    let big_gpu = Gpu { name: "Big".into(), memory_total_bytes: 24_000_000_000, memory_free_bytes: 24_000_000_000 };
+    let small_gpu = Gpu {
+        name: "Tiny".into(),
+        memory_total_bytes: 200_000_000,
+        memory_free_bytes: 100_000_000,
+    };
+    assert_eq!(
+        kinds(&compat::check(
+            &machine(16.0, &avx2, vec![small_gpu]),
+            gguf.clone()
+        )),
+        ["vram"]
+    );
+    let big_gpu = Gpu {
+        name: "Big".into(),
+        memory_total_bytes: 24_000_000_000,
+        memory_free_bytes: 24_000_000_000,
+    };
     // A GPU that holds everything makes small RAM no problem.
-    assert_eq!(compat::check(&machine(0.3, &avx2, vec![big_gpu.clone()]), gguf.clone()).verdict, Verdict::Ok);
+    assert_eq!(
+        compat::check(&machine(0.3, &avx2, vec![big_gpu.clone()]), gguf.clone()).verdict,
+        Verdict::Ok
+    );
 
     let mut no_disk = machine(16.0, &avx2, vec![]);
     no_disk.free_disk_bytes = Some(1_000);
@@ -463,49 +548,90 @@ fn verdicts_from_fixed_machine_facts() {
     let report = compat::check(&machine(64.0, &avx2, vec![]), st.clone());
     assert_eq!(kinds(&report), ["no_gpu"]);
     assert!(report.warnings[0].recommendation.contains("quantized GGUF"));
-    assert_eq!(compat::check(&machine(64.0, &avx2, vec![big_gpu]), st).verdict, Verdict::Ok);
+    assert_eq!(
+        compat::check(&machine(64.0, &avx2, vec![big_gpu]), st).verdict,
+        Verdict::Ok
+    );
 }
 
 #[test]
 fn compatibility_verb_reports_gpus_from_nvidia_smi_and_force_compat_stops_before_downloads() {
     let hub = FakeHub::start(vec![
-        gguf_repo("acme/llama-GGUF", "llama.Q4_K_M.gguf", llama_gguf(10, 2 * MB)),
+        gguf_repo(
+            "acme/llama-GGUF",
+            "llama.Q4_K_M.gguf",
+            llama_gguf(10, 2 * MB),
+        ),
         gguf_repo("acme/huge-GGUF", "huge.Q4_K_M.gguf", huge_gguf()),
     ]);
     let ws = Workspace::new(&hub, "[models.\"acme/huge-GGUF\"]\n");
-    let recorded = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nvidia-smi/two-gpus.csv");
+    let recorded =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nvidia-smi/two-gpus.csv");
     ws.script("nvidia-smi", &format!("cat '{}'", recorded.display()));
-    let doc = ws.run(&["compatibility", "--model", "acme/llama-GGUF", "--json"]).ok();
+    let doc = ws
+        .run(&["compatibility", "--model", "acme/llama-GGUF", "--json"])
+        .ok();
     let data = &doc["data"];
     assert_eq!(data["verdict"], "ok", "{data:#}");
     assert_eq!(data["machine"]["gpus"].as_array().unwrap().len(), 2);
     assert_eq!(data["machine"]["gpus"][1]["name"], "NVIDIA A100-SXM4-80GB");
     assert_eq!(data["model"]["quantization"], "Q4_K_M");
     assert_eq!(data["model"]["header_bytes_fetched"], 64 * 1024);
-    assert!(data["estimate"]["method"].as_str().unwrap().contains("KV cache"));
+    assert!(
+        data["estimate"]["method"]
+            .as_str()
+            .unwrap()
+            .contains("KV cache")
+    );
 
     // A failing nvidia-smi: no GPU, and still no error. Human output says how it estimated.
     ws.script("nvidia-smi", "echo 'NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver.'\nexit 9");
     let human = ws.run(&["compatibility", "--model", "acme/llama-GGUF"]);
     assert_eq!(human.code, 0, "{}", human.stderr);
-    assert!(human.stdout.contains("no NVIDIA GPU found (`nvidia-smi` failed with exit status: 9: NVIDIA-SMI has failed"), "{}", human.stdout);
-    assert!(human.stdout.contains("estimate: weights"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains(
+            "no NVIDIA GPU found (`nvidia-smi` failed with exit status: 9: NVIDIA-SMI has failed"
+        ),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("estimate: weights"),
+        "{}",
+        human.stdout
+    );
     assert!(human.stdout.contains("Verdict: ok"), "{}", human.stdout);
 
     // The huge model: warnings in the plan, E_COMPAT with --force-compat, before any download.
-    let warned = ws.run(&["compatibility", "--model", "acme/huge-GGUF", "--json"]).ok();
+    let warned = ws
+        .run(&["compatibility", "--model", "acme/huge-GGUF", "--json"])
+        .ok();
     assert_eq!(warned["data"]["verdict"], "warnings");
     let plan = ws.run(&["plan"]);
     assert_eq!(plan.code, 0, "{}", plan.stderr);
-    assert!(plan.stdout.contains("# acme/huge-GGUF: compatibility: about"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("# acme/huge-GGUF: compatibility: about"),
+        "{}",
+        plan.stdout
+    );
     hub.clear_requests();
     let served_before = hub.body_bytes_served();
     let refused = ws.run(&["apply", "--force-compat", "--json"]);
     assert_eq!(refused.code, 16, "{}\n{}", refused.stdout, refused.stderr);
     assert_eq!(refused.json()["error_code"], "E_COMPAT");
-    let file_requests: Vec<_> = hub.requests().into_iter().filter(|r| r.is_file_request() && r.server == ServerKind::Cdn).collect();
+    let file_requests: Vec<_> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.is_file_request() && r.server == ServerKind::Cdn)
+        .collect();
     assert!(!file_requests.is_empty());
-    assert!(file_requests.iter().all(|r| r.header("range") == Some("bytes=0-65535")), "{file_requests:#?}");
+    assert!(
+        file_requests
+            .iter()
+            .all(|r| r.header("range") == Some("bytes=0-65535")),
+        "{file_requests:#?}"
+    );
     assert!(!ws.models().join("llama-cpp").exists());
     assert_eq!(hub.body_bytes_served() - served_before, 64 * 1024);
 
@@ -518,7 +644,10 @@ fn compatibility_verb_reports_gpus_from_nvidia_smi_and_force_compat_stops_before
 
 fn small_repo(id: &str, weights: usize) -> RepoSpec {
     RepoSpec::new(id).commit(vec![
-        FileSpec::regular("config.json", format!("{{\"model_type\":\"{id}\"}}").into_bytes()),
+        FileSpec::regular(
+            "config.json",
+            format!("{{\"model_type\":\"{id}\"}}").into_bytes(),
+        ),
         FileSpec::lfs("model.safetensors", vec![id.len() as u8; weights]),
     ])
 }
@@ -564,7 +693,12 @@ fn gc_store() -> (FakeHub, Workspace) {
 }
 
 fn store_bytes(ws: &Workspace) -> u64 {
-    ws.registry().as_object().unwrap().values().map(|r| r["total_size"].as_u64().unwrap()).sum()
+    ws.registry()
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|r| r["total_size"].as_u64().unwrap())
+        .sum()
 }
 
 fn size_of(ws: &Workspace, id: &str) -> u64 {
@@ -577,7 +711,12 @@ fn quota_needing(ws: &Workspace, free: u64) -> String {
 }
 
 fn evicted(doc: &Value) -> Vec<String> {
-    doc["data"]["evict"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()).collect()
+    doc["data"]["evict"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -587,20 +726,41 @@ fn gc_dry_run_lists_lru_undeclared_first_and_changes_nothing() {
 
     // A little over b's size: b is the least recently used undeclared model, then a.
     let quota = quota_needing(&ws, size_of(&ws, "acme/b") + 10);
-    let doc = ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"]).ok();
+    let doc = ws
+        .run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"])
+        .ok();
     assert_eq!(evicted(&doc), ["acme/b", "acme/a"]);
-    assert_eq!(doc["data"]["bytes_freed"], size_of(&ws, "acme/b") + size_of(&ws, "acme/a"));
+    assert_eq!(
+        doc["data"]["bytes_freed"],
+        size_of(&ws, "acme/b") + size_of(&ws, "acme/a")
+    );
     assert_eq!(doc["data"]["dry_run"], true);
 
     // Exactly b's size: b alone.
     let quota = quota_needing(&ws, size_of(&ws, "acme/b"));
-    assert_eq!(evicted(&ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"]).ok()), ["acme/b"]);
+    assert_eq!(
+        evicted(
+            &ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"])
+                .ok()
+        ),
+        ["acme/b"]
+    );
     let human = ws.run(&["gc", "--dry-run", "--quota-gb", &quota]);
-    assert!(human.stdout.contains("Would evict:\n  - acme/b"), "{}", human.stdout);
+    assert!(
+        human.stdout.contains("Would evict:\n  - acme/b"),
+        "{}",
+        human.stdout
+    );
 
     // --target-gb frees bytes regardless of a quota.
     let target = format!("{:.9}", 50_000f64 / 1e9);
-    assert_eq!(evicted(&ws.run(&["gc", "--dry-run", "--target-gb", &target, "--json"]).ok()), ["acme/b"]);
+    assert_eq!(
+        evicted(
+            &ws.run(&["gc", "--dry-run", "--target-gb", &target, "--json"])
+                .ok()
+        ),
+        ["acme/b"]
+    );
 
     assert_eq!(tree_hash(ws.path()), before, "a dry run changed the tree");
 }
@@ -617,16 +777,44 @@ fn gc_protects_pinned_and_declared_models_and_says_e_quota_with_numbers() {
     let doc = refused.json();
     assert_eq!(doc["error_code"], "E_QUOTA");
     let message = doc["message"].as_str().unwrap();
-    assert!(message.contains("but only 300.0 kB can be evicted; nothing was removed"), "{message}");
+    assert!(
+        message.contains("but only 300.0 kB can be evicted; nothing was removed"),
+        "{message}"
+    );
     assert!(message.contains("--evict-declared"), "{message}");
-    assert_eq!(tree_hash_but_lock(ws.path()), before, "E_QUOTA must delete nothing");
+    assert_eq!(
+        tree_hash_but_lock(ws.path()),
+        before,
+        "E_QUOTA must delete nothing"
+    );
 
     // Declared models go only when the user says so, after the undeclared ones; pinned never.
-    let doc = ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--evict-declared", "--json"]).ok();
+    let doc = ws
+        .run(&[
+            "gc",
+            "--dry-run",
+            "--quota-gb",
+            &quota,
+            "--evict-declared",
+            "--json",
+        ])
+        .ok();
     assert_eq!(evicted(&doc), ["acme/b", "acme/a", "acme/c"]);
-    let everything = ws.run(&["gc", "--dry-run", "--quota-gb", "0.000001", "--evict-declared", "--json"]);
+    let everything = ws.run(&[
+        "gc",
+        "--dry-run",
+        "--quota-gb",
+        "0.000001",
+        "--evict-declared",
+        "--json",
+    ]);
     assert_eq!(everything.code, 17);
-    assert!(everything.json()["message"].as_str().unwrap().contains("pinned models hold 400.0 kB"));
+    assert!(
+        everything.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("pinned models hold 400.0 kB")
+    );
     assert_eq!(tree_hash_but_lock(ws.path()), before);
 }
 
@@ -650,7 +838,9 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
 
     let before = tree(&models);
     let quota = quota_needing(&ws, size_of(&ws, "acme/b"));
-    let dry = ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"]).ok();
+    let dry = ws
+        .run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"])
+        .ok();
     assert_eq!(dry["data"]["downloads"][0]["name"], stale.as_str());
     assert_eq!(dry["data"]["downloads"].as_array().unwrap().len(), 1);
 
@@ -673,7 +863,10 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
     assert_eq!(removed, expected_removed.iter().collect::<Vec<_>>());
     // Everything else is byte-identical (the registry and kmm's internal folders aside).
     for (path, hash) in &after {
-        if path == "model_registry.json" || path.starts_with(".kmm/") && path.ends_with('/') || path == ".kmm/lock" {
+        if path == "model_registry.json"
+            || path.starts_with(".kmm/") && path.ends_with('/')
+            || path == ".kmm/lock"
+        {
             continue;
         }
         assert_eq!(before.get(path), Some(hash), "{path} changed or appeared");
@@ -685,18 +878,33 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
 fn path_prints_the_install_path_and_moves_the_model_to_the_back_of_the_lru_queue() {
     let (_hub, ws) = gc_store();
     let quota = quota_needing(&ws, size_of(&ws, "acme/b"));
-    assert_eq!(evicted(&ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"]).ok()), ["acme/b"]);
+    assert_eq!(
+        evicted(
+            &ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"])
+                .ok()
+        ),
+        ["acme/b"]
+    );
 
     let run = ws.run(&["path", "--model", "acme/b", "-q"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let expected = ws.models().join("transformers/acme/b");
     assert_eq!(run.stdout.trim(), expected.to_str().unwrap());
-    let recorded = ws.registry()["acme/b"]["last_accessed"].as_str().unwrap().to_string();
+    let recorded = ws.registry()["acme/b"]["last_accessed"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(recorded.as_str() > "2025-02-01T00:00:00Z", "{recorded}");
 
     // Now a is the least recently used undeclared model.
     let quota = quota_needing(&ws, size_of(&ws, "acme/a"));
-    assert_eq!(evicted(&ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"]).ok()), ["acme/a"]);
+    assert_eq!(
+        evicted(
+            &ws.run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"])
+                .ok()
+        ),
+        ["acme/a"]
+    );
 
     let missing = ws.run(&["path", "--model", "acme/nope", "--json"]);
     assert_eq!(missing.code, 19);
@@ -710,13 +918,21 @@ fn quota_gb_in_the_manifest_makes_the_plan_evict_lru_undeclared_models() {
     let quota = quota_needing(&ws, size_of(&ws, "acme/b"));
     ws.manifest(&format!("[settings]\nquota_gb = {quota}\n{TWO_DECLARED}"));
     let plan = ws.run(&["plan", "--json"]).ok();
-    let ids: Vec<&str> = plan["data"]["actions"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = plan["data"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["remove:acme/b", "unregister:acme/b"]);
     let text = ws.run(&["plan"]).stdout;
     assert!(text.contains("- acme/b"), "{text}");
 
     let apply = ws.run(&["apply", "--json"]).ok();
-    assert_eq!(apply["data"]["report"]["models_removed"], serde_json::json!(["acme/b"]));
+    assert_eq!(
+        apply["data"]["report"]["models_removed"],
+        serde_json::json!(["acme/b"])
+    );
     assert!(!ws.models().join("transformers/acme/b").exists());
 
     // Impossible without declared models: E_QUOTA, nothing changes.
@@ -759,8 +975,16 @@ fn ensure_distilbert_installs_the_pinned_snapshot_through_the_engine() {
     // [baselines] distilbert = true: the plan shows it like a declared model.
     let ws = Workspace::new(&hub, "[baselines]\ndistilbert = true\n");
     let plan = ws.run(&["plan"]);
-    assert!(plan.stdout.contains("+ distilbert-base-uncased"), "{}", plan.stdout);
-    assert!(plan.stdout.contains("-> models/distilbert-base-uncased"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("+ distilbert-base-uncased"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("-> models/distilbert-base-uncased"),
+        "{}",
+        plan.stdout
+    );
     ws.run(&["apply", "--json"]).ok();
     assert_eq!(ws.registry()["distilbert-base-uncased"]["pinned"], true);
     assert_eq!(ws.run(&["plan", "--detailed-exitcode"]).code, 0);
@@ -779,19 +1003,48 @@ fn ensure_skips_python_baselines_when_packages_are_missing() {
     let doc = ws.run(&["ensure", "--python", python, "--json"]).ok();
     let results = doc["data"]["baselines"].as_array().unwrap();
     assert_eq!(results.len(), 2);
-    assert!(results.iter().all(|r| r["status"] == "skipped"), "{results:#?}");
-    assert!(results[0]["message"].as_str().unwrap().contains("spaCy is not installed"));
-    assert!(results[1]["message"].as_str().unwrap().contains("No module named 'sklearn'"));
+    assert!(
+        results.iter().all(|r| r["status"] == "skipped"),
+        "{results:#?}"
+    );
+    assert!(
+        results[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spaCy is not installed")
+    );
+    assert!(
+        results[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No module named 'sklearn'")
+    );
     assert!(!ws.models().join("basic_cls").exists());
 
     // The plan notes them; apply reports the skip and succeeds.
     let plan = ws.run(&["plan"]);
-    assert!(plan.stdout.contains("# basic_cls: baseline missing"), "{}", plan.stdout);
+    assert!(
+        plan.stdout.contains("# basic_cls: baseline missing"),
+        "{}",
+        plan.stdout
+    );
     let apply = ws.run_with(&["apply"], &[("KMM_PYTHON", python)]);
     assert_eq!(apply.code, 0, "{}", apply.stderr);
-    assert!(apply.stderr.contains("baseline basic_cls: skipped"), "{}", apply.stderr);
+    assert!(
+        apply.stderr.contains("baseline basic_cls: skipped"),
+        "{}",
+        apply.stderr
+    );
 
-    let nothing = ws.run(&["ensure", "--python", "/nonexistent/python3", "--basic-cls", "--json"]).ok();
+    let nothing = ws
+        .run(&[
+            "ensure",
+            "--python",
+            "/nonexistent/python3",
+            "--basic-cls",
+            "--json",
+        ])
+        .ok();
     assert_eq!(nothing["data"]["baselines"][0]["status"], "skipped");
     let none = Workspace::new(&hub, "");
     assert_eq!(none.run(&["ensure", "--json"]).code, 18);
@@ -814,10 +1067,14 @@ fn ensure_spacy_runs_spacy_download_and_reports_failures_with_the_output_tail() 
         ),
     );
     let python = python.to_str().unwrap();
-    let doc = ws.run(&["ensure", "--spacy", "--python", python, "--json"]).ok();
+    let doc = ws
+        .run(&["ensure", "--spacy", "--python", python, "--json"])
+        .ok();
     assert_eq!(doc["data"]["baselines"][0]["status"], "installed");
     assert!(marker.exists());
-    let doc = ws.run(&["ensure", "--spacy", "--python", python, "--json"]).ok();
+    let doc = ws
+        .run(&["ensure", "--spacy", "--python", python, "--json"])
+        .ok();
     assert_eq!(doc["data"]["baselines"][0]["status"], "present");
 
     let failing = ws.script(
@@ -826,12 +1083,27 @@ fn ensure_spacy_runs_spacy_download_and_reports_failures_with_the_output_tail() 
          if [ \"$1\" = -c ]; then exit 1; fi\n\
          echo 'Collecting en_core_web_trf'; echo 'ERROR: network unreachable' >&2; exit 1",
     );
-    let run = ws.run(&["ensure", "--spacy", "--python", failing.to_str().unwrap(), "--json"]);
+    let run = ws.run(&[
+        "ensure",
+        "--spacy",
+        "--python",
+        failing.to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(run.code, 16, "{}", run.stdout);
     let message = run.json()["message"].as_str().unwrap().to_string();
-    assert!(message.contains("spacy download en_core_web_trf"), "{message}");
+    assert!(
+        message.contains("spacy download en_core_web_trf"),
+        "{message}"
+    );
     let human = ws.run(&["ensure", "--spacy", "--python", failing.to_str().unwrap()]);
-    assert!(human.stderr.contains("Caused by: ERROR: network unreachable"), "{}", human.stderr);
+    assert!(
+        human
+            .stderr
+            .contains("Caused by: ERROR: network unreachable"),
+        "{}",
+        human.stderr
+    );
 }
 
 /// A venv with the pinned scikit-learn (tests/ensure/requirements.txt), made once per target.
@@ -856,25 +1128,50 @@ fn sklearn_python() -> Option<PathBuf> {
     if fs_err::read_to_string(&stamp).ok().as_deref() == Some(pins.as_str()) && python.exists() {
         return Some(python);
     }
-    let created = Process::new("python3").args(["-m", "venv", "--clear"]).arg(&venv).output().expect("run python3 -m venv");
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let created = Process::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .output()
+        .expect("run python3 -m venv");
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let installed = Process::new(&python)
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet", "-r"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            "-r",
+        ])
         .arg(&requirements)
         .output()
         .unwrap();
-    assert!(installed.status.success(), "pip install -r tests/ensure/requirements.txt failed (set KMM_SKIP_INTEROP=1 offline):\n{}", String::from_utf8_lossy(&installed.stderr));
+    assert!(
+        installed.status.success(),
+        "pip install -r tests/ensure/requirements.txt failed (set KMM_SKIP_INTEROP=1 offline):\n{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
     fs_err::write(&stamp, pins).unwrap();
     Some(python)
 }
 
 #[test]
 fn ensure_basic_cls_writes_joblib_files_that_load_and_predict_in_python() {
-    let Some(python) = sklearn_python() else { return };
+    let Some(python) = sklearn_python() else {
+        return;
+    };
     let hub = FakeHub::start(vec![]);
     let ws = Workspace::new(&hub, "");
     let doc = ws
-        .run_with(&["ensure", "--basic-cls", "--json"], &[("KMM_PYTHON", python.to_str().unwrap())])
+        .run_with(
+            &["ensure", "--basic-cls", "--json"],
+            &[("KMM_PYTHON", python.to_str().unwrap())],
+        )
         .ok();
     let result = &doc["data"]["baselines"][0];
     assert_eq!(result["status"], "installed", "{result}");
@@ -890,14 +1187,29 @@ fn ensure_basic_cls_writes_joblib_files_that_load_and_predict_in_python() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    assert_eq!(String::from_utf8_lossy(&check.stdout).trim(), "billing,technical");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        "billing,technical"
+    );
     // Built in staging and renamed in: nothing else left behind.
-    let mut names: Vec<String> = fs_err::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs_err::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["classifier.joblib", "vectorizer.joblib"]);
     let staging = ws.models().join(".kmm/staging");
     assert_eq!(fs_err::read_dir(&staging).unwrap().count(), 0);
-    let again = ws.run_with(&["ensure", "--basic-cls", "--json"], &[("KMM_PYTHON", python.to_str().unwrap())]).ok();
+    let again = ws
+        .run_with(
+            &["ensure", "--basic-cls", "--json"],
+            &[("KMM_PYTHON", python.to_str().unwrap())],
+        )
+        .ok();
     assert_eq!(again["data"]["baselines"][0]["status"], "present");
 }

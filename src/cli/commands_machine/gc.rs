@@ -44,7 +44,9 @@ pub struct GcArgs {
 fn parse_gb(text: &str) -> std::result::Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(gb) if gb.is_finite() && gb >= 0.0 => Ok(gb),
-        _ => Err(format!("`{text}` is not a number of GB (10^9 bytes), e.g. 1.5")),
+        _ => Err(format!(
+            "`{text}` is not a number of GB (10^9 bytes), e.g. 1.5"
+        )),
     }
 }
 
@@ -102,7 +104,8 @@ pub fn candidates(
                 id: id.clone(),
                 bytes: declared.map_or(record.total_size, |m| m.files.iter().map(|f| f.size).sum()),
                 last_used,
-                pinned: record.pinned.unwrap_or(false) || declared.is_some_and(|m| m.pinned == Some(true)),
+                pinned: record.pinned.unwrap_or(false)
+                    || declared.is_some_and(|m| m.pinned == Some(true)),
                 declared: declared.is_some(),
             }
         })
@@ -138,9 +141,11 @@ pub async fn run(
     let _lock = if args.dry_run {
         None
     } else {
-        Some(StoreLock::acquire(paths, session.settings.lock_timeout, &mut || {
-            out.status("Waiting for another kmm process to release the store lock...")
-        })?)
+        Some(StoreLock::acquire(
+            paths,
+            session.settings.lock_timeout,
+            &mut || out.status("Waiting for another kmm process to release the store lock..."),
+        )?)
     };
     let registry = Registry::load(&paths.registry_file())?;
     let store_bytes: u64 = registry.models.values().map(|r| r.total_size).sum();
@@ -163,7 +168,10 @@ pub async fn run(
         cand.declared |= declared_ids.contains(cand.id.as_str());
     }
     let what = match (quota_gb, args.target_gb) {
-        (Some(q), Some(t)) => format!("quota {q} GB and target {t} GB (store {})", format_bytes(store_bytes)),
+        (Some(q), Some(t)) => format!(
+            "quota {q} GB and target {t} GB (store {})",
+            format_bytes(store_bytes)
+        ),
         (Some(q), None) => format!("quota {q} GB (store {})", format_bytes(store_bytes)),
         (None, Some(t)) => format!("target {t} GB"),
         (None, None) => "gc".to_string(),
@@ -195,7 +203,12 @@ pub async fn run(
             .filter(|(id, _)| !evict.contains(id))
             .flat_map(|(_, record)| &record.files)
             .filter_map(|file| file.hash())
-            .chain(desired.iter().filter(|m| !evict.contains(&m.id)).flat_map(|m| m.files.iter().map(|f| f.hash.clone())))
+            .chain(
+                desired
+                    .iter()
+                    .filter(|m| !evict.contains(&m.id))
+                    .flat_map(|m| m.files.iter().map(|f| f.hash.clone())),
+            )
             .map(|hash| hash.hex().to_ascii_lowercase())
             .collect();
         apply::stale_downloads(paths, &keep)?
@@ -263,7 +276,11 @@ fn render(data: &GcOutput) -> (String, String) {
     if !data.downloads.is_empty() {
         text.push_str(&format!(
             "{} stale download(s) in .kmm/downloads/ ({}):\n",
-            if data.dry_run { "Would delete" } else { "Deleted" },
+            if data.dry_run {
+                "Would delete"
+            } else {
+                "Deleted"
+            },
             format_bytes(data.download_bytes_freed)
         ));
         for d in &data.downloads {
@@ -278,8 +295,10 @@ fn render(data: &GcOutput) -> (String, String) {
         format!(
             "Nothing to collect: the store holds {}{}.",
             format_bytes(data.store_bytes),
-            data.quota_bytes
-                .map_or_else(String::new, |q| format!(", within the quota of {}", format_bytes(q)))
+            data.quota_bytes.map_or_else(String::new, |q| format!(
+                ", within the quota of {}",
+                format_bytes(q)
+            ))
         )
     } else {
         format!(
