@@ -566,3 +566,81 @@ pub fn render_text(report: &Report) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> ModelFacts {
+        ModelFacts {
+            model: "org/m".to_string(),
+            commit: "c".repeat(40),
+            format: Format::Gguf,
+            download_bytes: 4_000_000_000,
+            weight_files: vec!["m.Q4_K_M.gguf".to_string()],
+            weights_bytes: 4_000_000_000,
+            architecture: Some("llama".to_string()),
+            parameter_count: Some(7_000_000_000),
+            quantization: Some("Q4_K_M".to_string()),
+            quantized: true,
+            context_length: Some(32_768),
+            layers: Some(32),
+            embedding: Some(4096),
+            heads: Some(32),
+            kv_heads: None,
+            header_bytes_fetched: 65_536,
+        }
+    }
+
+    #[test]
+    fn estimate_caps_the_context_and_defaults_kv_heads_to_heads() {
+        let estimate = estimate(&facts());
+        assert_eq!(estimate.context, Some(DEFAULT_CONTEXT));
+        assert_eq!(estimate.kv_cache_bytes, 2 * 32 * 4096 * 32 * 128 * 2);
+        assert_eq!(estimate.overhead_bytes, 400_000_000 + 100_000_000);
+        assert_eq!(
+            estimate.cpu_ram_bytes,
+            4_000_000_000 + estimate.kv_cache_bytes + 500_000_000
+        );
+        assert_eq!(
+            estimate.gpu_vram_bytes,
+            estimate.cpu_ram_bytes + 300_000_000
+        );
+        let mut unknown = facts();
+        unknown.layers = None;
+        let estimate = super::estimate(&unknown);
+        assert_eq!(estimate.kv_cache_bytes, 0);
+        assert!(
+            estimate.method.contains("KV cache not estimated"),
+            "{}",
+            estimate.method
+        );
+    }
+
+    #[test]
+    fn the_text_report_names_facts_estimate_and_warnings() {
+        let machine = MachineFacts {
+            total_ram_bytes: 8_000_000_000,
+            available_ram_bytes: 2_000_000_000,
+            cpu_model: "Test CPU".to_string(),
+            cpu_cores: 4,
+            arch: "x86_64".to_string(),
+            cpu_features: vec!["avx".to_string()],
+            free_disk_bytes: Some(100_000_000_000),
+            gpus: vec![],
+            gpu_note: Some("no NVIDIA GPU found (test)".to_string()),
+        };
+        let report = check(&machine, facts());
+        assert_eq!(report.verdict, Verdict::Warnings);
+        let kinds: Vec<&str> = report.warnings.iter().map(|w| w.kind.as_str()).collect();
+        assert_eq!(kinds, ["ram", "avx2"]);
+        let text = render_text(&report);
+        assert!(text.contains("7.00B parameters, Q4_K_M"), "{text}");
+        assert!(text.contains("no NVIDIA GPU found (test)"), "{text}");
+        assert!(text.contains("Verdict: 2 warning(s)"), "{text}");
+        assert!(text.contains("estimate: weights 4.0 GB"), "{text}");
+        let error = report.enforce().unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Compat);
+        assert_eq!(error.causes().len(), 2);
+    }
+}

@@ -1287,6 +1287,48 @@ mod tests {
     }
 
     #[test]
+    fn evictions_remove_declared_and_undeclared_models_but_never_pinned_ones() {
+        let gguf = gguf_model(); // pinned
+        let bert = bert_model(C1);
+        let observed = installed(&[gguf.clone(), bert.clone()]);
+        let evict = vec![gguf.id.clone(), bert.id.clone()];
+        let plan = compute_with_evictions(
+            PlanInput {
+                models_dir: Path::new(ROOT),
+                desired: &[gguf, bert],
+                observed: &observed,
+                prune: false,
+            },
+            &evict,
+        );
+        assert_eq!(
+            ids(&plan),
+            ["remove:acme/tiny-bert", "unregister:acme/tiny-bert"]
+        );
+        let bert_change = plan
+            .models
+            .iter()
+            .find(|m| m.id == "acme/tiny-bert")
+            .unwrap();
+        assert_eq!(bert_change.change, ChangeKind::Remove);
+        assert_eq!(bert_change.reasons, ["evicted (least recently used)"]);
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.message == "pinned: never evicted")
+        );
+        // No evictions: the same as `compute`.
+        let observed = installed(&[bert_model(C1)]);
+        let input = PlanInput {
+            models_dir: Path::new(ROOT),
+            desired: &[],
+            observed: &observed,
+            prune: false,
+        };
+        assert_eq!(compute_with_evictions(input, &[]), compute(input));
+    }
+
+    #[test]
     fn bytes_are_formatted_in_decimal_units() {
         assert_eq!(format_bytes(0), "0 B");
         assert_eq!(format_bytes(999), "999 B");
