@@ -1213,3 +1213,29 @@ fn ensure_basic_cls_writes_joblib_files_that_load_and_predict_in_python() {
         .ok();
     assert_eq!(again["data"]["baselines"][0]["status"], "present");
 }
+
+/// `cargo test --test it machine::measure_header_reads -- --ignored --nocapture`: bytes and
+/// requests to read a realistic GGUF header (a 128k-token vocabulary, as in Llama 3) from a
+/// 64 MiB file.
+#[test]
+#[ignore = "measurement, not a check"]
+fn measure_header_reads() {
+    let file_len = 64 * MB;
+    let bytes = llama_gguf(128_000, file_len);
+    let header_len = kmm::compat::gguf::parse(&bytes).unwrap().header_len;
+    let hub = FakeHub::start(vec![gguf_repo("acme/llama3-GGUF", "m.Q4_K_M.gguf", bytes)]);
+    let started = std::time::Instant::now();
+    let facts = inspect(&hub, "acme/llama3-GGUF");
+    let elapsed = started.elapsed();
+    let ranges = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r.server == ServerKind::Cdn)
+        .count();
+    println!(
+        "GGUF header {header_len} bytes in a {file_len}-byte file: {ranges} ranged requests, {} bytes read ({:.1}% of the file), {elapsed:?} (including resolve); layers {:?}",
+        hub.body_bytes_served(),
+        hub.body_bytes_served() as f64 * 100.0 / file_len as f64,
+        facts.layers
+    );
+}
