@@ -849,6 +849,35 @@ mod tests {
         assert!(!dest.exists());
     }
 
+    #[tokio::test]
+    async fn fetch_range_cuts_the_window_out_of_a_full_answer() {
+        // A server that ignores `Range` and sends the whole file with 200.
+        let (url, count) = serve(Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+        ))
+        .await;
+        let client = quick_client(&url);
+        let bytes = client
+            .fetch_range("org/m", SHA, "f.bin", 3, 4)
+            .await
+            .unwrap();
+        assert_eq!(bytes, b"3456");
+        // Asking past the end gives what there is.
+        let bytes = client
+            .fetch_range("org/m", SHA, "f.bin", 8, 100)
+            .await
+            .unwrap();
+        assert_eq!(bytes, b"89");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(
+            client
+                .fetch_range("org/m", SHA, "f.bin", 0, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
     #[test]
     fn model_query_collects_params() {
         let query = ModelQuery::new(5)

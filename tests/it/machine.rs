@@ -442,6 +442,56 @@ fn a_long_gguf_header_is_read_in_growing_ranges_without_the_tensor_data() {
 }
 
 #[test]
+fn header_reads_retry_hub_failures_and_get_exact_bytes() {
+    let bytes = llama_gguf(10, 2 * MB);
+    let hub = FakeHub::start(vec![gguf_repo(
+        "acme/llama-GGUF",
+        "m.Q4_K_M.gguf",
+        bytes.clone(),
+    )]);
+    let mut config = HubConfig::new(hub.url());
+    config.retry_base_delay = std::time::Duration::from_millis(1);
+    let client = HubClient::new(config).unwrap();
+    let commit = gguf_repo("acme/llama-GGUF", "m.Q4_K_M.gguf", bytes.clone()).head();
+    hub.add_fault(crate::fake_hub::Fault::Status {
+        path_contains: "m.Q4_K_M.gguf".into(),
+        status: 503,
+        retry_after: None,
+        times: 1,
+    });
+    hub.add_fault(crate::fake_hub::Fault::DropAfter {
+        path_contains: "m.Q4_K_M.gguf".into(),
+        bytes: 100,
+        times: 1,
+    });
+    let got = runtime()
+        .block_on(client.fetch_range("acme/llama-GGUF", &commit, "m.Q4_K_M.gguf", 1000, 5000))
+        .unwrap();
+    assert_eq!(got, bytes[1000..6000]);
+    let requests = hub.requests();
+    assert!(requests.iter().any(|r| r.status == 503), "{requests:#?}");
+    let cdn = requests
+        .iter()
+        .filter(|r| r.server == ServerKind::Cdn)
+        .count();
+    assert!(cdn >= 2, "the dropped answer was retried: {requests:#?}");
+    let past_end = runtime()
+        .block_on(client.fetch_range(
+            "acme/llama-GGUF",
+            &commit,
+            "m.Q4_K_M.gguf",
+            2 * MB as u64,
+            10,
+        ))
+        .unwrap();
+    assert!(past_end.is_empty());
+    let missing = runtime()
+        .block_on(client.fetch_range("acme/llama-GGUF", &commit, "nope.gguf", 0, 10))
+        .unwrap_err();
+    assert_eq!(missing.code(), kmm::ErrorCode::NotFound);
+}
+
+#[test]
 fn safetensors_headers_and_config_give_parameters_and_sizes() {
     // A header longer than the first 64 KiB window: read in exactly two requests.
     let (bytes, header_len) = safetensors(2000);
