@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use clap::Args;
+use futures_util::StreamExt as _;
 
 use crate::compat::{self, Verdict};
 use crate::error::{Error, ErrorCode, Result};
@@ -115,9 +116,15 @@ pub async fn check_plan(
         return Ok(());
     };
     let machine = crate::sys::machine_facts(session.paths.root());
+    // Header reads of several models at once, as many as downloads would run.
+    let inspected: Vec<Result<compat::ModelFacts>> = futures_util::stream::iter(&creates)
+        .map(|model| compat::inspect(hub, model))
+        .buffered(session.settings.max_workers.max(1))
+        .collect()
+        .await;
     let mut refused = None;
-    for model in creates {
-        match compat::inspect(hub, model).await {
+    for (model, result) in creates.iter().zip(inspected) {
+        match result {
             Ok(facts) => {
                 let report = compat::check(&machine, facts);
                 for warning in &report.warnings {

@@ -250,7 +250,16 @@ pub async fn run(
         downloads_skipped,
     };
     let (text, message) = render(&data);
-    out.success(&message, if out.quiet { "" } else { &text }, &data);
+    // A dry run exists to print its list; a real run is quiet with -q.
+    out.success(
+        &message,
+        if out.quiet && !args.dry_run {
+            ""
+        } else {
+            &text
+        },
+        &data,
+    );
     Ok(0)
 }
 
