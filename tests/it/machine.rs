@@ -801,6 +801,11 @@ fn gc_dry_run_lists_lru_undeclared_first_and_changes_nothing() {
         "{}",
         human.stdout
     );
+    let quiet = ws.run(&["gc", "--dry-run", "-q", "--quota-gb", &quota]);
+    assert_eq!(
+        quiet.stdout, human.stdout,
+        "a quiet dry run still prints its list"
+    );
 
     // --target-gb frees bytes regardless of a quota.
     let target = format!("{:.9}", 50_000f64 / 1e9);
