@@ -22,7 +22,10 @@
 //! | [`hf_cache`] | read-only lookups in a local Hugging Face cache |
 //! | [`resolve`] | declared models -> [`plan::DesiredModel`] via the hub or caches |
 //! | [`plan`] | desired + observed -> `Plan` |
-//! | [`sys`] | machine facts (free disk) |
+//! | [`sys`] | machine facts: RAM, CPU model/cores/features, GPUs (`nvidia-smi`), free disk |
+//! | [`compat`] | GGUF / safetensors headers through ranged reads, memory estimate, verdicts |
+//! | [`gc`] | LRU eviction selection (pins, declared models, quotas) |
+//! | [`baselines`] | `kmm ensure`: distilbert, the spaCy pipeline, the basic classifier |
 //! | [`apply`] | executes a `Plan` |
 //! | [`cli`] | the `kmm` command line |
 //!
@@ -37,10 +40,15 @@
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
 //! | `models/.kmm/downloads/<hash>.part(.state)` | resumable partial downloads ([`hub`], cleaned by [`apply`]) |
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
+//! | `models/basic_cls/` | [`baselines`] (built in `.kmm/staging/`, renamed in, under the store lock) |
+//! | `last_accessed` in the registry | [`apply`] (install, and `kmm path` via [`apply::record_access`]) |
 
 pub mod apply;
+pub mod baselines;
 pub mod cli;
+pub mod compat;
 pub mod error;
+pub mod gc;
 pub mod hf_cache;
 pub mod hub;
 pub mod layout;

@@ -36,7 +36,8 @@ pub struct FetchSources {
 }
 
 /// Suffixes of files in the downloads folder that belong to an unfinished fetch.
-const PARTIAL_SUFFIXES: [&str; 4] = [".part", ".part.state", ".part.state.tmp", ".hfcache"];
+pub(super) const PARTIAL_SUFFIXES: [&str; 4] =
+    [".part", ".part.state", ".part.state.tmp", ".hfcache"];
 
 /// Bytes the plan's fetches still need on the disk of the models directory: the size of every
 /// file not already in the store, minus what partial downloads already hold and minus files

@@ -574,6 +574,8 @@ fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Rec
         extra: serde_json::Map::new(),
     });
     if !(same_bytes && record.installed_at.is_some()) {
+        // A fresh install counts as a use, so gc does not evict what was just installed.
+        record.last_accessed = Some(now.clone());
         record.installed_at = Some(now);
     }
     record.model_id = plan.model_id.clone();
@@ -587,6 +589,72 @@ fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Rec
     record.license_accepted = plan.license_accepted.clone();
     record.selection = Some(plan.selection.clone());
     record
+}
+
+/// Records that `model` was just used (`kmm path --model ID`): sets its `last_accessed` to
+/// `now` (RFC 3339) with an atomic registry save. The caller holds the store lock. Returns the
+/// record as saved; an unknown model is `E_NOT_FOUND`.
+pub fn record_access(paths: &StorePaths, model: &str, now: String) -> Result<Record> {
+    let file = paths.registry_file();
+    let mut registry = Registry::load(&file)?;
+    let Some(record) = registry.models.get_mut(model) else {
+        return Err(Error::not_found(format!("`{model}` is not installed"))
+            .with_hint("declare it in kari-models.toml and run `kmm apply`"));
+    };
+    record.last_accessed = Some(now);
+    let saved = record.clone();
+    registry.save(&file)?;
+    Ok(saved)
+}
+
+/// The entries of `.kmm/downloads/` (verified `<hash>` files, partial `<hash>.part` files and their
+/// state files) whose
+/// hash is not in `keep`, sorted. Read-only: `kmm gc --dry-run` lists them.
+pub fn stale_downloads(paths: &StorePaths, keep: &BTreeSet<String>) -> Result<Vec<(String, u64)>> {
+    let dir = paths.downloads_dir();
+    let entries = match fs_err::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), &e)),
+    };
+    let mut stale = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        let hash = fetch::PARTIAL_SUFFIXES
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name)
+            .to_ascii_lowercase();
+        let is_file = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_file && !keep.contains(&hash) {
+            let size = entry.metadata().map_or(0, |m| m.len());
+            stale.push((name, size));
+        }
+    }
+    stale.sort();
+    Ok(stale)
+}
+
+/// Deletes the given entries of `.kmm/downloads/` (names from [`stale_downloads`]). The caller
+/// holds the store lock. Names must be plain file names.
+pub fn delete_downloads(paths: &StorePaths, names: &[String]) -> Result<()> {
+    let dir = paths.downloads_dir();
+    for name in names {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(Error::internal(format!(
+                "refusing to delete download `{name}`"
+            )));
+        }
+        let path = dir.join(name);
+        match fs_err::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("deleting {}", path.display()), &e)),
+        }
+    }
+    Ok(())
 }
 
 /// A path from the plan must stay inside the models directory and out of `.kmm/`.

@@ -53,6 +53,14 @@ pub enum Command {
     Plan(PlanArgs),
     /// Make the models directory match the manifest.
     Apply(ApplyArgs),
+    /// Check whether this machine can run a model (reads only its file headers).
+    Compatibility(super::commands_machine::compatibility::CompatibilityArgs),
+    /// Evict least recently used models to meet a quota or free space; drop stale downloads.
+    Gc(super::commands_machine::gc::GcArgs),
+    /// Install baseline models: distilbert, the spaCy pipeline, the basic classifier.
+    Ensure(super::commands_machine::ensure::EnsureArgs),
+    /// Print a model's install path and record the access (for programs that load models).
+    Path(super::commands_machine::path::PathArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -60,10 +68,20 @@ pub struct PlanArgs {
     /// Exit 0 when there are no changes, 2 when there are (other codes are errors).
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Allow evicting declared (unpinned) models to meet quota_gb.
+    #[arg(long)]
+    pub evict_declared: bool,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct ApplyArgs {}
+pub struct ApplyArgs {
+    /// Refuse (E_COMPAT) before any download when a model to install may not run here.
+    #[arg(long)]
+    pub force_compat: bool,
+    /// Allow evicting declared (unpinned) models to meet quota_gb.
+    #[arg(long)]
+    pub evict_declared: bool,
+}
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     humantime::parse_duration(text).map_err(|error| format!("{error} (examples: 30s, 5m, 1h)"))

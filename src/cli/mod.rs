@@ -6,6 +6,7 @@
 //! Edges: nothing else in the crate imports `cli`.
 
 mod args;
+mod commands_machine;
 mod output;
 mod progress;
 mod reconcile;
@@ -53,6 +54,18 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
         match &cli.command {
             Command::Plan(args) => reconcile::plan(&cli.global, args, &env, &cwd, out).await,
             Command::Apply(args) => reconcile::apply(&cli.global, args, &env, &cwd, out).await,
+            Command::Compatibility(args) => {
+                commands_machine::compatibility::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Gc(args) => {
+                commands_machine::gc::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Ensure(args) => {
+                commands_machine::ensure::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Path(args) => {
+                commands_machine::path::run(&cli.global, args, &env, &cwd, out).await
+            }
         }
     })
 }

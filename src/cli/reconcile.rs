@@ -22,19 +22,44 @@ use super::progress::ProgressReporter;
 use super::settings::{self, EnvLookup, Settings};
 
 /// What both verbs start from.
-struct Session {
-    manifest: Manifest,
-    settings: Settings,
-    paths: StorePaths,
-    hub: Option<HubClient>,
+pub(super) struct Session {
+    pub(super) manifest: Manifest,
+    pub(super) settings: Settings,
+    pub(super) paths: StorePaths,
+    pub(super) hub: Option<HubClient>,
     /// The local Hugging Face cache: a source of files before the network.
-    hf_cache: crate::hf_cache::HfCache,
+    pub(super) hf_cache: crate::hf_cache::HfCache,
+}
+
+/// What `plan`/`apply` may do beyond the manifest's desired state.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PlanOptions {
+    /// Declared models may be evicted to meet `quota_gb`.
+    pub(super) evict_declared: bool,
+    /// Overrides the `prune` setting (`kmm ensure` plans one model and removes nothing).
+    pub(super) prune: Option<bool>,
 }
 
 impl Session {
     async fn open(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {
+        Self::open_with(global, env, cwd, true).await
+    }
+
+    /// Like `open`; without `require_manifest`, a missing manifest reads as an empty one (for
+    /// verbs such as `kmm compatibility` and `kmm path` that do not need one).
+    pub(super) async fn open_with(
+        global: &GlobalArgs,
+        env: EnvLookup<'_>,
+        cwd: &Path,
+        require_manifest: bool,
+    ) -> Result<Session> {
         let manifest_path = settings::manifest_path(global, env, cwd);
-        let manifest = Manifest::load(&manifest_path)?;
+        let mut manifest = if !require_manifest && !manifest_path.exists() {
+            Manifest::parse(&manifest_path, "")?
+        } else {
+            Manifest::load(&manifest_path)?
+        };
+        crate::baselines::add_desired_models(&mut manifest);
         let settings = settings::resolve(global, env, &manifest, cwd)?;
         let hub = if settings.offline {
             None
@@ -69,7 +94,7 @@ impl Session {
 
     /// Declared models -> desired state (network, or the registry offline). Read-only, and
     /// needs no lock: only the registry's hints are read.
-    async fn resolve(&self) -> Result<Vec<DesiredModel>> {
+    pub(super) async fn resolve(&self) -> Result<Vec<DesiredModel>> {
         let registry = Registry::load(&self.paths.registry_file())?;
         resolve::resolve_all(
             &self.manifest,
@@ -86,18 +111,51 @@ impl Session {
 
     /// Observes the store and plans. Read-only; `apply` calls it under the store lock so that
     /// what it saw is what it changes.
-    fn plan(&self, desired: &[DesiredModel]) -> Result<Plan> {
+    /// The plan, with the evictions `quota_gb` needs (least recently used undeclared models
+    /// first; declared ones only with `options.evict_declared`; `E_QUOTA` when impossible).
+    pub(super) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
         let registry = Registry::load(&self.paths.registry_file())?;
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
         let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
         let observed = store::observe(&self.paths, &dirs)?;
-        let plan = plan::compute(PlanInput {
+        let input = PlanInput {
             models_dir: self.paths.root(),
             desired,
             observed: &observed,
-            prune: self.settings.prune,
-        });
-        check_quota(&plan, desired, &observed.registry, self.settings.quota_gb)?;
+            prune: options.prune.unwrap_or(self.settings.prune),
+        };
+        let plan = plan::compute(input);
+        let Some(quota_gb) = self.settings.quota_gb else {
+            return Ok(plan);
+        };
+        let after = store_size_after(&plan, desired, &observed.registry);
+        let need = crate::gc::excess(after, crate::gc::gb_to_bytes(quota_gb));
+        if need == 0 {
+            return Ok(plan);
+        }
+        let candidates = super::commands_machine::gc::candidates(
+            self.paths.root(),
+            &observed.registry,
+            desired,
+            &plan,
+        );
+        let selection = crate::gc::select(
+            &candidates,
+            need,
+            options.evict_declared,
+            &format!(
+                "quota_gb = {quota_gb} (the store would hold {})",
+                plan::format_bytes(after)
+            ),
+        )?;
+        let evict: Vec<String> = selection.evict.iter().map(|e| e.id.clone()).collect();
+        let plan = plan::compute_with_evictions(input, &evict);
+        let kept: Vec<DesiredModel> = desired
+            .iter()
+            .filter(|m| !evict.contains(&m.id))
+            .cloned()
+            .collect();
+        check_quota(&plan, &kept, &observed.registry, Some(quota_gb))?;
         Ok(plan)
     }
 }
@@ -185,7 +243,16 @@ pub async fn plan(
 ) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
     let desired = session.resolve().await?;
-    let plan = session.plan(&desired)?;
+    let mut plan = session.plan_with(
+        &desired,
+        PlanOptions {
+            evict_declared: args.evict_declared,
+            prune: None,
+        },
+    )?;
+    super::commands_machine::compatibility::check_plan(&session, &desired, &mut plan, false)
+        .await?;
+    super::commands_machine::ensure::note_baselines(&session, &mut plan);
     out.success(&plan::summary_line(&plan), &plan::render_text(&plan), &plan);
     Ok(if args.detailed_exitcode && !plan.is_empty() {
         2
@@ -204,7 +271,7 @@ struct ApplyOutput<'a> {
 /// `kmm apply`.
 pub async fn apply(
     global: &GlobalArgs,
-    _args: &ApplyArgs,
+    args: &ApplyArgs,
     env: EnvLookup<'_>,
     cwd: &Path,
     out: Output,
@@ -214,8 +281,23 @@ pub async fn apply(
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
     })?;
-    let plan = session.plan(&desired)?;
+    let mut plan = session.plan_with(
+        &desired,
+        PlanOptions {
+            evict_declared: args.evict_declared,
+            prune: None,
+        },
+    )?;
+    // Before any download: with --force-compat a warning stops here (E_COMPAT).
+    super::commands_machine::compatibility::check_plan(
+        &session,
+        &desired,
+        &mut plan,
+        args.force_compat,
+    )
+    .await?;
     if plan.is_empty() {
+        super::commands_machine::ensure::after_apply(&session, env, out)?;
         let message = "No changes. The models directory matches kari-models.toml.";
         out.success(
             message,
@@ -250,6 +332,7 @@ pub async fn apply(
     .await;
     reporter.finish();
     let report = report?;
+    super::commands_machine::ensure::after_apply(&session, env, out)?;
     let message = format!(
         "Apply complete: {} installed, {} updated, {} removed; {} downloaded in {} files.",
         report.models_installed.len(),

@@ -321,6 +321,86 @@ impl HubClient {
         download::download_resumable(self, repo_id, commit, file, part, on_progress).await
     }
 
+    /// Bytes `start .. start + len` of `path` in `repo_id` at `commit` (fewer at the end of the
+    /// file, none past it), for reading file headers without downloading the file. Goes through
+    /// `/resolve/` and follows the CDN redirect like [`Self::download`] (the token stays on the
+    /// endpoint's origin). A server that ignores `Range` and answers `200` is read only as far as
+    /// needed, then the connection is dropped. Retried like API requests.
+    pub async fn fetch_range(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        path: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let url = self.parse_url(&urls::resolve_url(
+            &self.config.endpoint,
+            repo_id,
+            commit,
+            path,
+        ))?;
+        let target = Target::file(repo_id, commit, path);
+        let shown = redact_url(url.as_str());
+        let range = (start, Some(start + len - 1));
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let (transient, retry_after) = match self.send_range(url.clone(), Some(range)).await {
+                Err(SendError::Fatal(error)) => return Err(error),
+                Err(SendError::Transport(transient)) => (transient, None),
+                Ok(response) if matches!(response.status().as_u16(), 200 | 206) => {
+                    let skip = if response.status().as_u16() == 200 {
+                        start
+                    } else {
+                        0
+                    };
+                    match read_window(response, skip, len).await {
+                        Ok(bytes) => return Ok(bytes),
+                        Err(transient) => (transient, None),
+                    }
+                }
+                Ok(response) if response.status().as_u16() == 416 => return Ok(Vec::new()),
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    if retry::is_retryable_status(status) {
+                        (
+                            Transient::Status(status),
+                            retry::parse_retry_after(response.headers()),
+                        )
+                    } else {
+                        let final_url = redact_url(response.url().as_str());
+                        let headers = response.headers().clone();
+                        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
+                            .await
+                            .unwrap_or_default();
+                        return Err(errors::error_from_status(
+                            status,
+                            &headers,
+                            &body,
+                            &target,
+                            &final_url,
+                            self.secret(),
+                        ));
+                    }
+                }
+            };
+            if attempts > self.config.max_retries
+                || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
+            {
+                return Err(errors::retries_exhausted(
+                    &target, &shown, attempts, &transient,
+                ));
+            }
+            let delay =
+                retry::delay_before_retry(self.config.retry_base_delay, attempts - 1, retry_after);
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Models from `GET /api/models` with the query's parameters, following `Link` pages until
     /// `query`'s limit is reached or the listing ends.
     pub async fn list_models(&self, query: &ModelQuery) -> Result<Vec<serde_json::Value>> {
@@ -582,6 +662,30 @@ impl Pages<'_> {
     }
 }
 
+/// Skips `skip` bytes of a body, then keeps at most `len` bytes; stops reading once it has them.
+async fn read_window(
+    mut response: reqwest::Response,
+    mut skip: u64,
+    len: u64,
+) -> std::result::Result<Vec<u8>, Transient> {
+    let mut body = Vec::new();
+    while (body.len() as u64) < len {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let mut chunk = &chunk[..];
+                let skipped = skip.min(chunk.len() as u64);
+                chunk = &chunk[skipped as usize..];
+                skip -= skipped;
+                let room = (len - body.len() as u64).min(chunk.len() as u64) as usize;
+                body.extend_from_slice(&chunk[..room]);
+            }
+            Ok(None) => break,
+            Err(err) => return Err(Transient::from_reqwest(&err)),
+        }
+    }
+    Ok(body)
+}
+
 /// Reads a whole body, refusing more than `max_bytes`.
 async fn read_capped(
     mut response: reqwest::Response,
@@ -777,6 +881,35 @@ mod tests {
         );
         assert_eq!(count.load(Ordering::SeqCst), 4);
         assert!(!dest.exists());
+    }
+
+    #[tokio::test]
+    async fn fetch_range_cuts_the_window_out_of_a_full_answer() {
+        // A server that ignores `Range` and sends the whole file with 200.
+        let (url, count) = serve(Reply::Raw(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789",
+        ))
+        .await;
+        let client = quick_client(&url);
+        let bytes = client
+            .fetch_range("org/m", SHA, "f.bin", 3, 4)
+            .await
+            .unwrap();
+        assert_eq!(bytes, b"3456");
+        // Asking past the end gives what there is.
+        let bytes = client
+            .fetch_range("org/m", SHA, "f.bin", 8, 100)
+            .await
+            .unwrap();
+        assert_eq!(bytes, b"89");
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+        assert!(
+            client
+                .fetch_range("org/m", SHA, "f.bin", 0, 0)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

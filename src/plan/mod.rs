@@ -331,15 +331,30 @@ fn short_commit(commit: &str) -> &str {
 /// Computes the plan. `input.observed` should cover [`dirs_to_observe`]: a folder missing from
 /// it reads as "not on disk", so its files would be fetched again.
 pub fn compute(input: PlanInput<'_>) -> Plan {
+    compute_with_evictions(input, &[])
+}
+
+/// [`compute`], and also remove the registered models named in `evict` (chosen by
+/// [`crate::gc::select`] for a quota or `kmm gc`): their folders, config mirrors and records
+/// go, even without `prune` and even when declared (a declared model named here is not
+/// installed by this plan). Pinned models are never removed; naming one only adds a note.
+pub fn compute_with_evictions(input: PlanInput<'_>, evict: &[String]) -> Plan {
+    let evict: BTreeSet<&str> = evict.iter().map(String::as_str).collect();
     let mut planner = Planner::new(input);
     let mut desired: Vec<&DesiredModel> = input.desired.iter().collect();
     desired.sort_by(|a, b| a.id.cmp(&b.id));
     for model in desired {
-        planner.plan_desired(model);
+        if !(evict.contains(model.id.as_str())
+            && input.observed.registry.models.contains_key(&model.id))
+        {
+            planner.plan_desired(model);
+        }
     }
     let declared: BTreeSet<&str> = input.desired.iter().map(|m| m.id.as_str()).collect();
     for (id, record) in &input.observed.registry.models {
-        if !declared.contains(id.as_str()) {
+        if evict.contains(id.as_str()) {
+            planner.plan_eviction(id, record);
+        } else if !declared.contains(id.as_str()) {
             planner.plan_undeclared(id, record);
         }
     }
@@ -614,6 +629,17 @@ impl<'a> Planner<'a> {
         }
     }
 
+    fn plan_eviction(&mut self, id: &str, record: &Record) {
+        if record.pinned.unwrap_or(false) {
+            self.notes.push(Note {
+                model: id.to_string(),
+                message: "pinned: never evicted".to_string(),
+            });
+            return;
+        }
+        self.plan_removal(id, record, "evicted (least recently used)");
+    }
+
     fn plan_undeclared(&mut self, id: &str, record: &Record) {
         let pinned = record.pinned.unwrap_or(false);
         if !self.input.prune || pinned {
@@ -628,6 +654,10 @@ impl<'a> Planner<'a> {
             });
             return;
         }
+        self.plan_removal(id, record, "prune");
+    }
+
+    fn plan_removal(&mut self, id: &str, record: &Record, reason: &str) {
         let dir = recorded_install_dir(self.input.models_dir, record);
         let free_bytes = match dir.as_deref().and_then(|d| self.observed_dir(d)) {
             Some(seen) => seen.files.values().map(|f| f.size).sum(),
@@ -661,7 +691,7 @@ impl<'a> Planner<'a> {
             to_commit: None,
             install_dir: dir,
             previous_install_dir: None,
-            reasons: vec!["prune".to_string()],
+            reasons: vec![reason.to_string()],
             files: Vec::new(),
             kept_files: 0,
             download_bytes: 0,
@@ -1254,6 +1284,48 @@ mod tests {
                 .iter()
                 .all(|f| f.reason.as_deref() == Some("no hash recorded"))
         );
+    }
+
+    #[test]
+    fn evictions_remove_declared_and_undeclared_models_but_never_pinned_ones() {
+        let gguf = gguf_model(); // pinned
+        let bert = bert_model(C1);
+        let observed = installed(&[gguf.clone(), bert.clone()]);
+        let evict = vec![gguf.id.clone(), bert.id.clone()];
+        let plan = compute_with_evictions(
+            PlanInput {
+                models_dir: Path::new(ROOT),
+                desired: &[gguf, bert],
+                observed: &observed,
+                prune: false,
+            },
+            &evict,
+        );
+        assert_eq!(
+            ids(&plan),
+            ["remove:acme/tiny-bert", "unregister:acme/tiny-bert"]
+        );
+        let bert_change = plan
+            .models
+            .iter()
+            .find(|m| m.id == "acme/tiny-bert")
+            .unwrap();
+        assert_eq!(bert_change.change, ChangeKind::Remove);
+        assert_eq!(bert_change.reasons, ["evicted (least recently used)"]);
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.message == "pinned: never evicted")
+        );
+        // No evictions: the same as `compute`.
+        let observed = installed(&[bert_model(C1)]);
+        let input = PlanInput {
+            models_dir: Path::new(ROOT),
+            desired: &[],
+            observed: &observed,
+            prune: false,
+        };
+        assert_eq!(compute_with_evictions(input, &[]), compute(input));
     }
 
     #[test]

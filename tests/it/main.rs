@@ -11,3 +11,4 @@ mod downloads;
 mod fake_hub_selftest;
 mod hub_client;
 mod interop;
+mod machine;

@@ -1,0 +1,172 @@
+//! `kmm compatibility --model ID [--revision REV]`, and the same check for every model a plan
+//! installs (`kmm plan` shows its warnings as notes; `kmm apply --force-compat` refuses them).
+
+use std::path::Path;
+
+use clap::Args;
+use futures_util::StreamExt as _;
+
+use crate::compat::{self, Verdict};
+use crate::error::{Error, ErrorCode, Result};
+use crate::manifest::ModelSpec;
+use crate::plan::{ChangeKind, DesiredModel, Note, Plan};
+use crate::registry::Registry;
+use crate::resolve::{self, ResolveContext};
+
+use super::super::args::GlobalArgs;
+use super::super::output::Output;
+use super::super::reconcile::Session;
+use super::super::settings::EnvLookup;
+
+#[derive(Debug, Clone, Args)]
+pub struct CompatibilityArgs {
+    /// The model's repo id (declared or not).
+    #[arg(long, value_name = "ID")]
+    pub model: String,
+    /// Branch, tag or commit [default: the manifest's, else main].
+    #[arg(long, value_name = "REV")]
+    pub revision: Option<String>,
+}
+
+/// `kmm compatibility`.
+pub async fn run(
+    global: &GlobalArgs,
+    args: &CompatibilityArgs,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<i32> {
+    crate::layout::check_repo_id(&args.model)
+        .map_err(|reason| Error::args(format!("`{}` is not a repo id: {reason}", args.model)))?;
+    let session = Session::open_with(global, env, cwd, false).await?;
+    let Some(hub) = session.hub.as_ref() else {
+        return Err(Error::net(
+            "offline: kmm compatibility reads the model's file headers from the hub",
+        )
+        .with_hint("drop --offline (and unset HF_HUB_OFFLINE)"));
+    };
+    let mut spec = session
+        .manifest
+        .models
+        .get(&args.model)
+        .cloned()
+        .unwrap_or_else(|| ModelSpec::new(&args.model));
+    if let Some(revision) = &args.revision {
+        crate::manifest::check_revision(revision).map_err(Error::args)?;
+        spec.revision = revision.clone();
+    }
+    let registry = Registry::load(&session.paths.registry_file())?;
+    let desired = resolve::resolve_model(
+        &spec,
+        &ResolveContext {
+            hub: Some(hub),
+            has_token: session.settings.token.is_some(),
+            registry: &registry,
+            concurrency: 1,
+            hf_cache: Some(&session.hf_cache),
+        },
+    )
+    .await?;
+    let facts = compat::inspect(hub, &desired).await?;
+    let machine = crate::sys::machine_facts(session.paths.root());
+    let report = compat::check(&machine, facts);
+    let message = match report.verdict {
+        Verdict::Ok => format!("{}: ok, this machine can run it", args.model),
+        Verdict::Warnings => format!(
+            "{}: {} warning(s): {}",
+            args.model,
+            report.warnings.len(),
+            report
+                .warnings
+                .iter()
+                .map(|w| w.kind.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    out.success(&message, &compat::render_text(&report), &report);
+    Ok(0)
+}
+
+/// Checks every model `plan` creates and adds its warnings to the plan's notes. With `force`, a
+/// warning (or a model that cannot be checked) is `E_COMPAT`, before anything is downloaded.
+/// Offline, nothing can be read: a note says so and no error is raised.
+pub async fn check_plan(
+    session: &Session,
+    desired: &[DesiredModel],
+    plan: &mut Plan,
+    force: bool,
+) -> Result<()> {
+    let creates: Vec<&DesiredModel> = plan
+        .models
+        .iter()
+        .filter(|change| change.change == ChangeKind::Create)
+        .filter_map(|change| desired.iter().find(|m| m.id == change.id))
+        .collect();
+    if creates.is_empty() {
+        return Ok(());
+    }
+    let Some(hub) = session.hub.as_ref() else {
+        for model in creates {
+            plan.notes.push(Note {
+                model: model.id.clone(),
+                message: "compatibility not checked (offline)".to_string(),
+            });
+        }
+        sort_notes(plan);
+        return Ok(());
+    };
+    let machine = crate::sys::machine_facts(session.paths.root());
+    // Header reads of several models at once, as many as downloads would run.
+    let inspected: Vec<Result<compat::ModelFacts>> = futures_util::stream::iter(&creates)
+        .map(|model| compat::inspect(hub, model))
+        .buffered(session.settings.max_workers.max(1))
+        .collect()
+        .await;
+    let mut refused = None;
+    for (model, result) in creates.iter().zip(inspected) {
+        match result {
+            Ok(facts) => {
+                let report = compat::check(&machine, facts);
+                for warning in &report.warnings {
+                    plan.notes.push(Note {
+                        model: model.id.clone(),
+                        message: format!(
+                            "compatibility: {} (recommendation: {})",
+                            warning.message, warning.recommendation
+                        ),
+                    });
+                }
+                if force && refused.is_none() {
+                    refused = report.enforce().err();
+                }
+            }
+            Err(error) => {
+                plan.notes.push(Note {
+                    model: model.id.clone(),
+                    message: format!("compatibility not checked: {}", error.message()),
+                });
+                if force && refused.is_none() {
+                    refused = Some(
+                        Error::new(
+                            ErrorCode::Compat,
+                            format!("cannot check whether {} runs on this machine", model.id),
+                        )
+                        .caused_by(error.message().to_string())
+                        .with_hint("drop --force-compat to install without the check"),
+                    );
+                }
+            }
+        }
+    }
+    sort_notes(plan);
+    match refused {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+fn sort_notes(plan: &mut Plan) {
+    plan.notes
+        .sort_by(|a, b| (&a.model, &a.message).cmp(&(&b.model, &b.message)));
+}

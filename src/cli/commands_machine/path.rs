@@ -1,0 +1,52 @@
+//! `kmm path --model ID`: prints where a model is installed and records the access
+//! (`last_accessed`, which `kmm gc` evicts by), for programs that load models.
+
+use std::path::Path;
+
+use clap::Args;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::store::StoreLock;
+
+use super::super::args::GlobalArgs;
+use super::super::output::Output;
+use super::super::reconcile::Session;
+use super::super::settings::EnvLookup;
+
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// The model's id as in the registry.
+    #[arg(long, value_name = "ID")]
+    pub model: String,
+}
+
+#[derive(Serialize)]
+struct PathOutput {
+    model: String,
+    path: String,
+    last_accessed: Option<String>,
+}
+
+/// `kmm path`.
+pub async fn run(
+    global: &GlobalArgs,
+    args: &PathArgs,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<i32> {
+    let session = Session::open_with(global, env, cwd, false).await?;
+    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
+        out.status("Waiting for another kmm process to release the store lock...")
+    })?;
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let record = crate::apply::record_access(&session.paths, &args.model, now)?;
+    let data = PathOutput {
+        model: args.model.clone(),
+        path: record.install_path.clone(),
+        last_accessed: record.last_accessed.clone(),
+    };
+    out.success(&record.install_path, &record.install_path, &data);
+    Ok(0)
+}
