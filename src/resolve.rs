@@ -113,11 +113,15 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
         .iter()
         .any(|file| file.path == "config.json")
         .then(|| layout::config_mirror_path(&spec.id));
+    // The manifest wins when it says something; otherwise what `kmm pin` / `kmm license
+    // --accept` recorded in the registry stays (apply rewrites the record from these values).
     let license_accepted = spec
         .license
         .as_ref()
         .filter(|license| license.accepted)
-        .map(|license| serde_json::to_value(license).unwrap_or_default());
+        .map(|license| serde_json::to_value(license).unwrap_or_default())
+        .or_else(|| record.and_then(|record| record.license_accepted.clone()));
+    let pinned = spec.pinned.or_else(|| record.and_then(|record| record.pinned));
 
     Ok(DesiredModel {
         id: spec.id.clone(),
@@ -127,7 +131,7 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
         install_dir: route.install_dir,
         files,
         config_mirror,
-        pinned: spec.pinned,
+        pinned,
         license_accepted,
         selection,
     })

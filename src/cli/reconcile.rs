@@ -21,18 +21,44 @@ use super::output::Output;
 use super::progress::ProgressReporter;
 use super::settings::{self, EnvLookup, Settings};
 
-/// What both verbs start from.
-struct Session {
-    manifest: Manifest,
-    settings: Settings,
-    paths: StorePaths,
-    hub: Option<HubClient>,
+/// What every reconciling verb starts from (`plan`, `apply`, and `download`, whose manifest
+/// is a one-model one).
+pub(crate) struct Session {
+    pub(crate) manifest: Manifest,
+    pub(crate) settings: Settings,
+    pub(crate) paths: StorePaths,
+    pub(crate) hub: Option<HubClient>,
 }
 
 impl Session {
     async fn open(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {
         let manifest_path = settings::manifest_path(global, env, cwd);
         let manifest = Manifest::load(&manifest_path)?;
+        Session::with_manifest(global, env, cwd, manifest).await
+    }
+
+    /// Like `open`, but a missing manifest is an empty one: the hub-facing verbs (`list`,
+    /// `info`, `download`, ...) work in a folder without `kari-models.toml`.
+    pub(crate) async fn open_lenient(
+        global: &GlobalArgs,
+        env: EnvLookup<'_>,
+        cwd: &Path,
+    ) -> Result<Session> {
+        let manifest_path = settings::manifest_path(global, env, cwd);
+        let manifest = if manifest_path.exists() {
+            Manifest::load(&manifest_path)?
+        } else {
+            Manifest::parse(&manifest_path, "")?
+        };
+        Session::with_manifest(global, env, cwd, manifest).await
+    }
+
+    async fn with_manifest(
+        global: &GlobalArgs,
+        env: EnvLookup<'_>,
+        cwd: &Path,
+        manifest: Manifest,
+    ) -> Result<Session> {
         let settings = settings::resolve(global, env, &manifest, cwd)?;
         let hub = if settings.offline {
             None
@@ -58,8 +84,11 @@ impl Session {
 
     /// Declared models -> desired state (network, or the registry offline). Read-only, and
     /// needs no lock: only the registry's hints are read.
-    async fn resolve(&self) -> Result<Vec<DesiredModel>> {
-        let registry = Registry::load(&self.paths.registry_file())?;
+    pub(crate) async fn resolve(&self) -> Result<Vec<DesiredModel>> {
+        let pending = crate::registry::load_pending_licenses(
+            &crate::registry::pending_licenses_file(self.paths.root()),
+        )?;
+        let registry = Registry::load(&self.paths.registry_file())?.with_pending_licenses(&pending);
         resolve::resolve_all(
             &self.manifest,
             &ResolveContext {
@@ -74,7 +103,7 @@ impl Session {
 
     /// Observes the store and plans. Read-only; `apply` calls it under the store lock so that
     /// what it saw is what it changes.
-    fn plan(&self, desired: &[DesiredModel]) -> Result<Plan> {
+    pub(crate) fn plan(&self, desired: &[DesiredModel]) -> Result<Plan> {
         let registry = Registry::load(&self.paths.registry_file())?;
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
         let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
@@ -199,12 +228,30 @@ pub async fn apply(
 ) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
     let desired = session.resolve().await?;
+    apply_desired(
+        &session,
+        &desired,
+        out,
+        "No changes. The models directory matches kari-models.toml.",
+    )
+    .await
+}
+
+/// Plans `desired` under the store lock and applies it with progress on stderr; prints the
+/// result. `kmm apply` passes every declared model, `kmm download` (and `browse`) a one-model
+/// desired state with prune off, so both take exactly the same path.
+pub(crate) async fn apply_desired(
+    session: &Session,
+    desired: &[DesiredModel],
+    out: Output,
+    no_changes_message: &str,
+) -> Result<i32> {
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
     })?;
-    let plan = session.plan(&desired)?;
+    let plan = session.plan(desired)?;
     if plan.is_empty() {
-        let message = "No changes. The models directory matches kari-models.toml.";
+        let message = no_changes_message;
         out.success(
             message,
             if out.quiet { "" } else { message },

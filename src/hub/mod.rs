@@ -112,6 +112,12 @@ pub struct ModelInfo {
     /// `cardData.license` (first entry when a list), else a `license:` tag.
     pub license: Option<String>,
     pub tags: Vec<String>,
+    /// `cardData.license_name` (the name of an `other` license), if any.
+    pub license_name: Option<String>,
+    /// `pipeline_tag`, e.g. `text-generation`.
+    pub pipeline_tag: Option<String>,
+    /// `library_name`, e.g. `transformers` or `gguf`.
+    pub library_name: Option<String>,
 }
 
 /// A `GET /api/models` query: repeated `(key, value)` parameters (`search`, `author`,
