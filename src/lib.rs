@@ -23,6 +23,7 @@
 //! | [`plan`] | desired + observed -> `Plan` |
 //! | [`sys`] | machine facts (free disk) |
 //! | [`apply`] | executes a `Plan` |
+//! | [`api`] | the library API: the older tool's helpers as thin faces over the engine |
 //! | [`cli`] | the `kmm` command line |
 //!
 //! # File overview
@@ -34,14 +35,18 @@
 //! | `models/<layout>/...` | written by [`apply`] only |
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
+//! | `models/.kmm/licenses.json` | license acceptances of models not installed yet (`kmm license --accept`, [`registry`]) |
+//! | `kari-models.toml` edits | only `kmm download --save`, through `manifest_edit` (comments kept) |
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
 
+pub mod api;
 pub mod apply;
 pub mod cli;
 pub mod error;
 pub mod hub;
 pub mod layout;
 pub mod manifest;
+pub mod manifest_edit;
 pub mod plan;
 pub mod registry;
 pub mod resolve;

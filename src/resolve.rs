@@ -121,7 +121,9 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
         .filter(|license| license.accepted)
         .map(|license| serde_json::to_value(license).unwrap_or_default())
         .or_else(|| record.and_then(|record| record.license_accepted.clone()));
-    let pinned = spec.pinned.or_else(|| record.and_then(|record| record.pinned));
+    let pinned = spec
+        .pinned
+        .or_else(|| record.and_then(|record| record.pinned));
 
     Ok(DesiredModel {
         id: spec.id.clone(),
@@ -187,8 +189,8 @@ async fn check_gate(
             spec.id
         ))
         .with_hint(format!(
-            "request access on the model page, then add `license = {{ accepted = true, user_id = \"you@example.com\" }}` to [models.\"{}\"] in kari-models.toml and set HF_TOKEN",
-            spec.id
+            "request access on the model page, then run `kmm license --model {} --accept --user-id you@example.com --license-type TYPE` (or add `license = {{ accepted = true, user_id = \"you@example.com\" }}` to [models.\"{}\"] in kari-models.toml) and set HF_TOKEN",
+            spec.id, spec.id
         )));
     }
     if !ctx.has_token {

@@ -53,6 +53,18 @@ pub enum Command {
     Plan(PlanArgs),
     /// Make the models directory match the manifest.
     Apply(ApplyArgs),
+    /// List an owner's models on the hub.
+    List(super::commands::list::ListArgs),
+    /// Show a model's files, sizes, license, routing and install state.
+    Info(super::commands::info::InfoArgs),
+    /// Install one model (a one-model apply; other models are left alone).
+    Download(super::commands::download::DownloadArgs),
+    /// Pick an owner's model interactively and install it (needs a terminal).
+    Browse(super::commands::browse::BrowseArgs),
+    /// Show a model's license, or record its acceptance.
+    License(super::commands::license::LicenseArgs),
+    /// Protect an installed model from removal, or --unpin it.
+    Pin(super::commands::pin::PinArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -222,6 +222,11 @@ impl HubClient {
         &self.config.endpoint
     }
 
+    /// Whether a token is configured (gated repos need one).
+    pub fn has_token(&self) -> bool {
+        self.config.token.is_some()
+    }
+
     /// Checks that the endpoint answers HTTP at all (any status, within the connect timeout).
     /// Connection failure: `E_NET`.
     pub async fn ping(&self) -> Result<()> {

@@ -85,7 +85,10 @@ pub(crate) fn model_info(body: &[u8], requested: &str, url: &str) -> Result<Mode
         private,
         license,
         tags,
-        license_name: text_of(json.get("cardData").and_then(|card| card.get("license_name"))),
+        license_name: text_of(
+            json.get("cardData")
+                .and_then(|card| card.get("license_name")),
+        ),
         pipeline_tag: text_of(json.get("pipeline_tag")),
         library_name: text_of(json.get("library_name")),
     })
