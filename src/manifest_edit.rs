@@ -72,18 +72,27 @@ pub fn edit(text: &str, entry: &ModelEntry) -> Result<String> {
         .as_table_like_mut()
         .ok_or_else(|| Error::schema(format!("`models.\"{}\"` is not a table", entry.id)))?;
     if let Some(revision) = &entry.revision {
-        model.insert("revision", value(revision.as_str()));
+        set(model, "revision", value(revision.as_str()));
     }
     if !entry.include.is_empty() {
-        model.insert("include", value(array(&entry.include)));
+        set(model, "include", value(array(&entry.include)));
     }
     if !entry.exclude.is_empty() {
-        model.insert("exclude", value(array(&entry.exclude)));
+        set(model, "exclude", value(array(&entry.exclude)));
     }
     if let Some(library) = &entry.library {
-        model.insert("library", value(library.as_str()));
+        set(model, "library", value(library.as_str()));
     }
     Ok(document.to_string())
+}
+
+/// Sets `key`, keeping the spacing and trailing comment of a value it replaces
+/// (`include = [...]  # why` keeps `# why`).
+fn set(table: &mut dyn toml_edit::TableLike, key: &str, mut item: Item) {
+    if let (Some(old), Some(new)) = (table.get(key).and_then(Item::as_value), item.as_value_mut()) {
+        *new.decor_mut() = old.decor().clone();
+    }
+    table.insert(key, item);
 }
 
 fn array(items: &[String]) -> Array {
@@ -157,14 +166,17 @@ pinned = true
     #[test]
     fn updating_a_model_changes_only_the_given_keys() {
         let mut update = entry("TheBloke/TinyLlama");
+        update.include = vec!["*Q8*".into()];
         update.revision = Some("0123456789abcdef0123456789abcdef01234567".into());
         let text = edit(MANIFEST, &update).unwrap();
         assert_eq!(
             text,
-            MANIFEST.replace(
-                "revision = \"main\"",
-                "revision = \"0123456789abcdef0123456789abcdef01234567\""
-            )
+            MANIFEST
+                .replace(
+                    "revision = \"main\"",
+                    "revision = \"0123456789abcdef0123456789abcdef01234567\""
+                )
+                .replace("[\"*Q4_K_M*\"]", "[\"*Q8*\"]")
         );
     }
 

@@ -6,7 +6,9 @@
 mod fake_hub;
 
 mod apply_engine;
+mod browse;
 mod cli;
 mod fake_hub_selftest;
 mod hub_client;
 mod interop;
+mod verbs;
