@@ -151,9 +151,13 @@ mod tests {
     fn columns_align() {
         let text = sample().render_width(200);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "ID                                 DOWNLOADS");
-        assert_eq!(lines[1], "acme/a-very-long-model-name-indeed          5");
-        assert_eq!(lines[2], "acme/b                                  12345");
+        let id_width = "acme/a-very-long-model-name-indeed".len();
+        assert_eq!(lines[0], format!("{:<id_width$}  DOWNLOADS", "ID"));
+        assert_eq!(
+            lines[1],
+            format!("acme/a-very-long-model-name-indeed  {:>9}", 5)
+        );
+        assert_eq!(lines[2], format!("{:<id_width$}  {:>9}", "acme/b", 12345));
     }
 
     #[test]
@@ -162,7 +166,7 @@ mod tests {
         for line in text.lines() {
             assert!(line.chars().count() <= 30, "{line:?}");
         }
-        assert!(text.contains("acme/a-very-long-…"), "{text}");
+        assert!(text.contains("acme/a-very-long-m…  "), "{text}");
         assert!(text.contains("12345"));
     }
 
