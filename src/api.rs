@@ -221,9 +221,11 @@ pub struct DownloadOptions {
     pub library: Option<Library>,
     /// Files downloaded in parallel; `None` is 8.
     pub max_workers: Option<usize>,
-    /// Keep partial downloads of earlier, interrupted runs and continue them (the default is
-    /// `false` in `Default`, so set it; the CLI always resumes). `false` discards this model's
-    /// partial downloads first.
+    /// Within a run, a dropped connection always resumes with a `Range` request. Across runs:
+    /// `true` leaves partial files of an interrupted run (`models/.kmm/downloads/*.part`) to
+    /// the engine, `false` deletes this model's partial files first. Note: the hub client
+    /// currently restarts a leftover `.part` from byte 0 either way, so today `false` only
+    /// cleans up early; finished, verified downloads of an interrupted run are always reused.
     pub resume: bool,
 }
 

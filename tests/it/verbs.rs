@@ -450,8 +450,43 @@ fn download_is_a_one_model_reconcile_that_leaves_others_and_the_manifest_alone()
     let apply = ws.run(&["apply"]);
     assert_eq!(apply.code, 0, "{}", apply.stderr);
 
+    let human = ws.run(&[
+        "download",
+        "--model",
+        "acme/bert",
+        "--exclude",
+        "tokenizer/*",
+    ]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(human.stdout.contains("1 installed"), "{}", human.stdout);
+    assert!(
+        human.stderr.contains("+ acme/bert  (create"),
+        "the plan is shown: {}",
+        human.stderr
+    );
     let run = ws.run(&["download", "--model", "acme/bert", "--json"]);
     let data = run.data("download");
+    assert_eq!(
+        data["report"]["models_updated"],
+        serde_json::json!(["acme/bert"])
+    );
+    assert_eq!(
+        data["report"]["files_downloaded"], 1,
+        "only the excluded file is new"
+    );
+    let data = {
+        // Back to nothing installed for acme/bert, then a fresh download.
+        let mut registry = ws.registry();
+        registry.as_object_mut().unwrap().remove("acme/bert");
+        fs_err::write(
+            ws.models().join("model_registry.json"),
+            registry.to_string(),
+        )
+        .unwrap();
+        fs_err::remove_dir_all(ws.models().join("transformers/acme/bert")).unwrap();
+        ws.run(&["download", "--model", "acme/bert", "--json"])
+            .data("download")
+    };
     assert_eq!(
         data["report"]["models_installed"],
         serde_json::json!(["acme/bert"])
@@ -691,6 +726,9 @@ fn license_acceptance_before_install_unlocks_a_gated_download() {
         (Some("other"), Some("manual"))
     );
     assert_eq!(show["accepted"], Value::Null);
+    let info = ws.run(&["info", "--model", "acme/gated"]);
+    assert!(info.stdout.contains("gated: yes (manual approval)"), "{}", info.stdout);
+    assert!(info.stdout.contains("download needs:"), "{}", info.stdout);
     let human = ws.run(&["license", "--model", "acme/gated", "--show"]);
     assert!(
         human.stdout.contains("gated:    yes (manual approval)"),
@@ -735,8 +773,39 @@ fn license_acceptance_before_install_unlocks_a_gated_download() {
     assert_eq!(no_token.code, 13, "{}", no_token.stderr);
     assert!(no_token.stderr.contains("HF_TOKEN"));
 
+    // Accepted, but the hub has not granted this (valid) token access: its 403 is E_LICENSE.
+    let denied = ws.run_with(
+        &["download", "--model", "acme/gated", "--json"],
+        &[("HF_TOKEN", "hf_valid_but_not_granted")],
+    );
+    assert_eq!(denied.error_code(), "E_LICENSE");
+    assert!(
+        denied.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("HF_TOKEN")
+    );
+    assert!(
+        !hub.requests()
+            .iter()
+            .any(|request| request.is_file_request())
+    );
+
+    // `kmm apply` of a manifest declaring it without `license` uses the same acceptance.
+    fs_err::write(
+        ws.path().join("kari-models.toml"),
+        "[models.\"acme/gated\"]\n",
+    )
+    .unwrap();
+    let plan = ws.run_with(&["plan", "--json"], &token);
+    assert_eq!(plan.json()["success"], true, "{}", plan.stdout);
+
     let run = ws.run_with(&["download", "--model", "acme/gated", "-q"], &token);
     assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        ws.run_with(&["plan", "--detailed-exitcode"], &token).code,
+        0
+    );
     let record = &ws.registry()["acme/gated"];
     assert_eq!(record["license_accepted"]["user_id"], "admin@kari");
     assert_eq!(record["license_accepted"]["license_type"], "other");
@@ -836,4 +905,65 @@ fn browse_refuses_json_and_a_missing_terminal() {
     assert_eq!(piped.code, 18);
     assert!(piped.stderr.contains("terminal"), "{}", piped.stderr);
     assert!(hub.requests().is_empty(), "refused before asking the hub");
+}
+
+#[test]
+fn library_api_installs_through_the_engine() {
+    use kmm::api;
+    use kmm::hub::{HubClient, HubConfig};
+
+    let hub = FakeHub::start(vec![
+        gguf_repo("TheBloke/Tiny-GGUF"),
+        bert_repo("acme/bert"),
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = HubClient::new(HubConfig::new(hub.url())).unwrap();
+        let listed = api::list_models_for_owner(&client, "TheBloke", &api::ListOptions::new(5))
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        let repo = api::get_model_files(&client, "TheBloke/Tiny-GGUF", None)
+            .await
+            .unwrap();
+        assert!(api::is_gguf_repo(&repo.files));
+        let dest = api::resolve_install_root(&models, "TheBloke/Tiny-GGUF", None, &repo.files);
+        assert_eq!(dest, models.join("llama-cpp/TheBloke/Tiny-GGUF"));
+
+        let options = api::DownloadOptions {
+            include: vec!["*Q2_K*".into()],
+            resume: false,
+            max_workers: Some(2),
+            ..Default::default()
+        };
+        let installed = api::download_snapshot(&client, &models, "TheBloke/Tiny-GGUF", &options)
+            .await
+            .unwrap();
+        assert_eq!(installed.install_dir, dest);
+        assert_eq!(installed.report.files_downloaded, 1);
+        assert_eq!(
+            fs_err::read(dest.join("m.Q2_K.gguf")).unwrap(),
+            vec![8u8; 100_000]
+        );
+        let registry = api::load_registry(&models).unwrap();
+        let record = &registry.models["TheBloke/Tiny-GGUF"];
+        assert_eq!(record.commit.as_deref(), Some(repo.commit.as_str()));
+        assert_eq!(record.total_size, 100_000);
+
+        // Same model again: nothing to download.
+        let again = api::download_snapshot(&client, &models, "TheBloke/Tiny-GGUF", &options)
+            .await
+            .unwrap();
+        assert_eq!(again.report.files_downloaded, 0);
+        assert_eq!(
+            api::parse_owner_repo("TheBloke/Tiny-GGUF").unwrap(),
+            (Some("TheBloke".to_string()), "Tiny-GGUF".to_string())
+        );
+        let missing = api::get_model_files(&client, "acme/missing", None)
+            .await
+            .unwrap_err();
+        assert_eq!(missing.code(), kmm::ErrorCode::NotFound);
+    });
 }

@@ -183,6 +183,12 @@ fn render(data: &InfoData) -> String {
             Gated::Manual => "yes (manual approval)",
         }
     ));
+    if data.gated != Gated::No {
+        text.push_str(&format!(
+            "download needs: access on the hub, a token in HF_TOKEN, and an accepted license (`kmm license --model {} --accept ...`)\n",
+            data.id
+        ));
+    }
     if let Some(pipeline) = &data.pipeline_tag {
         text.push_str(&format!("pipeline: {pipeline}\n"));
     }
