@@ -727,7 +727,11 @@ fn license_acceptance_before_install_unlocks_a_gated_download() {
     );
     assert_eq!(show["accepted"], Value::Null);
     let info = ws.run(&["info", "--model", "acme/gated"]);
-    assert!(info.stdout.contains("gated: yes (manual approval)"), "{}", info.stdout);
+    assert!(
+        info.stdout.contains("gated: yes (manual approval)"),
+        "{}",
+        info.stdout
+    );
     assert!(info.stdout.contains("download needs:"), "{}", info.stdout);
     let human = ws.run(&["license", "--model", "acme/gated", "--show"]);
     assert!(
