@@ -10,7 +10,7 @@ work="${1:-$(mktemp -d -t kmm-demo.XXXXXX)}"
 mkdir -p "$work"
 
 cd "$repo_root"
-cargo build --quiet --bin kmm --example fake_hub
+cargo build --quiet --bin kmm --example fake_hub --example library_api
 target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
 kmm="$target_dir/debug/kmm"
 
@@ -38,3 +38,9 @@ echo; echo "== kmm plan (again)"
 "$kmm" --mirror "$endpoint" plan --detailed-exitcode
 echo; echo "== models/"
 find models -path models/.kmm -prune -o -type f -print | sort
+echo; echo "== kmm list / info against the same hub"
+"$kmm" --mirror "$endpoint" list --owner acme
+"$kmm" --mirror "$endpoint" info --model acme/tiny-bert
+echo; echo "== examples/library_api.rs (the library API) against the same hub"
+"$target_dir/debug/examples/library_api" --endpoint "$endpoint" --models-dir "$work/api-models" \
+  --model TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF

@@ -27,6 +27,7 @@
 //! | [`gc`] | LRU eviction selection (pins, declared models, quotas) |
 //! | [`baselines`] | `kmm ensure`: distilbert, the spaCy pipeline, the basic classifier |
 //! | [`apply`] | executes a `Plan` |
+//! | [`api`] | the library API: the older tool's helpers as thin faces over the engine |
 //! | [`cli`] | the `kmm` command line |
 //!
 //! # File overview
@@ -39,10 +40,13 @@
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
 //! | `models/.kmm/downloads/<hash>.part(.state)` | resumable partial downloads ([`hub`], cleaned by [`apply`]) |
+//! | `models/.kmm/licenses.json` | license acceptances of models not installed yet (`kmm license --accept`, [`registry`]) |
+//! | `kari-models.toml` edits | only `kmm download --save`, through `manifest_edit` (comments kept) |
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
 //! | `models/basic_cls/` | [`baselines`] (built in `.kmm/staging/`, renamed in, under the store lock) |
 //! | `last_accessed` in the registry | [`apply`] (install, and `kmm path` via [`apply::record_access`]) |
 
+pub mod api;
 pub mod apply;
 pub mod baselines;
 pub mod cli;
@@ -53,6 +57,7 @@ pub mod hf_cache;
 pub mod hub;
 pub mod layout;
 pub mod manifest;
+pub mod manifest_edit;
 pub mod plan;
 pub mod registry;
 pub mod resolve;

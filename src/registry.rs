@@ -191,6 +191,83 @@ impl Registry {
     }
 }
 
+/// License acceptances recorded by `kmm license --accept` for models that have no record yet
+/// (the seed's registry has room only for installed models, and a record without files would
+/// read as an installed model to the seed and to `plan`). They live beside the registry in
+/// `models/.kmm/licenses.json` as `{"<id>": {user_id, license_type, accepted_at}}`; resolution
+/// reads them like a record's `license_accepted`, and the install copies the acceptance into the
+/// model's record, where it stays.
+pub fn pending_licenses_file(models_dir: &Path) -> std::path::PathBuf {
+    models_dir.join(".kmm").join("licenses.json")
+}
+
+/// Loads [`pending_licenses_file`]; missing means none. Malformed: `E_SCHEMA`.
+pub fn load_pending_licenses(path: &Path) -> Result<BTreeMap<String, serde_json::Value>> {
+    match fs_err::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|error| {
+            Error::schema(format!("{}: {error}", path.display()))
+                .with_hint("fix the file or move it away (it only holds license acceptances)")
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(error) => Err(Error::io(format!("reading `{}`", path.display()), &error)),
+    }
+}
+
+/// Writes [`pending_licenses_file`] atomically (temp file, fsync, rename). Callers hold the
+/// store lock.
+pub fn save_pending_licenses(
+    path: &Path,
+    pending: &BTreeMap<String, serde_json::Value>,
+) -> Result<()> {
+    let failed = |error: &std::io::Error| Error::io(format!("writing `{}`", path.display()), error);
+    let folder = path.parent().unwrap_or(Path::new("."));
+    fs_err::create_dir_all(folder).map_err(|error| failed(&error))?;
+    let mut text = serde_json::to_string_pretty(pending)
+        .map_err(|error| Error::internal(format!("serializing license acceptances: {error}")))?;
+    text.push('\n');
+    let mut temp = tempfile::Builder::new()
+        .prefix(".licenses.json.")
+        .tempfile_in(folder)
+        .map_err(|error| failed(&error))?;
+    temp.write_all(text.as_bytes())
+        .map_err(|error| failed(&error))?;
+    temp.as_file().sync_all().map_err(|error| failed(&error))?;
+    temp.persist(path).map_err(|error| failed(&error.error))?;
+    Ok(())
+}
+
+impl Registry {
+    /// This registry with `pending` acceptances added where a model has none, for resolution
+    /// only: a model without record gets a record holding just `license_accepted`, which
+    /// resolution reads as a hint. Never save the result.
+    pub fn with_pending_licenses(
+        mut self,
+        pending: &BTreeMap<String, serde_json::Value>,
+    ) -> Registry {
+        for (id, acceptance) in pending {
+            let record = self.models.entry(id.clone()).or_insert_with(|| Record {
+                model_id: id.clone(),
+                library: String::new(),
+                revision: None,
+                installed_at: None,
+                install_path: String::new(),
+                files: Vec::new(),
+                total_size: 0,
+                commit: None,
+                pinned: None,
+                license_accepted: None,
+                last_accessed: None,
+                selection: None,
+                extra: serde_json::Map::new(),
+            });
+            if record.license_accepted.is_none() {
+                record.license_accepted = Some(acceptance.clone());
+            }
+        }
+        self
+    }
+}
+
 /// Splits serde_json's `"<message> at line L column C"` into the message and the position.
 fn split_position(text: &str) -> (&str, Option<(usize, usize)>) {
     let Some(start) = text.rfind(" at line ") else {

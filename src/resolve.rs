@@ -129,11 +129,17 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
         .iter()
         .any(|file| file.path == "config.json")
         .then(|| layout::config_mirror_path(&spec.id));
+    // The manifest wins when it says something; otherwise what `kmm pin` / `kmm license
+    // --accept` recorded in the registry stays (apply rewrites the record from these values).
     let license_accepted = spec
         .license
         .as_ref()
         .filter(|license| license.accepted)
-        .map(|license| serde_json::to_value(license).unwrap_or_default());
+        .map(|license| serde_json::to_value(license).unwrap_or_default())
+        .or_else(|| record.and_then(|record| record.license_accepted.clone()));
+    let pinned = spec
+        .pinned
+        .or_else(|| record.and_then(|record| record.pinned));
 
     Ok(DesiredModel {
         id: spec.id.clone(),
@@ -143,7 +149,7 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
         install_dir: route.install_dir,
         files,
         config_mirror,
-        pinned: spec.pinned,
+        pinned,
         license_accepted,
         selection,
     })
@@ -203,8 +209,8 @@ async fn check_gate(
             spec.id
         ))
         .with_hint(format!(
-            "request access on the model page, then add `license = {{ accepted = true, user_id = \"you@example.com\" }}` to [models.\"{}\"] in kari-models.toml and set HF_TOKEN",
-            spec.id
+            "request access on the model page, then run `kmm license --model {} --accept --user-id you@example.com --license-type TYPE` (or add `license = {{ accepted = true, user_id = \"you@example.com\" }}` to [models.\"{}\"] in kari-models.toml) and set HF_TOKEN",
+            spec.id, spec.id
         )));
     }
     if !ctx.has_token {

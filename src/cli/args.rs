@@ -61,6 +61,18 @@ pub enum Command {
     Ensure(super::commands_machine::ensure::EnsureArgs),
     /// Print a model's install path and record the access (for programs that load models).
     Path(super::commands_machine::path::PathArgs),
+    /// List an owner's models on the hub.
+    List(super::commands::list::ListArgs),
+    /// Show a model's files, sizes, license, routing and install state.
+    Info(super::commands::info::InfoArgs),
+    /// Install one model (a one-model apply; other models are left alone).
+    Download(super::commands::download::DownloadArgs),
+    /// Pick an owner's model interactively and install it (needs a terminal).
+    Browse(super::commands::browse::BrowseArgs),
+    /// Show a model's license, or record its acceptance.
+    License(super::commands::license::LicenseArgs),
+    /// Protect an installed model from removal, or --unpin it.
+    Pin(super::commands::pin::PinArgs),
 }
 
 #[derive(Debug, Clone, Args)]

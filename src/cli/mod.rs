@@ -6,11 +6,13 @@
 //! Edges: nothing else in the crate imports `cli`.
 
 mod args;
+mod commands;
 mod commands_machine;
 mod output;
 mod progress;
 mod reconcile;
 pub mod settings;
+mod table;
 
 use clap::Parser;
 
@@ -66,6 +68,18 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Path(args) => {
                 commands_machine::path::run(&cli.global, args, &env, &cwd, out).await
             }
+            Command::List(args) => commands::list::run(&cli.global, args, &env, &cwd, out).await,
+            Command::Info(args) => commands::info::run(&cli.global, args, &env, &cwd, out).await,
+            Command::Download(args) => {
+                commands::download::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Browse(args) => {
+                commands::browse::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::License(args) => {
+                commands::license::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Pin(args) => commands::pin::run(&cli.global, args, &env, &cwd, out).await,
         }
     })
 }

@@ -21,44 +21,56 @@ use super::output::Output;
 use super::progress::ProgressReporter;
 use super::settings::{self, EnvLookup, Settings};
 
-/// What both verbs start from.
-pub(super) struct Session {
-    pub(super) manifest: Manifest,
-    pub(super) settings: Settings,
-    pub(super) paths: StorePaths,
-    pub(super) hub: Option<HubClient>,
+/// What every reconciling verb starts from (`plan`, `apply`, and `download`, whose manifest
+/// is a one-model one).
+pub(crate) struct Session {
+    pub(crate) manifest: Manifest,
+    pub(crate) settings: Settings,
+    pub(crate) paths: StorePaths,
+    pub(crate) hub: Option<HubClient>,
     /// The local Hugging Face cache: a source of files before the network.
-    pub(super) hf_cache: crate::hf_cache::HfCache,
+    pub(crate) hf_cache: crate::hf_cache::HfCache,
 }
 
 /// What `plan`/`apply` may do beyond the manifest's desired state.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct PlanOptions {
+pub(crate) struct PlanOptions {
     /// Declared models may be evicted to meet `quota_gb`.
-    pub(super) evict_declared: bool,
+    pub(crate) evict_declared: bool,
     /// Overrides the `prune` setting (`kmm ensure` plans one model and removes nothing).
-    pub(super) prune: Option<bool>,
+    pub(crate) prune: Option<bool>,
 }
 
 impl Session {
     async fn open(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {
-        Self::open_with(global, env, cwd, true).await
+        let manifest_path = settings::manifest_path(global, env, cwd);
+        let manifest = Manifest::load(&manifest_path)?;
+        Session::with_manifest(global, env, cwd, manifest).await
     }
 
-    /// Like `open`; without `require_manifest`, a missing manifest reads as an empty one (for
-    /// verbs such as `kmm compatibility` and `kmm path` that do not need one).
-    pub(super) async fn open_with(
+    /// Like `open`, but a missing manifest is an empty one: the hub-facing and machine verbs
+    /// (`list`, `info`, `download`, `compatibility`, `path`, ...) work in a folder without
+    /// `kari-models.toml`.
+    pub(crate) async fn open_lenient(
         global: &GlobalArgs,
         env: EnvLookup<'_>,
         cwd: &Path,
-        require_manifest: bool,
     ) -> Result<Session> {
         let manifest_path = settings::manifest_path(global, env, cwd);
-        let mut manifest = if !require_manifest && !manifest_path.exists() {
-            Manifest::parse(&manifest_path, "")?
-        } else {
+        let manifest = if manifest_path.exists() {
             Manifest::load(&manifest_path)?
+        } else {
+            Manifest::parse(&manifest_path, "")?
         };
+        Session::with_manifest(global, env, cwd, manifest).await
+    }
+
+    async fn with_manifest(
+        global: &GlobalArgs,
+        env: EnvLookup<'_>,
+        cwd: &Path,
+        mut manifest: Manifest,
+    ) -> Result<Session> {
         crate::baselines::add_desired_models(&mut manifest);
         let settings = settings::resolve(global, env, &manifest, cwd)?;
         let hub = if settings.offline {
@@ -94,8 +106,11 @@ impl Session {
 
     /// Declared models -> desired state (network, or the registry offline). Read-only, and
     /// needs no lock: only the registry's hints are read.
-    pub(super) async fn resolve(&self) -> Result<Vec<DesiredModel>> {
-        let registry = Registry::load(&self.paths.registry_file())?;
+    pub(crate) async fn resolve(&self) -> Result<Vec<DesiredModel>> {
+        let pending = crate::registry::load_pending_licenses(
+            &crate::registry::pending_licenses_file(self.paths.root()),
+        )?;
+        let registry = Registry::load(&self.paths.registry_file())?.with_pending_licenses(&pending);
         resolve::resolve_all(
             &self.manifest,
             &ResolveContext {
@@ -113,7 +128,7 @@ impl Session {
     /// what it saw is what it changes.
     /// The plan, with the evictions `quota_gb` needs (least recently used undeclared models
     /// first; declared ones only with `options.evict_declared`; `E_QUOTA` when impossible).
-    pub(super) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
+    pub(crate) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
         let registry = Registry::load(&self.paths.registry_file())?;
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
         let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
@@ -278,27 +293,61 @@ pub async fn apply(
 ) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
     let desired = session.resolve().await?;
+    apply_desired(
+        &session,
+        &desired,
+        ApplyOptions {
+            plan: PlanOptions {
+                evict_declared: args.evict_declared,
+                prune: None,
+            },
+            force_compat: args.force_compat,
+            python_baselines_env: Some(env),
+        },
+        out,
+        "No changes. The models directory matches kari-models.toml.",
+    )
+    .await
+}
+
+/// How [`apply_desired`] runs beyond the desired state itself.
+pub(crate) struct ApplyOptions<'a> {
+    pub(crate) plan: PlanOptions,
+    /// A compatibility warning (or a model that cannot be checked) is `E_COMPAT` before any
+    /// download.
+    pub(crate) force_compat: bool,
+    /// Also produce the manifest's Python baselines (spaCy, basic classifier) after the
+    /// models: `kmm apply` does, one-model verbs such as `kmm download` do not.
+    pub(crate) python_baselines_env: Option<EnvLookup<'a>>,
+}
+
+/// Plans `desired` under the store lock and applies it with progress on stderr; prints the
+/// result. `kmm apply` passes every declared model, `kmm download` (and `browse`) a one-model
+/// desired state with prune off, so both take exactly the same path.
+pub(crate) async fn apply_desired(
+    session: &Session,
+    desired: &[DesiredModel],
+    options: ApplyOptions<'_>,
+    out: Output,
+    no_changes_message: &str,
+) -> Result<i32> {
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
     })?;
-    let mut plan = session.plan_with(
-        &desired,
-        PlanOptions {
-            evict_declared: args.evict_declared,
-            prune: None,
-        },
-    )?;
+    let mut plan = session.plan_with(desired, options.plan)?;
     // Before any download: with --force-compat a warning stops here (E_COMPAT).
     super::commands_machine::compatibility::check_plan(
-        &session,
-        &desired,
+        session,
+        desired,
         &mut plan,
-        args.force_compat,
+        options.force_compat,
     )
     .await?;
     if plan.is_empty() {
-        super::commands_machine::ensure::after_apply(&session, env, out)?;
-        let message = "No changes. The models directory matches kari-models.toml.";
+        if let Some(env) = options.python_baselines_env {
+            super::commands_machine::ensure::after_apply(session, env, out)?;
+        }
+        let message = no_changes_message;
         out.success(
             message,
             if out.quiet { "" } else { message },
@@ -332,7 +381,9 @@ pub async fn apply(
     .await;
     reporter.finish();
     let report = report?;
-    super::commands_machine::ensure::after_apply(&session, env, out)?;
+    if let Some(env) = options.python_baselines_env {
+        super::commands_machine::ensure::after_apply(session, env, out)?;
+    }
     let message = format!(
         "Apply complete: {} installed, {} updated, {} removed; {} downloaded in {} files.",
         report.models_installed.len(),

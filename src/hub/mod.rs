@@ -124,6 +124,12 @@ pub struct ModelInfo {
     /// `cardData.license` (first entry when a list), else a `license:` tag.
     pub license: Option<String>,
     pub tags: Vec<String>,
+    /// `cardData.license_name` (the name of an `other` license), if any.
+    pub license_name: Option<String>,
+    /// `pipeline_tag`, e.g. `text-generation`.
+    pub pipeline_tag: Option<String>,
+    /// `library_name`, e.g. `transformers` or `gguf`.
+    pub library_name: Option<String>,
 }
 
 /// A `GET /api/models` query: repeated `(key, value)` parameters (`search`, `author`,
@@ -226,6 +232,11 @@ impl HubClient {
 
     pub fn endpoint(&self) -> &str {
         &self.config.endpoint
+    }
+
+    /// Whether a token is configured (gated repos need one).
+    pub fn has_token(&self) -> bool {
+        self.config.token.is_some()
     }
 
     /// Checks that the endpoint answers HTTP at all (any status, within the connect timeout).

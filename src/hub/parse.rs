@@ -72,6 +72,12 @@ pub(crate) fn model_info(body: &[u8], requested: &str, url: &str) -> Result<Mode
             .filter(|license| !license.is_empty())
             .map(str::to_string)
     });
+    let text_of = |value: Option<&serde_json::Value>| {
+        value
+            .and_then(|v| v.as_str())
+            .filter(|text| !text.is_empty())
+            .map(str::to_string)
+    };
     Ok(ModelInfo {
         id,
         sha: sha.to_string(),
@@ -79,6 +85,12 @@ pub(crate) fn model_info(body: &[u8], requested: &str, url: &str) -> Result<Mode
         private,
         license,
         tags,
+        license_name: text_of(
+            json.get("cardData")
+                .and_then(|card| card.get("license_name")),
+        ),
+        pipeline_tag: text_of(json.get("pipeline_tag")),
+        library_name: text_of(json.get("library_name")),
     })
 }
 

@@ -685,6 +685,19 @@ fn compatibility_verb_reports_gpus_from_nvidia_smi_and_force_compat_stops_before
     );
     assert!(!ws.models().join("llama-cpp").exists());
     assert_eq!(hub.body_bytes_served() - served_before, 64 * 1024);
+    // `kmm download --force-compat` blocks the same way (the older tool's flag).
+    let served_before = hub.body_bytes_served();
+    let refused = ws.run(&[
+        "download",
+        "--model",
+        "acme/huge-GGUF",
+        "--force-compat",
+        "--json",
+    ]);
+    assert_eq!(refused.code, 16, "{}\n{}", refused.stdout, refused.stderr);
+    assert_eq!(refused.json()["error_code"], "E_COMPAT");
+    assert!(!ws.models().join("llama-cpp").exists());
+    assert_eq!(hub.body_bytes_served() - served_before, 64 * 1024);
 
     let bad = ws.run(&["compatibility", "--model", "not a repo", "--json"]);
     assert_eq!(bad.code, 18);

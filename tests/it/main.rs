@@ -6,9 +6,11 @@
 mod fake_hub;
 
 mod apply_engine;
+mod browse;
 mod cli;
 mod downloads;
 mod fake_hub_selftest;
 mod hub_client;
 mod interop;
 mod machine;
+mod verbs;

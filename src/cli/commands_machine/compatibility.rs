@@ -38,7 +38,7 @@ pub async fn run(
 ) -> Result<i32> {
     crate::layout::check_repo_id(&args.model)
         .map_err(|reason| Error::args(format!("`{}` is not a repo id: {reason}", args.model)))?;
-    let session = Session::open_with(global, env, cwd, false).await?;
+    let session = Session::open_lenient(global, env, cwd).await?;
     let Some(hub) = session.hub.as_ref() else {
         return Err(Error::net(
             "offline: kmm compatibility reads the model's file headers from the hub",

@@ -52,7 +52,7 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open_with(global, env, cwd, false).await?;
+    let session = Session::open_lenient(global, env, cwd).await?;
     let wanted = session.manifest.baselines.clone();
     let any_flag = args.distilbert || args.spacy || args.basic_cls;
     let (distilbert, spacy, basic_cls) = if any_flag {

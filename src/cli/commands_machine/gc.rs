@@ -120,7 +120,7 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open_with(global, env, cwd, false).await?;
+    let session = Session::open_lenient(global, env, cwd).await?;
     let paths = &session.paths;
     // Declared models, resolved (needs the hub or the registry) so their downloads are kept.
     let (desired, downloads_skipped) = if session.manifest.models.is_empty() {

@@ -36,7 +36,7 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open_with(global, env, cwd, false).await?;
+    let session = Session::open_lenient(global, env, cwd).await?;
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
     })?;

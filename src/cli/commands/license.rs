@@ -1,0 +1,206 @@
+//! `kmm license --model ID --show | --accept --user-id U --license-type T`.
+//!
+//! `--show`: the license id (model card data, else a `license:` tag), its name for `other`
+//! licenses, gating, and the acceptance recorded here (manifest, registry record, or pending).
+//! `--accept`: records `license_accepted {accepted, user_id, license_type, accepted_at}` under
+//! the store lock: in the model's registry record when it is installed, else in
+//! `models/.kmm/licenses.json` (see [`crate::registry::pending_licenses_file`]) from where the
+//! install copies it into the record. Resolution then plans the gated model (a token with
+//! access is still needed).
+
+use std::path::Path;
+
+use clap::{ArgGroup, Args};
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::hub::Gated;
+use crate::registry::{self, Registry};
+use crate::store::StoreLock;
+
+use super::super::args::GlobalArgs;
+use super::super::output::Output;
+use super::super::reconcile::Session;
+use super::super::settings::EnvLookup;
+
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("action").required(true).args(["show", "accept"])))]
+pub struct LicenseArgs {
+    /// The repo id.
+    #[arg(long, value_name = "ID")]
+    pub model: String,
+    /// Show the license, gating and the acceptance recorded here.
+    #[arg(long)]
+    pub show: bool,
+    /// Record that USER accepted the license (needs --user-id and --license-type).
+    #[arg(long, requires_all = ["user_id", "license_type"])]
+    pub accept: bool,
+    /// Who accepted, e.g. an e-mail address.
+    #[arg(long, value_name = "USER")]
+    pub user_id: Option<String>,
+    /// The license accepted, e.g. `llama3` or `other`.
+    #[arg(long, value_name = "TYPE")]
+    pub license_type: Option<String>,
+}
+
+/// `--json` data (`schemas/data/license.schema.json`).
+#[derive(Debug, Serialize)]
+pub struct LicenseData {
+    pub id: String,
+    /// `null` offline (the hub is not asked).
+    pub license: Option<String>,
+    pub license_name: Option<String>,
+    pub gated: Option<Gated>,
+    /// The acceptance kmm will use, if any.
+    pub accepted: Option<serde_json::Value>,
+    /// Where it is recorded: `manifest`, `registry` or `pending` (not installed yet).
+    pub accepted_in: Option<&'static str>,
+}
+
+pub async fn run(
+    global: &GlobalArgs,
+    args: &LicenseArgs,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<i32> {
+    super::check_model_arg(&args.model)?;
+    let session = Session::open_lenient(global, env, cwd).await?;
+    // The hub answers for the id (unknown model: E_NOT_FOUND) unless offline.
+    let info = match &session.hub {
+        Some(hub) => Some(hub.model_info(&args.model, "main").await?),
+        None => None,
+    };
+    let pending_path = registry::pending_licenses_file(session.paths.root());
+    if args.accept {
+        let acceptance = serde_json::json!({
+            "accepted": true,
+            "user_id": args.user_id.clone().unwrap_or_default(),
+            "license_type": args.license_type.clone().unwrap_or_default(),
+            "accepted_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        });
+        let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
+            out.status("Waiting for another kmm process to release the store lock...")
+        })?;
+        let registry_path = session.paths.registry_file();
+        let mut registry = Registry::load(&registry_path)?;
+        match registry.models.get_mut(&args.model) {
+            Some(record) => {
+                record.license_accepted = Some(acceptance);
+                registry.save(&registry_path)?;
+            }
+            None => {
+                let mut pending = registry::load_pending_licenses(&pending_path)?;
+                pending.insert(args.model.clone(), acceptance);
+                registry::save_pending_licenses(&pending_path, &pending)?;
+            }
+        }
+    }
+    let data = gather(&session, args, info.as_ref(), &pending_path)?;
+    let message = if args.accept {
+        format!(
+            "Recorded license acceptance for {} by {}.",
+            args.model,
+            args.user_id.as_deref().unwrap_or_default()
+        )
+    } else {
+        format!(
+            "{}: license {}, {}.",
+            args.model,
+            data.license.as_deref().unwrap_or("unknown"),
+            if data.accepted.is_some() {
+                "accepted here"
+            } else {
+                "not accepted here"
+            }
+        )
+    };
+    let text = if args.accept {
+        if out.quiet {
+            String::new()
+        } else {
+            message.clone()
+        }
+    } else {
+        render(&data)
+    };
+    out.success(&message, &text, &data);
+    Ok(0)
+}
+
+fn gather(
+    session: &Session,
+    args: &LicenseArgs,
+    info: Option<&crate::hub::ModelInfo>,
+    pending_path: &Path,
+) -> Result<LicenseData> {
+    let registry = Registry::load(&session.paths.registry_file())?;
+    let pending = registry::load_pending_licenses(pending_path)?;
+    let declared = session
+        .manifest
+        .models
+        .get(&args.model)
+        .and_then(|spec| spec.license.as_ref())
+        .filter(|license| license.accepted);
+    let (accepted, accepted_in) = if let Some(license) = declared {
+        (serde_json::to_value(license).ok(), Some("manifest"))
+    } else if let Some(value) = registry
+        .models
+        .get(&args.model)
+        .and_then(|record| record.license_accepted.clone())
+    {
+        (Some(value), Some("registry"))
+    } else if let Some(value) = pending.get(&args.model) {
+        (Some(value.clone()), Some("pending"))
+    } else {
+        (None, None)
+    };
+    Ok(LicenseData {
+        id: info.map_or_else(|| args.model.clone(), |info| info.id.clone()),
+        license: info.and_then(|info| info.license.clone()),
+        license_name: info.and_then(|info| info.license_name.clone()),
+        gated: info.map(|info| info.gated),
+        accepted,
+        accepted_in,
+    })
+}
+
+fn render(data: &LicenseData) -> String {
+    let mut text = format!("model:    {}\n", data.id);
+    text.push_str(&format!(
+        "license:  {}{}\n",
+        data.license.as_deref().unwrap_or("unknown"),
+        data.license_name
+            .as_deref()
+            .map(|name| format!(" ({name})"))
+            .unwrap_or_default()
+    ));
+    text.push_str(&format!(
+        "gated:    {}\n",
+        match data.gated {
+            None => "unknown (offline)",
+            Some(Gated::No) => "no",
+            Some(Gated::Auto) => "yes (automatic approval)",
+            Some(Gated::Manual) => "yes (manual approval)",
+        }
+    ));
+    match (&data.accepted, data.accepted_in) {
+        (Some(accepted), Some(place)) => {
+            let field = |key: &str| {
+                accepted
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            text.push_str(&format!(
+                "accepted: yes, by {} ({}) at {} [recorded in the {place}]\n",
+                field("user_id"),
+                field("license_type"),
+                field("accepted_at")
+            ));
+        }
+        _ => text.push_str("accepted: no\n"),
+    }
+    text
+}
