@@ -45,6 +45,46 @@ pub async fn resolve_all(
     results.into_iter().collect()
 }
 
+/// Resolves every declared model, taking each one's commit and files from `lock` when the lock
+/// has a current entry for it (no hub request), and from [`resolve_model`] otherwise. With
+/// `frozen`, a model without a current entry is `E_SCHEMA` instead: the hub is never asked.
+pub async fn resolve_all_with_lock(
+    manifest: &Manifest,
+    ctx: &ResolveContext<'_>,
+    lock: Option<&crate::lockfile::Lockfile>,
+    frozen: bool,
+) -> Result<Vec<DesiredModel>> {
+    let results: Vec<Result<DesiredModel>> = futures_util::stream::iter(manifest.models.values())
+        .map(|spec| async move {
+            match lock.and_then(|lock| lock.current_entry(spec)) {
+                Some(entry) => resolve_from_lock(spec, entry),
+                None if frozen => Err(Error::schema(format!(
+                    "--frozen: kari-models.lock has no current entry for `{}`",
+                    spec.id
+                ))
+                .with_hint("run `kmm lock` and commit kari-models.lock")),
+                None => resolve_model(spec, ctx).await,
+            }
+        })
+        .buffered(ctx.concurrency.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// A model as its (current) lock entry says: no network, no registry.
+pub fn resolve_from_lock(
+    spec: &ModelSpec,
+    entry: &crate::lockfile::LockedModel,
+) -> Result<DesiredModel> {
+    let files = entry.upstream_files(&spec.id)?;
+    let selection = Selection {
+        include: spec.include.clone(),
+        exclude: spec.exclude.clone(),
+    };
+    desired_from_files(spec, entry.commit.clone(), files, selection)
+}
+
 /// Resolves one model.
 pub async fn resolve_model(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Result<DesiredModel> {
     let span = tracing::info_span!("resolve", model = %spec.id, revision = %spec.revision);
@@ -84,6 +124,17 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
         }
     };
 
+    desired_from_files(spec, commit, files, selection)
+}
+
+/// The checks and routing after a model's commit and selected files are known (from the hub,
+/// the registry or the lock).
+fn desired_from_files(
+    spec: &ModelSpec,
+    commit: String,
+    files: Vec<UpstreamFile>,
+    selection: Selection,
+) -> Result<DesiredModel> {
     if files.is_empty() {
         return Err(Error::not_found(format!(
             "no file of {}@{} matches include {:?} / exclude {:?}",

@@ -6,6 +6,7 @@
 //! Edges: nothing else in the crate imports `cli`.
 
 mod args;
+mod commands_gitops;
 mod output;
 mod progress;
 mod reconcile;
@@ -53,6 +54,14 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
         match &cli.command {
             Command::Plan(args) => reconcile::plan(&cli.global, args, &env, &cwd, out).await,
             Command::Apply(args) => reconcile::apply(&cli.global, args, &env, &cwd, out).await,
+            Command::Lock(args) => {
+                commands_gitops::lock::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Show(args) => commands_gitops::show::run(args, &cwd, out),
+            Command::Watch(args) => {
+                commands_gitops::watch::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::GenerateSchemas(args) => commands_gitops::schemas::run(args, &cwd, out),
         }
     })
 }

@@ -2,6 +2,11 @@
 //!
 //! manifest -> settings -> (mirror check) -> resolve -> observe -> plan -> checks (quota, disk)
 //! -> render, or apply under the store lock.
+//!
+//! kari-models.lock takes part as a resolution source (a model with a current entry needs no hub
+//! request) and is written when missing or out of date, except under `--locked`/`--frozen`.
+//! Saved plans (`plan --out`, `apply FILE`) carry fingerprints of their inputs, checked under
+//! the store lock before anything changes.
 
 use std::path::Path;
 
@@ -16,23 +21,36 @@ use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
 use crate::store::{self, StoreLock, StorePaths};
 
-use super::args::{ApplyArgs, GlobalArgs, PlanArgs};
+use crate::lockfile::{self, Lockfile};
+use crate::plan_file::{Fingerprints, PlanFile};
+
+use super::args::{ApplyArgs, GlobalArgs, LockArgs, PlanArgs, PlanFormat};
 use super::output::Output;
 use super::progress::ProgressReporter;
 use super::settings::{self, EnvLookup, Settings};
 
 /// What both verbs start from.
-struct Session {
-    manifest: Manifest,
-    settings: Settings,
-    paths: StorePaths,
-    hub: Option<HubClient>,
+pub(super) struct Session {
+    pub(super) manifest: Manifest,
+    pub(super) settings: Settings,
+    pub(super) paths: StorePaths,
+    pub(super) hub: Option<HubClient>,
+    /// `kari-models.lock` beside the manifest.
+    pub(super) lock_path: std::path::PathBuf,
+    /// The lock as read at open (`None` when there is none).
+    pub(super) lock: Option<Lockfile>,
 }
 
 impl Session {
-    async fn open(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {
+    pub(super) async fn open(
+        global: &GlobalArgs,
+        env: EnvLookup<'_>,
+        cwd: &Path,
+    ) -> Result<Session> {
         let manifest_path = settings::manifest_path(global, env, cwd);
         let manifest = Manifest::load(&manifest_path)?;
+        let lock_path = lockfile::path_beside(&manifest_path);
+        let lock = Lockfile::load(&lock_path)?;
         let settings = settings::resolve(global, env, &manifest, cwd)?;
         let hub = if settings.offline {
             None
@@ -53,11 +71,81 @@ impl Session {
             settings,
             paths,
             hub,
+            lock_path,
+            lock,
         })
+    }
+
+    /// Declared models -> desired state, with the lock as a resolution source. Under
+    /// `--locked`/`--frozen` the lock must match the manifest (`E_SCHEMA` naming the models);
+    /// under `--frozen` the hub is never asked.
+    pub(super) async fn resolve_with_lock(&self, mode: LockArgs) -> Result<Vec<DesiredModel>> {
+        if mode.strict() {
+            self.check_lock_matches(mode)?;
+        }
+        let registry = Registry::load(&self.paths.registry_file())?;
+        resolve::resolve_all_with_lock(
+            &self.manifest,
+            &ResolveContext {
+                hub: if mode.frozen { None } else { self.hub.as_ref() },
+                has_token: self.settings.token.is_some(),
+                registry: &registry,
+                concurrency: self.settings.max_workers,
+            },
+            self.lock.as_ref(),
+            mode.frozen,
+        )
+        .await
+    }
+
+    fn check_lock_matches(&self, mode: LockArgs) -> Result<()> {
+        let flag = if mode.frozen { "--frozen" } else { "--locked" };
+        let hint = "run `kmm lock` (or `kmm plan` without --locked) and commit kari-models.lock";
+        let Some(lock) = &self.lock else {
+            return Err(Error::schema(format!(
+                "{flag}: `{}` does not exist",
+                self.lock_path.display()
+            ))
+            .with_hint(hint));
+        };
+        let mismatches = lock.mismatches(&self.manifest);
+        if mismatches.is_empty() {
+            return Ok(());
+        }
+        Err(Error::schema(format!(
+            "{flag}: kari-models.lock does not match kari-models.toml for {}",
+            mismatches.join(", ")
+        ))
+        .with_hint(hint))
+    }
+
+    /// Writes the lock for `desired` when it is missing or differs (never under
+    /// `--locked`/`--frozen`); returns whether it wrote.
+    pub(super) fn update_lock(
+        &self,
+        desired: &[DesiredModel],
+        mode: LockArgs,
+        out: Output,
+    ) -> Result<bool> {
+        if mode.strict() {
+            return Ok(false);
+        }
+        let written =
+            Lockfile::from_desired(&self.manifest, desired).save_if_changed(&self.lock_path)?;
+        if written {
+            out.status(&format!("Wrote {}", self.lock_path.display()));
+        }
+        Ok(written)
+    }
+
+    /// Fingerprints of what a plan computed now is computed from.
+    fn fingerprints(&self, dirs: &[std::path::PathBuf]) -> Result<Fingerprints> {
+        Fingerprints::compute(&self.manifest.path, &self.lock_path, &self.paths, dirs)
     }
 
     /// Declared models -> desired state (network, or the registry offline). Read-only, and
     /// needs no lock: only the registry's hints are read.
+    #[allow(dead_code)] // kept for verbs that resolve without the lock (lock-aware: `resolve_with_lock`)
     async fn resolve(&self) -> Result<Vec<DesiredModel>> {
         let registry = Registry::load(&self.paths.registry_file())?;
         resolve::resolve_all(
@@ -172,9 +260,33 @@ pub async fn plan(
     out: Output,
 ) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
-    let desired = session.resolve().await?;
+    let desired = session.resolve_with_lock(args.lock).await?;
+    session.update_lock(&desired, args.lock, out)?;
     let plan = session.plan(&desired)?;
-    out.success(&plan::summary_line(&plan), &plan::render_text(&plan), &plan);
+    let registry = Registry::load(&session.paths.registry_file())?;
+    if let Some(path) = &args.out {
+        let dirs = plan::dirs_to_observe(session.paths.root(), &desired, &registry);
+        let inputs = session.fingerprints(&dirs)?;
+        PlanFile::new(plan.clone(), inputs, dirs).save(path)?;
+        out.status(&format!(
+            "Saved the plan to {}; apply it with `kmm apply {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let registry_diff = args
+        .diff
+        .then(|| plan::diff::registry_diff(&registry, &plan));
+    let warnings = review_warnings(&plan, &desired, &registry, session.settings.quota_gb);
+    let text = render_plan(&plan, args.format, registry_diff.as_deref(), &warnings);
+    out.success(
+        &plan::summary_line(&plan),
+        &text,
+        &PlanOutput {
+            plan: &plan,
+            registry_diff,
+        },
+    );
     Ok(if args.detailed_exitcode && !plan.is_empty() {
         2
     } else {
@@ -182,38 +294,179 @@ pub async fn plan(
     })
 }
 
-/// The `--json` data of `kmm apply`.
-#[derive(Serialize)]
-struct ApplyOutput<'a> {
-    plan: &'a Plan,
-    report: ApplyReport,
+/// The `--json` data of `kmm plan`: the plan, plus the registry diff with `--diff`.
+#[derive(schemars::JsonSchema, Serialize)]
+pub(super) struct PlanOutput<'a> {
+    #[serde(flatten)]
+    pub(super) plan: &'a Plan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) registry_diff: Option<String>,
 }
 
-/// `kmm apply`.
+/// A plan in the chosen format, with the registry diff after it when there is one.
+pub(super) fn render_plan(
+    plan: &Plan,
+    format: PlanFormat,
+    registry_diff: Option<&str>,
+    warnings: &[String],
+) -> String {
+    let diff = registry_diff.unwrap_or_default();
+    match format {
+        PlanFormat::Text => {
+            let mut text = plan::render_text(plan);
+            if !diff.is_empty() {
+                text.push('\n');
+                text.push_str(diff);
+            }
+            text
+        }
+        PlanFormat::Markdown => {
+            let mut text = plan::render_markdown(plan, warnings);
+            if !diff.is_empty() {
+                text.push_str(&format!(
+                    "\n<details><summary>registry diff</summary>\n\n```diff\n{diff}```\n\n</details>\n"
+                ));
+            }
+            text
+        }
+        PlanFormat::Json => {
+            let data = PlanOutput {
+                plan,
+                registry_diff: registry_diff.map(str::to_string),
+            };
+            let mut text = serde_json::to_string_pretty(&data).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+    }
+}
+
+/// What a reviewer must not miss: licenses accepted by this change, and the quota.
+fn review_warnings(
+    plan: &Plan,
+    desired: &[DesiredModel],
+    registry: &Registry,
+    quota_gb: Option<f64>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for change in &plan.models {
+        if !matches!(change.change, ChangeKind::Create | ChangeKind::Update) {
+            continue;
+        }
+        let Some(license) = desired
+            .iter()
+            .find(|model| model.id == change.id)
+            .and_then(|model| model.license_accepted.as_ref())
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            license
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let by = field("user_id")
+            .map(|u| format!(" by `{u}`"))
+            .unwrap_or_default();
+        let kind = field("license_type")
+            .map(|t| format!(" (`{t}`)"))
+            .unwrap_or_default();
+        warnings.push(format!(
+            "`{}`: gated model; its license is recorded as accepted{by}{kind}",
+            change.id
+        ));
+    }
+    if let Some(quota_gb) = quota_gb {
+        let after = store_size_after(plan, desired, registry);
+        let quota = (quota_gb * 1e9) as u64;
+        if quota > 0 && after.saturating_mul(10) >= quota.saturating_mul(8) {
+            warnings.push(format!(
+                "quota: the models directory holds {} after this plan, {}% of quota_gb = {quota_gb}",
+                plan::format_bytes(after),
+                after.saturating_mul(100) / quota
+            ));
+        }
+    }
+    warnings
+}
+
+/// The `--json` data of `kmm apply`.
+#[derive(schemars::JsonSchema, Serialize)]
+pub(super) struct ApplyOutput<'a> {
+    pub(super) plan: &'a Plan,
+    pub(super) report: ApplyReport,
+}
+
+/// `kmm apply [PLAN_FILE]`.
 pub async fn apply(
     global: &GlobalArgs,
-    _args: &ApplyArgs,
+    args: &ApplyArgs,
     env: EnvLookup<'_>,
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
+    let (message, plan, report) = match &args.plan_file {
+        Some(path) => apply_saved(global, path, env, cwd, out).await?,
+        None => apply_manifest(global, args.lock, env, cwd, out).await?,
+    };
+    out.success(
+        &message,
+        if out.quiet { "" } else { &message },
+        &ApplyOutput {
+            plan: &plan,
+            report,
+        },
+    );
+    Ok(0)
+}
+
+/// One reconcile: manifest (and lock) -> plan -> apply under the store lock. Prints progress
+/// on stderr but not the result. `kmm apply` and `kmm watch` both run it.
+pub(super) async fn apply_manifest(
+    global: &GlobalArgs,
+    mode: LockArgs,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<(String, Plan, ApplyReport)> {
     let session = Session::open(global, env, cwd).await?;
-    let desired = session.resolve().await?;
+    let desired = session.resolve_with_lock(mode).await?;
+    session.update_lock(&desired, mode, out)?;
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
     })?;
     let plan = session.plan(&desired)?;
+    execute(&session, plan, out).await
+}
+
+/// `kmm apply FILE`: exactly the saved plan's actions, refused when any of its inputs changed.
+async fn apply_saved(
+    global: &GlobalArgs,
+    path: &Path,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<(String, Plan, ApplyReport)> {
+    let saved = PlanFile::load(&cwd.join(path))?;
+    let session = Session::open(global, env, cwd).await?;
+    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
+        out.status("Waiting for another kmm process to release the store lock...")
+    })?;
+    let now = session.fingerprints(&saved.observed_dirs)?;
+    saved.check_fresh(path, &now)?;
+    execute(&session, saved.plan, out).await
+}
+
+/// Carries out `plan` (the caller holds the store lock).
+async fn execute(
+    session: &Session,
+    plan: Plan,
+    out: Output,
+) -> Result<(String, Plan, ApplyReport)> {
     if plan.is_empty() {
         let message = "No changes. The models directory matches kari-models.toml.";
-        out.success(
-            message,
-            if out.quiet { "" } else { message },
-            &ApplyOutput {
-                plan: &plan,
-                report: ApplyReport::default(),
-            },
-        );
-        return Ok(0);
+        return Ok((message.to_string(), plan, ApplyReport::default()));
     }
     out.status(&plan::render_text(&plan));
     check_free_disk(&session.paths, plan.summary.download_bytes)?;
@@ -239,15 +492,7 @@ pub async fn apply(
         plan::format_bytes(report.bytes_downloaded),
         report.files_downloaded
     );
-    out.success(
-        &message,
-        if out.quiet { "" } else { &message },
-        &ApplyOutput {
-            plan: &plan,
-            report,
-        },
-    );
-    Ok(0)
+    Ok((message, plan, report))
 }
 
 /// Refuses to start when the downloads cannot fit on the disk holding the models directory.

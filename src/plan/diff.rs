@@ -1,0 +1,71 @@
+//! `kmm plan --diff`: the registry as it is and as `apply` would leave it, as a unified diff.
+//!
+//! The "after" registry is simulated purely: each `register` action's record is merged into the
+//! existing one with the same function `apply` uses ([`crate::apply::merge_record`]), and each
+//! `unregister` drops its record. The time `apply` would stamp on a new record is not known
+//! yet, so it is the fixed [`INSTALLED_AT_PLACEHOLDER`], which keeps the diff stable under
+//! re-runs. The text is the registry file's own (pretty JSON, ids sorted), so the diff shows the
+//! exact lines that change.
+//!
+//! Edges: pure; the caller loads the registry.
+
+use crate::registry::Registry;
+
+use super::{Action, Plan};
+
+/// What `installed_at` reads in the simulated registry for records apply will stamp.
+pub const INSTALLED_AT_PLACEHOLDER: &str = "<set by apply>";
+
+/// The registry after `plan` is applied to `before`.
+pub fn registry_after(before: &Registry, plan: &Plan) -> Registry {
+    let mut after = before.clone();
+    for planned in &plan.actions {
+        match &planned.action {
+            Action::Register { model, record } => {
+                let existing = after.models.remove(model);
+                let merged = crate::apply::merge_record(
+                    existing,
+                    record,
+                    INSTALLED_AT_PLACEHOLDER.to_string(),
+                );
+                after.models.insert(model.clone(), merged);
+            }
+            Action::Unregister { model } => {
+                after.models.remove(model);
+            }
+            _ => {}
+        }
+    }
+    after
+}
+
+/// The registry file's text for `registry` (as [`Registry::save`] writes it).
+pub fn registry_text(registry: &Registry) -> String {
+    let mut text = serde_json::to_string_pretty(&registry.models).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// The unified diff (3 lines of context) between the registry now and after `plan`; empty
+/// when the registry would not change.
+pub fn registry_diff(before: &Registry, plan: &Plan) -> String {
+    let old = if before.models.is_empty() {
+        String::new()
+    } else {
+        registry_text(before)
+    };
+    let after = registry_after(before, plan);
+    let new = if after.models.is_empty() {
+        String::new()
+    } else {
+        registry_text(&after)
+    };
+    if old == new {
+        return String::new();
+    }
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header("a/model_registry.json", "b/model_registry.json")
+        .to_string()
+}
