@@ -373,7 +373,7 @@ fn review_warnings(
             .map(|t| format!(" (`{t}`)"))
             .unwrap_or_default();
         warnings.push(format!(
-            "`{}`: gated model; its license is recorded as accepted{by}{kind}",
+            "`{}`: this change records its license as accepted{by}{kind}",
             change.id
         ));
     }

@@ -63,7 +63,11 @@ pub fn registry_diff(before: &Registry, plan: &Plan) -> String {
     if old == new {
         return String::new();
     }
-    similar::TextDiff::from_lines(&old, &new)
+    // Patience anchors on unique lines such as `"org/model": {`, so each record's changes stay
+    // together instead of being matched against look-alike lines of a neighbouring record.
+    similar::TextDiff::configure()
+        .algorithm(similar::Algorithm::Patience)
+        .diff_lines(&old, &new)
         .unified_diff()
         .context_radius(3)
         .header("a/model_registry.json", "b/model_registry.json")

@@ -7,13 +7,13 @@
 //! **Plan: 1 to add, 1 to change, 0 to remove, 12.0 MB to download in 3 files.**
 //!
 //! > [!WARNING]
-//! > - `acme/gated`: license accepted by you@example.com (llama3.2)
+//! > - `acme/gated`: this change records its license as accepted by `you@example.com` (`llama3.2`)
 //!
 //! | | model | action | revision | download | freed |
 //! | --- | --- | --- | --- | ---: | ---: |
 //! | ~ | `acme/tiny-bert` | update | `main` `1a2b3c4` → `9f8e7d6` | 12.0 MB | 4.0 kB |
 //!
-//! <details><summary><code>acme/tiny-bert</code>: update, 2 files change</summary>
+//! <details><summary><code>acme/tiny-bert</code>: update, 1 file changes</summary>
 //!
 //! ```diff
 //! ~ acme/tiny-bert  (update, main 1a2b3c4 -> 9f8e7d6)
@@ -119,10 +119,10 @@ pub fn render_markdown(plan: &Plan, warnings: &[String]) -> String {
                 "{}, {files} {} {}",
                 action(change),
                 if files == 1 { "file" } else { "files" },
-                if change == ChangeKind::Create {
-                    "to add"
-                } else {
-                    "change"
+                match (change, files) {
+                    (ChangeKind::Create, _) => "to add",
+                    (_, 1) => "changes",
+                    _ => "change",
                 }
             ),
         };

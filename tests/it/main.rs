@@ -8,5 +8,6 @@ mod fake_hub;
 mod apply_engine;
 mod cli;
 mod fake_hub_selftest;
+mod gitops;
 mod hub_client;
 mod interop;
