@@ -414,9 +414,9 @@ mod tests {
         assert_eq!(
             changed,
             [
-                format!("-revision = \"v1\""),
+                "-revision = \"v1\"".to_string(),
                 format!("-commit = \"{C1}\""),
-                format!("+revision = \"v2\""),
+                "+revision = \"v2\"".to_string(),
                 format!("+commit = \"{C2}\""),
             ]
         );
