@@ -73,3 +73,89 @@ pub fn registry_diff(before: &Registry, plan: &Plan) -> String {
         .header("a/model_registry.json", "b/model_registry.json")
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Library;
+    use crate::plan::{PlannedAction, RecordPlan, RecordPlanFile};
+    use crate::upstream::FileHash;
+
+    fn record_plan(id: &str, size: u64) -> RecordPlan {
+        RecordPlan {
+            model_id: id.to_string(),
+            library: Library::Transformers,
+            revision: "main".to_string(),
+            commit: "c".repeat(40),
+            install_path: format!("/srv/models/transformers/{id}"),
+            files: vec![RecordPlanFile {
+                path: "config.json".to_string(),
+                size,
+                hash: FileHash::GitSha1("a".repeat(40)),
+            }],
+            total_size: size,
+            pinned: None,
+            license_accepted: None,
+            selection: Default::default(),
+        }
+    }
+
+    fn plan(actions: Vec<Action>) -> Plan {
+        Plan {
+            models_dir: "/srv/models".into(),
+            models: vec![],
+            notes: vec![],
+            strays: vec![],
+            actions: actions
+                .into_iter()
+                .map(|action| PlannedAction {
+                    id: action.id(),
+                    depends_on: vec![],
+                    action,
+                })
+                .collect(),
+            summary: Default::default(),
+        }
+    }
+
+    #[test]
+    fn after_merges_registers_like_apply_and_drops_unregistered() {
+        let mut before = Registry::default();
+        let kept = crate::apply::merge_record(None, &record_plan("org/kept", 2), "T0".into());
+        let gone = crate::apply::merge_record(None, &record_plan("org/gone", 2), "T0".into());
+        before.models.insert("org/kept".into(), kept);
+        before.models.insert("org/gone".into(), gone);
+        let mut pinned = record_plan("org/kept", 2);
+        pinned.pinned = Some(true);
+        let plan = plan(vec![
+            Action::Register {
+                model: "org/kept".into(),
+                record: pinned,
+            },
+            Action::Register {
+                model: "org/new".into(),
+                record: record_plan("org/new", 5),
+            },
+            Action::Unregister {
+                model: "org/gone".into(),
+            },
+        ]);
+        let after = registry_after(&before, &plan);
+        let ids: Vec<&str> = after.models.keys().map(String::as_str).collect();
+        assert_eq!(ids, ["org/kept", "org/new"]);
+        // Same bytes: apply keeps installed_at; a new record gets the placeholder.
+        assert_eq!(after.models["org/kept"].installed_at.as_deref(), Some("T0"));
+        assert_eq!(after.models["org/kept"].pinned, Some(true));
+        assert_eq!(
+            after.models["org/new"].installed_at.as_deref(),
+            Some(INSTALLED_AT_PLACEHOLDER)
+        );
+
+        let diff = registry_diff(&before, &plan);
+        assert!(diff.starts_with("--- a/model_registry.json\n+++ b/model_registry.json\n"));
+        assert!(diff.contains("-  \"org/gone\": {"), "{diff}");
+        assert!(diff.contains("+  \"org/new\": {"), "{diff}");
+        assert!(diff.contains("+    \"pinned\": true,"), "{diff}");
+        assert_eq!(registry_diff(&before, &self::plan(vec![])), "");
+    }
+}

@@ -180,3 +180,70 @@ fn bytes_cell(bytes: u64) -> String {
 fn escape(text: &str) -> String {
     text.replace('|', "\\|").replace('\n', " ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{FileChange, FileChangeKind, Note, Summary};
+
+    fn change(id: &str, kind: ChangeKind) -> ModelChange {
+        ModelChange {
+            id: id.to_string(),
+            change: kind,
+            revision: Some("main".into()),
+            from_commit: (kind != ChangeKind::Create).then(|| "a".repeat(40)),
+            to_commit: (kind != ChangeKind::Remove).then(|| "b".repeat(40)),
+            install_dir: Some(format!("transformers/{id}").into()),
+            previous_install_dir: None,
+            reasons: if kind == ChangeKind::Remove {
+                vec!["prune".into()]
+            } else {
+                vec![]
+            },
+            files: vec![FileChange {
+                path: "model.safetensors".into(),
+                kind: FileChangeKind::Add,
+                size: 2_000_000,
+                reason: None,
+            }],
+            kept_files: 0,
+            download_bytes: 2_000_000,
+            free_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn a_comment_with_warnings_table_and_details_and_no_absolute_paths() {
+        let plan = Plan {
+            models_dir: "/tmp/some/where/models".into(),
+            models: vec![
+                change("acme/a", ChangeKind::Create),
+                change("acme/same", ChangeKind::Unchanged),
+            ],
+            notes: vec![Note {
+                model: "old/x".into(),
+                message: "kept | not declared".into(),
+            }],
+            strays: vec!["llama-cpp/x.gguf.incomplete".into()],
+            actions: vec![crate::plan::PlannedAction {
+                id: "delete-stray:llama-cpp/x.gguf.incomplete".into(),
+                depends_on: vec![],
+                action: crate::plan::Action::DeleteStray {
+                    path: "llama-cpp/x.gguf.incomplete".into(),
+                },
+            }],
+            summary: Summary {
+                to_add: 1,
+                download_files: 1,
+                download_bytes: 2_000_000,
+                strays: 1,
+                ..Summary::default()
+            },
+        };
+        let text = render_markdown(&plan, &["quota: close".to_string()]);
+        assert!(text.starts_with(MARKER));
+        assert!(!text.contains("/tmp/"), "{text}");
+        insta::assert_snapshot!("markdown_unit", text);
+        assert_eq!(text, render_markdown(&plan, &["quota: close".to_string()]));
+    }
+}
