@@ -16,6 +16,7 @@
 //! | [`manifest`] | parse + validate `kari-models.toml` |
 //! | [`upstream`] | upstream file identity (sha256 / git sha1) and streaming hashers |
 //! | [`layout`] | routing rules and path validation |
+//! | [`lockfile`] | `kari-models.lock`: load, atomic save, match against the manifest |
 //! | [`registry`] | `models/model_registry.json` load / atomic save |
 //! | [`store`] | store paths, the store lock, the read-only scan |
 //! | [`hub`] | Hugging Face Hub HTTP client |
@@ -28,6 +29,8 @@
 //! | [`baselines`] | `kmm ensure`: distilbert, the spaCy pipeline, the basic classifier |
 //! | [`apply`] | executes a `Plan` |
 //! | [`api`] | the library API: the older tool's helpers as thin faces over the engine |
+//! | [`plan_file`] | saved plans (`plan --out`): inputs' fingerprints, staleness |
+//! | [`watch`] | `kmm watch`: notify + debounce + interval + backoff around the apply reconcile |
 //! | [`cli`] | the `kmm` command line |
 //!
 //! # File overview
@@ -35,6 +38,8 @@
 //! | file | owner |
 //! | --- | --- |
 //! | `kari-models.toml` | the user; read by [`manifest`] |
+//! | `kari-models.lock` | written by `kmm lock` / `plan` / `apply` through [`lockfile`] |
+//! | `plan.json` (any name) | written by `kmm plan --out` through [`plan_file`] |
 //! | `models/model_registry.json` | written by [`apply`] through [`registry`] |
 //! | `models/<layout>/...` | written by [`apply`] only |
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
@@ -56,13 +61,16 @@ pub mod gc;
 pub mod hf_cache;
 pub mod hub;
 pub mod layout;
+pub mod lockfile;
 pub mod manifest;
 pub mod manifest_edit;
 pub mod plan;
+pub mod plan_file;
 pub mod registry;
 pub mod resolve;
 pub mod store;
 pub mod sys;
 pub mod upstream;
+pub mod watch;
 
 pub use error::{Error, ErrorCode, Result};

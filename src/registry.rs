@@ -57,7 +57,7 @@ pub struct Record {
 }
 
 /// A model's include/exclude globs as declared.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Selection {
     #[serde(default)]
     pub include: Vec<String>,

@@ -40,12 +40,50 @@ pub async fn resolve_all(
     manifest: &Manifest,
     ctx: &ResolveContext<'_>,
 ) -> Result<Vec<DesiredModel>> {
+    resolve_all_with_lock(manifest, ctx, None, false).await
+}
+
+/// Resolves every declared model, taking each one's commit and files from `lock` when the lock
+/// has a current entry for it (no hub request), and from [`resolve_model`] otherwise. With
+/// `frozen`, a model without a current entry is `E_SCHEMA` instead: the hub is never asked.
+pub async fn resolve_all_with_lock(
+    manifest: &Manifest,
+    ctx: &ResolveContext<'_>,
+    lock: Option<&crate::lockfile::Lockfile>,
+    frozen: bool,
+) -> Result<Vec<DesiredModel>> {
     let results: Vec<Result<DesiredModel>> = futures_util::stream::iter(manifest.models.values())
-        .map(|spec| resolve_model(spec, ctx))
+        .map(|spec| async move {
+            match lock.and_then(|lock| lock.current_entry(spec)) {
+                Some(entry) => resolve_from_lock(spec, entry, ctx.registry),
+                None if frozen => Err(Error::schema(format!(
+                    "--frozen: kari-models.lock has no current entry for `{}`",
+                    spec.id
+                ))
+                .with_hint("run `kmm lock` and commit kari-models.lock")),
+                None => resolve_model(spec, ctx).await,
+            }
+        })
         .buffered(ctx.concurrency.max(1))
         .collect()
         .await;
     results.into_iter().collect()
+}
+
+/// A model as its (current) lock entry says: no network. The registry only adds what the
+/// manifest leaves unsaid (pins, license acceptance), as for [`resolve_model`].
+pub fn resolve_from_lock(
+    spec: &ModelSpec,
+    entry: &crate::lockfile::LockedModel,
+    registry: &Registry,
+) -> Result<DesiredModel> {
+    let files = entry.upstream_files(&spec.id)?;
+    let selection = Selection {
+        include: spec.include.clone(),
+        exclude: spec.exclude.clone(),
+    };
+    let record = registry.models.get(&spec.id);
+    desired_from_files(spec, record, entry.commit.clone(), files, selection)
 }
 
 /// Resolves one model.
@@ -100,6 +138,18 @@ async fn resolve_model_inner(spec: &ModelSpec, ctx: &ResolveContext<'_>) -> Resu
         }
     };
 
+    desired_from_files(spec, record, commit, files, selection)
+}
+
+/// The checks and routing after a model's commit and selected files are known (from the hub,
+/// the registry or the lock).
+fn desired_from_files(
+    spec: &ModelSpec,
+    record: Option<&Record>,
+    commit: String,
+    files: Vec<UpstreamFile>,
+    selection: Selection,
+) -> Result<DesiredModel> {
     if files.is_empty() {
         return Err(Error::not_found(format!(
             "no file of {}@{} matches include {:?} / exclude {:?}",

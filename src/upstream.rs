@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use sha1::Digest as _;
 
 /// The upstream identity of a file's bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FileHash {
     /// sha256 of the content, lowercase hex (LFS files).
@@ -42,7 +44,9 @@ impl FileHash {
 }
 
 /// One file of a revision as the hub lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct UpstreamFile {
     /// Path inside the repository, `/`-separated, already checked by
     /// [`crate::layout::check_repo_path`].

@@ -66,7 +66,7 @@ pub struct ApplyContext<'a> {
 }
 
 /// What apply did.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ApplyReport {
     pub models_installed: Vec<String>,
     pub models_updated: Vec<String>,
@@ -521,7 +521,7 @@ fn remove_empty_owner_folders(root: &Path, removed: &Path) {
 /// The new record: the plan's fields over the existing record, keeping what kmm does not
 /// own (unknown fields, per-file unknown fields, `last_accessed`) and, when the installed bytes
 /// did not change, `installed_at`.
-fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Record {
+pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Record {
     let mut old_files: BTreeMap<String, RecordFile> = existing
         .as_ref()
         .map(|r| {

@@ -73,6 +73,80 @@ pub enum Command {
     License(super::commands::license::LicenseArgs),
     /// Protect an installed model from removal, or --unpin it.
     Pin(super::commands::pin::PinArgs),
+    /// Resolve every declared model and write kari-models.lock (commit and files per model).
+    Lock(LockCmdArgs),
+    /// Render a saved plan file (from `kmm plan --out`).
+    Show(ShowArgs),
+    /// Keep applying: at start, when the manifest or lock changes, and every interval.
+    Watch(WatchArgs),
+    /// Write the JSON Schemas of kmm's files and --json data into a folder (for development).
+    #[command(hide = true)]
+    GenerateSchemas(GenerateSchemasArgs),
+}
+
+/// How plan/apply/watch use kari-models.lock.
+#[derive(Debug, Clone, Copy, Default, Args)]
+pub struct LockArgs {
+    /// Fail (E_SCHEMA) if kari-models.lock does not match the manifest; never write it.
+    #[arg(long)]
+    pub locked: bool,
+    /// As --locked, and never ask the hub to resolve anything: models come from the lock as is.
+    #[arg(long)]
+    pub frozen: bool,
+}
+
+impl LockArgs {
+    /// The lock must match and must not be written.
+    pub fn strict(self) -> bool {
+        self.locked || self.frozen
+    }
+}
+
+/// How `plan` and `show` print a plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanFormat {
+    /// Terraform-like text.
+    #[default]
+    Text,
+    /// A pull-request comment.
+    Markdown,
+    /// The plan as pretty JSON (the --json envelope's data without the envelope).
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LockCmdArgs {
+    /// Refresh only this model (repeatable); the others keep their current entries.
+    #[arg(long, value_name = "ID")]
+    pub update: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShowArgs {
+    /// The plan file.
+    pub plan_file: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: PlanFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Reconcile at least this often to repair drift, e.g. `30s`, `5m`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub interval: std::time::Duration,
+    /// First delay before retrying a failed reconcile; it doubles on each failure (up to the interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub retry_delay: std::time::Duration,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateSchemasArgs {
+    /// The folder to write the schemas into.
+    #[arg(default_value = "schemas")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -83,6 +157,17 @@ pub struct PlanArgs {
     /// Allow evicting declared (unpinned) models to meet quota_gb.
     #[arg(long)]
     pub evict_declared: bool,
+    /// Also write the plan to this file, for `kmm apply FILE` and `kmm show FILE`.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: PlanFormat,
+    /// Also show the registry now and after apply as a unified diff.
+    #[arg(long)]
+    pub diff: bool,
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -93,6 +178,10 @@ pub struct ApplyArgs {
     /// Allow evicting declared (unpinned) models to meet quota_gb.
     #[arg(long)]
     pub evict_declared: bool,
+    /// Apply exactly this saved plan (from `kmm plan --out`), refusing it if it is stale.
+    pub plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -7,6 +7,7 @@
 
 mod args;
 mod commands;
+mod commands_gitops;
 mod commands_machine;
 mod output;
 mod progress;
@@ -80,6 +81,14 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
                 commands::license::run(&cli.global, args, &env, &cwd, out).await
             }
             Command::Pin(args) => commands::pin::run(&cli.global, args, &env, &cwd, out).await,
+            Command::Lock(args) => {
+                commands_gitops::lock::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Show(args) => commands_gitops::show::run(args, &cwd, out),
+            Command::Watch(args) => {
+                commands_gitops::watch::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::GenerateSchemas(args) => commands_gitops::schemas::run(args, &cwd, out),
         }
     })
 }

@@ -2,6 +2,11 @@
 //!
 //! manifest -> settings -> (mirror check) -> resolve -> observe -> plan -> checks (quota, disk)
 //! -> render, or apply under the store lock.
+//!
+//! kari-models.lock takes part as a resolution source (a model with a current entry needs no hub
+//! request) and is written when missing or out of date, except under `--locked`/`--frozen`.
+//! Saved plans (`plan --out`, `apply FILE`) carry fingerprints of their inputs, checked under
+//! the store lock before anything changes.
 
 use std::path::Path;
 
@@ -16,7 +21,10 @@ use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
 use crate::store::{self, StoreLock, StorePaths};
 
-use super::args::{ApplyArgs, GlobalArgs, PlanArgs};
+use crate::lockfile::{self, Lockfile};
+use crate::plan_file::{Fingerprints, PlanFile};
+
+use super::args::{ApplyArgs, GlobalArgs, LockArgs, PlanArgs, PlanFormat};
 use super::output::Output;
 use super::progress::ProgressReporter;
 use super::settings::{self, EnvLookup, Settings};
@@ -30,6 +38,10 @@ pub(crate) struct Session {
     pub(crate) hub: Option<HubClient>,
     /// The local Hugging Face cache: a source of files before the network.
     pub(crate) hf_cache: crate::hf_cache::HfCache,
+    /// `kari-models.lock` beside the manifest.
+    pub(crate) lock_path: std::path::PathBuf,
+    /// The lock as read at open (`None` when there is none).
+    pub(crate) lock: Option<Lockfile>,
 }
 
 /// What `plan`/`apply` may do beyond the manifest's desired state.
@@ -42,7 +54,11 @@ pub(crate) struct PlanOptions {
 }
 
 impl Session {
-    async fn open(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {
+    pub(crate) async fn open(
+        global: &GlobalArgs,
+        env: EnvLookup<'_>,
+        cwd: &Path,
+    ) -> Result<Session> {
         let manifest_path = settings::manifest_path(global, env, cwd);
         let manifest = Manifest::load(&manifest_path)?;
         Session::with_manifest(global, env, cwd, manifest).await
@@ -72,6 +88,8 @@ impl Session {
         mut manifest: Manifest,
     ) -> Result<Session> {
         crate::baselines::add_desired_models(&mut manifest);
+        let lock_path = lockfile::path_beside(&manifest.path);
+        let lock = Lockfile::load(&lock_path)?;
         let settings = settings::resolve(global, env, &manifest, cwd)?;
         let hub = if settings.offline {
             None
@@ -101,27 +119,97 @@ impl Session {
             settings,
             paths,
             hub,
+            lock_path,
+            lock,
         })
     }
 
-    /// Declared models -> desired state (network, or the registry offline). Read-only, and
-    /// needs no lock: only the registry's hints are read.
-    pub(crate) async fn resolve(&self) -> Result<Vec<DesiredModel>> {
+    /// The registry as resolution hints, with the license acceptances of models not installed
+    /// yet (`kmm license --accept`).
+    pub(crate) fn registry_hints(&self) -> Result<Registry> {
         let pending = crate::registry::load_pending_licenses(
             &crate::registry::pending_licenses_file(self.paths.root()),
         )?;
-        let registry = Registry::load(&self.paths.registry_file())?.with_pending_licenses(&pending);
-        resolve::resolve_all(
-            &self.manifest,
-            &ResolveContext {
-                hub: self.hub.as_ref(),
-                has_token: self.settings.token.is_some(),
-                registry: &registry,
-                concurrency: self.settings.max_workers,
-                hf_cache: Some(&self.hf_cache),
-            },
-        )
-        .await
+        Ok(Registry::load(&self.paths.registry_file())?.with_pending_licenses(&pending))
+    }
+
+    /// How this session resolves models: its hub (none offline), token, caches and workers.
+    pub(crate) fn resolve_context<'a>(&'a self, registry: &'a Registry) -> ResolveContext<'a> {
+        ResolveContext {
+            hub: self.hub.as_ref(),
+            has_token: self.settings.token.is_some(),
+            registry,
+            concurrency: self.settings.max_workers,
+            hf_cache: Some(&self.hf_cache),
+        }
+    }
+
+    /// Declared models -> desired state (network, or the caches offline), without the lock:
+    /// for the one-model verbs (`download`, `browse`). Read-only, and needs no store lock: only
+    /// the registry's hints are read.
+    pub(crate) async fn resolve(&self) -> Result<Vec<DesiredModel>> {
+        let registry = self.registry_hints()?;
+        resolve::resolve_all(&self.manifest, &self.resolve_context(&registry)).await
+    }
+
+    /// Declared models -> desired state, with the lock as a resolution source. Under
+    /// `--locked`/`--frozen` the lock must match the manifest (`E_SCHEMA` naming the models);
+    /// under `--frozen` the hub is never asked.
+    pub(crate) async fn resolve_with_lock(&self, mode: LockArgs) -> Result<Vec<DesiredModel>> {
+        if mode.strict() {
+            self.check_lock_matches(mode)?;
+        }
+        let registry = self.registry_hints()?;
+        let mut ctx = self.resolve_context(&registry);
+        if mode.frozen {
+            ctx.hub = None;
+        }
+        resolve::resolve_all_with_lock(&self.manifest, &ctx, self.lock.as_ref(), mode.frozen).await
+    }
+
+    fn check_lock_matches(&self, mode: LockArgs) -> Result<()> {
+        let flag = if mode.frozen { "--frozen" } else { "--locked" };
+        let hint = "run `kmm lock` (or `kmm plan` without --locked) and commit kari-models.lock";
+        let Some(lock) = &self.lock else {
+            return Err(Error::schema(format!(
+                "{flag}: `{}` does not exist",
+                self.lock_path.display()
+            ))
+            .with_hint(hint));
+        };
+        let mismatches = lock.mismatches(&self.manifest);
+        if mismatches.is_empty() {
+            return Ok(());
+        }
+        Err(Error::schema(format!(
+            "{flag}: kari-models.lock does not match kari-models.toml for {}",
+            mismatches.join(", ")
+        ))
+        .with_hint(hint))
+    }
+
+    /// Writes the lock for `desired` when it is missing or differs (never under
+    /// `--locked`/`--frozen`); returns whether it wrote.
+    pub(super) fn update_lock(
+        &self,
+        desired: &[DesiredModel],
+        mode: LockArgs,
+        out: Output,
+    ) -> Result<bool> {
+        if mode.strict() {
+            return Ok(false);
+        }
+        let written =
+            Lockfile::from_desired(&self.manifest, desired).save_if_changed(&self.lock_path)?;
+        if written {
+            out.status(&format!("Wrote {}", self.lock_path.display()));
+        }
+        Ok(written)
+    }
+
+    /// Fingerprints of what a plan computed now is computed from.
+    fn fingerprints(&self, dirs: &[std::path::PathBuf]) -> Result<Fingerprints> {
+        Fingerprints::compute(&self.manifest.path, &self.lock_path, &self.paths, dirs)
     }
 
     /// Observes the store and plans. Read-only; `apply` calls it under the store lock so that
@@ -257,7 +345,8 @@ pub async fn plan(
     out: Output,
 ) -> Result<i32> {
     let session = Session::open(global, env, cwd).await?;
-    let desired = session.resolve().await?;
+    let desired = session.resolve_with_lock(args.lock).await?;
+    session.update_lock(&desired, args.lock, out)?;
     let mut plan = session.plan_with(
         &desired,
         PlanOptions {
@@ -268,7 +357,30 @@ pub async fn plan(
     super::commands_machine::compatibility::check_plan(&session, &desired, &mut plan, false)
         .await?;
     super::commands_machine::ensure::note_baselines(&session, &mut plan);
-    out.success(&plan::summary_line(&plan), &plan::render_text(&plan), &plan);
+    let registry = Registry::load(&session.paths.registry_file())?;
+    if let Some(path) = &args.out {
+        let dirs = plan::dirs_to_observe(session.paths.root(), &desired, &registry);
+        let inputs = session.fingerprints(&dirs)?;
+        PlanFile::new(plan.clone(), inputs, dirs).save(path)?;
+        out.status(&format!(
+            "Saved the plan to {}; apply it with `kmm apply {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let registry_diff = args
+        .diff
+        .then(|| plan::diff::registry_diff(&registry, &plan));
+    let warnings = review_warnings(&plan, &desired, &registry, session.settings.quota_gb);
+    let text = render_plan(&plan, args.format, registry_diff.as_deref(), &warnings);
+    out.success(
+        &plan::summary_line(&plan),
+        &text,
+        &PlanOutput {
+            plan: &plan,
+            registry_diff,
+        },
+    );
     Ok(if args.detailed_exitcode && !plan.is_empty() {
         2
     } else {
@@ -276,14 +388,122 @@ pub async fn plan(
     })
 }
 
-/// The `--json` data of `kmm apply`.
-#[derive(Serialize)]
-struct ApplyOutput<'a> {
-    plan: &'a Plan,
-    report: ApplyReport,
+/// The `--json` data of `kmm plan`: the plan, plus the registry diff with `--diff`.
+#[derive(schemars::JsonSchema, Serialize)]
+pub(super) struct PlanOutput<'a> {
+    #[serde(flatten)]
+    pub(super) plan: &'a Plan,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) registry_diff: Option<String>,
 }
 
-/// `kmm apply`.
+/// A plan in the chosen format, with the registry diff after it when there is one.
+pub(super) fn render_plan(
+    plan: &Plan,
+    format: PlanFormat,
+    registry_diff: Option<&str>,
+    warnings: &[String],
+) -> String {
+    let diff = registry_diff.unwrap_or_default();
+    match format {
+        PlanFormat::Text => {
+            let mut text = plan::render_text(plan);
+            if !diff.is_empty() {
+                text.push('\n');
+                text.push_str(diff);
+            }
+            text
+        }
+        PlanFormat::Markdown => {
+            let mut text = plan::render_markdown(plan, warnings);
+            if !diff.is_empty() {
+                text.push_str(&format!(
+                    "\n<details><summary>registry diff</summary>\n\n```diff\n{diff}```\n\n</details>\n"
+                ));
+            }
+            text
+        }
+        PlanFormat::Json => {
+            let data = PlanOutput {
+                plan,
+                registry_diff: registry_diff.map(str::to_string),
+            };
+            let mut text = serde_json::to_string_pretty(&data).unwrap_or_default();
+            text.push('\n');
+            text
+        }
+    }
+}
+
+/// What a reviewer must not miss: licenses accepted by this change, and the quota.
+fn review_warnings(
+    plan: &Plan,
+    desired: &[DesiredModel],
+    registry: &Registry,
+    quota_gb: Option<f64>,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for change in &plan.models {
+        if !matches!(change.change, ChangeKind::Create | ChangeKind::Update) {
+            continue;
+        }
+        let Some(license) = desired
+            .iter()
+            .find(|model| model.id == change.id)
+            .and_then(|model| model.license_accepted.as_ref())
+        else {
+            continue;
+        };
+        let field = |key: &str| {
+            license
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let by = field("user_id")
+            .map(|u| format!(" by `{u}`"))
+            .unwrap_or_default();
+        let kind = field("license_type")
+            .map(|t| format!(" (`{t}`)"))
+            .unwrap_or_default();
+        warnings.push(format!(
+            "`{}`: this change records its license as accepted{by}{kind}",
+            change.id
+        ));
+    }
+    if let Some(quota_gb) = quota_gb {
+        let after = store_size_after(plan, desired, registry);
+        let quota = (quota_gb * 1e9) as u64;
+        if quota > 0 && after.saturating_mul(10) >= quota.saturating_mul(8) {
+            warnings.push(format!(
+                "quota: the models directory holds {} after this plan, {}% of quota_gb = {quota_gb}",
+                plan::format_bytes(after),
+                after.saturating_mul(100) / quota
+            ));
+        }
+    }
+    warnings
+}
+
+/// The `--json` data of `kmm apply`.
+#[derive(schemars::JsonSchema, Serialize)]
+pub(super) struct ApplyOutput<'a> {
+    pub(super) plan: &'a Plan,
+    pub(super) report: ApplyReport,
+}
+
+/// How a reconcile runs beyond the desired state itself.
+pub(crate) struct ApplyOptions<'a> {
+    pub(crate) plan: PlanOptions,
+    /// A compatibility warning (or a model that cannot be checked) is `E_COMPAT` before any
+    /// download.
+    pub(crate) force_compat: bool,
+    /// Also produce the manifest's Python baselines (spaCy, basic classifier) after the
+    /// models: `kmm apply` and `kmm watch` do, one-model verbs such as `kmm download` do not.
+    pub(crate) python_baselines_env: Option<EnvLookup<'a>>,
+}
+
+/// `kmm apply [PLAN_FILE]`.
 pub async fn apply(
     global: &GlobalArgs,
     args: &ApplyArgs,
@@ -291,39 +511,82 @@ pub async fn apply(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open(global, env, cwd).await?;
-    let desired = session.resolve().await?;
-    apply_desired(
-        &session,
-        &desired,
-        ApplyOptions {
-            plan: PlanOptions {
-                evict_declared: args.evict_declared,
-                prune: None,
-            },
-            force_compat: args.force_compat,
-            python_baselines_env: Some(env),
+    let options = ApplyOptions {
+        plan: PlanOptions {
+            evict_declared: args.evict_declared,
+            prune: None,
         },
+        force_compat: args.force_compat,
+        python_baselines_env: Some(env),
+    };
+    let (message, plan, report) = match &args.plan_file {
+        Some(path) => apply_saved(global, path, &options, env, cwd, out).await?,
+        None => apply_manifest(global, args.lock, &options, env, cwd, out).await?,
+    };
+    print_applied(out, &message, &plan, report);
+    Ok(0)
+}
+
+fn print_applied(out: Output, message: &str, plan: &Plan, report: ApplyReport) {
+    out.success(
+        message,
+        if out.quiet { "" } else { message },
+        &ApplyOutput { plan, report },
+    );
+}
+
+/// One reconcile: manifest (and lock) -> plan -> apply under the store lock. Prints progress
+/// on stderr but not the result. `kmm apply` and `kmm watch` both run it.
+pub(super) async fn apply_manifest(
+    global: &GlobalArgs,
+    mode: LockArgs,
+    options: &ApplyOptions<'_>,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<(String, Plan, ApplyReport)> {
+    let session = Session::open(global, env, cwd).await?;
+    let desired = session.resolve_with_lock(mode).await?;
+    session.update_lock(&desired, mode, out)?;
+    let _lock = lock_store(&session, out)?;
+    let plan = plan_checked(&session, &desired, options).await?;
+    execute(
+        &session,
+        plan,
+        options,
         out,
         "No changes. The models directory matches kari-models.toml.",
     )
     .await
 }
 
-/// How [`apply_desired`] runs beyond the desired state itself.
-pub(crate) struct ApplyOptions<'a> {
-    pub(crate) plan: PlanOptions,
-    /// A compatibility warning (or a model that cannot be checked) is `E_COMPAT` before any
-    /// download.
-    pub(crate) force_compat: bool,
-    /// Also produce the manifest's Python baselines (spaCy, basic classifier) after the
-    /// models: `kmm apply` does, one-model verbs such as `kmm download` do not.
-    pub(crate) python_baselines_env: Option<EnvLookup<'a>>,
+/// `kmm apply FILE`: exactly the saved plan's actions, refused when any of its inputs changed.
+async fn apply_saved(
+    global: &GlobalArgs,
+    path: &Path,
+    options: &ApplyOptions<'_>,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    out: Output,
+) -> Result<(String, Plan, ApplyReport)> {
+    let saved = PlanFile::load(&cwd.join(path))?;
+    let session = Session::open(global, env, cwd).await?;
+    let _lock = lock_store(&session, out)?;
+    let now = session.fingerprints(&saved.observed_dirs)?;
+    saved.check_fresh(path, &now)?;
+    execute(
+        &session,
+        saved.plan,
+        options,
+        out,
+        "No changes. The models directory matches kari-models.toml.",
+    )
+    .await
 }
 
 /// Plans `desired` under the store lock and applies it with progress on stderr; prints the
-/// result. `kmm apply` passes every declared model, `kmm download` (and `browse`) a one-model
-/// desired state with prune off, so both take exactly the same path.
+/// result. `kmm download` (and `browse`) pass a one-model desired state with prune off, so they
+/// take exactly the path of `kmm apply`.
 pub(crate) async fn apply_desired(
     session: &Session,
     desired: &[DesiredModel],
@@ -331,11 +594,27 @@ pub(crate) async fn apply_desired(
     out: Output,
     no_changes_message: &str,
 ) -> Result<i32> {
-    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
+    let _lock = lock_store(session, out)?;
+    let plan = plan_checked(session, desired, &options).await?;
+    let (message, plan, report) = execute(session, plan, &options, out, no_changes_message).await?;
+    print_applied(out, &message, &plan, report);
+    Ok(0)
+}
+
+fn lock_store(session: &Session, out: Output) -> Result<StoreLock> {
+    StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
-    })?;
+    })
+}
+
+/// The plan for `desired` (the caller holds the store lock), compatibility-checked: with
+/// `--force-compat` a warning stops here (`E_COMPAT`), before any download.
+async fn plan_checked(
+    session: &Session,
+    desired: &[DesiredModel],
+    options: &ApplyOptions<'_>,
+) -> Result<Plan> {
     let mut plan = session.plan_with(desired, options.plan)?;
-    // Before any download: with --force-compat a warning stops here (E_COMPAT).
     super::commands_machine::compatibility::check_plan(
         session,
         desired,
@@ -343,20 +622,23 @@ pub(crate) async fn apply_desired(
         options.force_compat,
     )
     .await?;
+    Ok(plan)
+}
+
+/// Carries out `plan` (the caller holds the store lock), then the Python baselines when
+/// `options` asks for them.
+async fn execute(
+    session: &Session,
+    plan: Plan,
+    options: &ApplyOptions<'_>,
+    out: Output,
+    no_changes_message: &str,
+) -> Result<(String, Plan, ApplyReport)> {
     if plan.is_empty() {
         if let Some(env) = options.python_baselines_env {
             super::commands_machine::ensure::after_apply(session, env, out)?;
         }
-        let message = no_changes_message;
-        out.success(
-            message,
-            if out.quiet { "" } else { message },
-            &ApplyOutput {
-                plan: &plan,
-                report: ApplyReport::default(),
-            },
-        );
-        return Ok(0);
+        return Ok((no_changes_message.to_string(), plan, ApplyReport::default()));
     }
     out.status(&plan::render_text(&plan));
     let sources = apply::FetchSources {
@@ -392,18 +674,9 @@ pub(crate) async fn apply_desired(
         plan::format_bytes(report.bytes_downloaded),
         report.files_downloaded
     );
-    out.success(
-        &message,
-        if out.quiet { "" } else { &message },
-        &ApplyOutput {
-            plan: &plan,
-            report,
-        },
-    );
-    Ok(0)
+    Ok((message, plan, report))
 }
 
-/// Refuses to start when the downloads cannot fit on the disk holding the models directory
 /// (`needed`: the bytes still to fetch, after partial downloads and local sources).
 fn check_free_disk(paths: &StorePaths, needed: u64) -> Result<()> {
     if needed == 0 {

@@ -17,7 +17,9 @@
 //! Edges: must not do I/O. Everything it needs arrives in [`PlanInput`]. Rendering lives in
 //! [`render`], graph building and ordering in [`graph`].
 
+pub mod diff;
 mod graph;
+pub mod markdown;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,6 +32,7 @@ use crate::registry::{Record, RecordFile};
 use crate::store::{Observed, ObservedDir};
 use crate::upstream::{FileHash, UpstreamFile};
 
+pub use markdown::render_markdown;
 pub use render::{format_bytes, render_text, summary_line};
 
 /// One declared model, resolved against the hub (or the lock / tree cache).
@@ -67,7 +70,7 @@ pub struct PlanInput<'a> {
 }
 
 /// The result of planning: plain data, serializable, identical for identical input.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     /// The absolute models directory the plan was computed for; `apply` refuses another one.
     pub models_dir: PathBuf,
@@ -90,7 +93,7 @@ impl Plan {
 }
 
 /// What happens to one model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
     Create,
@@ -100,7 +103,7 @@ pub enum ChangeKind {
 }
 
 /// One model's part of the plan, for humans and for `--json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelChange {
     pub id: String,
     pub change: ChangeKind,
@@ -126,7 +129,7 @@ pub struct ModelChange {
 }
 
 /// What happens to one file of a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileChangeKind {
     Add,
@@ -135,7 +138,7 @@ pub enum FileChangeKind {
     Keep,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileChange {
     pub path: String,
     pub kind: FileChangeKind,
@@ -145,14 +148,14 @@ pub struct FileChange {
 }
 
 /// Something worth telling that needs no action.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Note {
     pub model: String,
     pub message: String,
 }
 
 /// Totals for the summary line.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub to_add: usize,
     pub to_change: usize,
@@ -165,7 +168,7 @@ pub struct Summary {
 }
 
 /// One node of the action graph as serialized: its id, the ids it waits for, and the action.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlannedAction {
     pub id: String,
     pub depends_on: Vec<String>,
@@ -174,7 +177,7 @@ pub struct PlannedAction {
 }
 
 /// A step `apply` carries out. Paths are relative to the models directory.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Download one file's bytes into `.kmm/downloads/<hash-hex>`, verified.
@@ -230,7 +233,7 @@ impl Action {
 }
 
 /// One file of a model's new folder and where its bytes come from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallFile {
     pub path: String,
     pub size: u64,
@@ -238,7 +241,7 @@ pub struct InstallFile {
     pub source: FileSource,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
 pub enum FileSource {
     /// A verified download, `.kmm/downloads/<hash-hex>`, produced by the named fetch action.
@@ -248,7 +251,7 @@ pub enum FileSource {
 }
 
 /// The registry record to write, minus what `apply` decides (`installed_at`, unknown fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordPlan {
     pub model_id: String,
     pub library: Library,
@@ -263,7 +266,7 @@ pub struct RecordPlan {
     pub selection: crate::registry::Selection,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordPlanFile {
     pub path: String,
     pub size: u64,

@@ -115,7 +115,7 @@ pub fn summary_line(plan: &Plan) -> String {
     line
 }
 
-fn render_model(out: &mut String, model: &ModelChange, shown: &dyn Fn(&Path) -> String) {
+pub(super) fn render_model(out: &mut String, model: &ModelChange, shown: &dyn Fn(&Path) -> String) {
     let revision = model.revision.as_deref().unwrap_or("?");
     let commit = |c: &Option<String>| c.as_deref().map(short_commit).unwrap_or("?").to_string();
     let header = match model.change {

@@ -231,6 +231,9 @@ fn plan_apply_plan_converges_and_second_apply_downloads_nothing() {
         again.stdout, again.stderr
     );
 
+    // Without kari-models.lock, which would pin the commits and spare even the revision
+    // lookups (tests/it/gitops.rs covers the lock).
+    fs_err::remove_file(ws.path().join("kari-models.lock")).unwrap();
     hub.clear_requests();
     let second = ws.run(&["apply"]);
     assert_eq!(second.code, 0, "{}", second.stderr);
@@ -410,6 +413,9 @@ fn revision_bump_fetches_only_changed_files_and_removes_dropped_ones() {
             .commit(bert_files(b"weights-v1"))
             .commit(files),
     );
+    // The lock pins `main` to the installed commit until `kmm lock --update`; without it,
+    // plan follows the branch.
+    fs_err::remove_file(ws.path().join("kari-models.lock")).unwrap();
     let plan = ws.run(&["plan", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}\n{}", plan.stdout, plan.stderr);
     assert!(plan.stdout.contains("~ acme/tiny-bert"), "{}", plan.stdout);

@@ -10,6 +10,7 @@ mod browse;
 mod cli;
 mod downloads;
 mod fake_hub_selftest;
+mod gitops;
 mod hub_client;
 mod interop;
 mod machine;
