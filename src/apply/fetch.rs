@@ -10,8 +10,10 @@
 //!    an earlier run left (and its `.state` file) is continued; network and disk errors keep it
 //!    for the next run; wrong bytes are discarded and fetched once more, then `E_VERIFY`.
 //!
-//! Partials no plan needs any more are deleted by [`Engine::remove_stale_partials`] (apply holds
-//! the store lock, so no other kmm process is writing them).
+//! Partials no plan needs any more are deleted by [`Engine::remove_stale_partials`] when the plan
+//! is a reconcile of the whole manifest (apply holds the store lock, so no other kmm process is
+//! writing them). A narrower plan (`kmm download`, `kmm gc`) cannot tell another declared
+//! model's partial from a stale one, so it leaves them (`kmm gc` has its own rule).
 //!
 //! Edges: writes only under `models/.kmm/downloads/`; never into the Hugging Face cache.
 
@@ -28,11 +30,14 @@ use crate::plan::{Action, Plan};
 use crate::store::StorePaths;
 use crate::upstream::{ContentHasher, UpstreamFile};
 
-/// Where files may come from besides the network.
+/// Where files may come from besides the network, and what happens to partial downloads.
 #[derive(Debug, Clone, Default)]
 pub struct FetchSources {
     /// A local Hugging Face cache to take files from before downloading them.
     pub hf_cache: Option<HfCache>,
+    /// Delete partial downloads this plan does not fetch: only right when the plan covers
+    /// every declared model.
+    pub remove_stale_partials: bool,
 }
 
 /// Suffixes of files in the downloads folder that belong to an unfinished fetch.

@@ -100,7 +100,9 @@ pub async fn apply_with(
     let engine = Engine::new(plan, ctx, sources)?;
     engine.check_offline()?;
     engine.prepare()?;
-    engine.remove_stale_partials()?;
+    if sources.remove_stale_partials {
+        engine.remove_stale_partials()?;
+    }
     // Downloads last among ready actions: local steps are quick and finish models early.
     let priority: Vec<u8> = plan
         .actions

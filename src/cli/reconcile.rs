@@ -49,8 +49,9 @@ pub(crate) struct Session {
 pub(crate) struct PlanOptions {
     /// Declared models may be evicted to meet `quota_gb`.
     pub(crate) evict_declared: bool,
-    /// Overrides the `prune` setting (`kmm ensure` plans one model and removes nothing).
-    pub(crate) prune: Option<bool>,
+    /// The desired state is not the whole manifest (`kmm download`, `kmm ensure`): no other
+    /// model is removed, neither by `prune` nor to meet the quota (`E_QUOTA` instead).
+    pub(crate) only_desired: bool,
 }
 
 impl Session {
@@ -225,7 +226,7 @@ impl Session {
             models_dir: self.paths.root(),
             desired,
             observed: &observed,
-            prune: options.prune.unwrap_or(self.settings.prune),
+            prune: self.settings.prune && !options.only_desired,
         };
         let plan = plan::compute(input);
         let Some(quota_gb) = self.settings.quota_gb else {
@@ -234,6 +235,10 @@ impl Session {
         let after = store_size_after(&plan, desired, &observed.registry);
         let need = crate::gc::excess(after, crate::gc::gb_to_bytes(quota_gb));
         if need == 0 {
+            return Ok(plan);
+        }
+        if options.only_desired {
+            check_quota(&plan, desired, &observed.registry, Some(quota_gb))?;
             return Ok(plan);
         }
         let candidates = super::commands_machine::gc::candidates(
@@ -351,10 +356,11 @@ pub async fn plan(
         &desired,
         PlanOptions {
             evict_declared: args.evict_declared,
-            prune: None,
+            only_desired: false,
         },
     )?;
-    super::commands_machine::compatibility::check_plan(&session, &desired, &mut plan, false)
+    let hub = session.hub.as_ref().filter(|_| !args.lock.frozen);
+    super::commands_machine::compatibility::check_plan(&session, hub, &desired, &mut plan, false)
         .await?;
     super::commands_machine::ensure::note_baselines(&session, &mut plan);
     let registry = Registry::load(&session.paths.registry_file())?;
@@ -498,9 +504,13 @@ pub(crate) struct ApplyOptions<'a> {
     /// A compatibility warning (or a model that cannot be checked) is `E_COMPAT` before any
     /// download.
     pub(crate) force_compat: bool,
-    /// Also produce the manifest's Python baselines (spaCy, basic classifier) after the
-    /// models: `kmm apply` and `kmm watch` do, one-model verbs such as `kmm download` do not.
-    pub(crate) python_baselines_env: Option<EnvLookup<'a>>,
+    /// `--frozen`: no hub request at all, so no compatibility check either.
+    pub(crate) frozen: bool,
+    /// `Some` when the desired state is the whole manifest (`kmm apply`, `kmm watch`): then
+    /// partial downloads no declared model needs are removed, and the manifest's Python
+    /// baselines (spaCy, basic classifier) are produced after the models with this
+    /// environment. One-model verbs (`kmm download`) leave both alone.
+    pub(crate) whole_manifest_env: Option<EnvLookup<'a>>,
 }
 
 /// `kmm apply [PLAN_FILE]`.
@@ -514,10 +524,11 @@ pub async fn apply(
     let options = ApplyOptions {
         plan: PlanOptions {
             evict_declared: args.evict_declared,
-            prune: None,
+            only_desired: false,
         },
         force_compat: args.force_compat,
-        python_baselines_env: Some(env),
+        frozen: args.lock.frozen,
+        whole_manifest_env: Some(env),
     };
     let (message, plan, report) = match &args.plan_file {
         Some(path) => apply_saved(global, path, &options, env, cwd, out).await?,
@@ -607,21 +618,21 @@ fn lock_store(session: &Session, out: Output) -> Result<StoreLock> {
     })
 }
 
-/// The plan for `desired` (the caller holds the store lock), compatibility-checked: with
-/// `--force-compat` a warning stops here (`E_COMPAT`), before any download.
+/// The plan for `desired` (the caller holds the store lock). With `--force-compat` the models
+/// it creates are compatibility-checked and a warning stops here (`E_COMPAT`), before any
+/// download; without it apply skips the check (`kmm plan` shows its warnings), saving a
+/// header read per model.
 async fn plan_checked(
     session: &Session,
     desired: &[DesiredModel],
     options: &ApplyOptions<'_>,
 ) -> Result<Plan> {
     let mut plan = session.plan_with(desired, options.plan)?;
-    super::commands_machine::compatibility::check_plan(
-        session,
-        desired,
-        &mut plan,
-        options.force_compat,
-    )
-    .await?;
+    if options.force_compat {
+        let hub = session.hub.as_ref().filter(|_| !options.frozen);
+        super::commands_machine::compatibility::check_plan(session, hub, desired, &mut plan, true)
+            .await?;
+    }
     Ok(plan)
 }
 
@@ -635,7 +646,7 @@ async fn execute(
     no_changes_message: &str,
 ) -> Result<(String, Plan, ApplyReport)> {
     if plan.is_empty() {
-        if let Some(env) = options.python_baselines_env {
+        if let Some(env) = options.whole_manifest_env {
             super::commands_machine::ensure::after_apply(session, env, out)?;
         }
         return Ok((no_changes_message.to_string(), plan, ApplyReport::default()));
@@ -643,6 +654,7 @@ async fn execute(
     out.status(&plan::render_text(&plan));
     let sources = apply::FetchSources {
         hf_cache: Some(session.hf_cache.clone()),
+        remove_stale_partials: options.whole_manifest_env.is_some(),
     };
     check_free_disk(
         &session.paths,
@@ -663,7 +675,7 @@ async fn execute(
     .await;
     reporter.finish();
     let report = report?;
-    if let Some(env) = options.python_baselines_env {
+    if let Some(env) = options.whole_manifest_env {
         super::commands_machine::ensure::after_apply(session, env, out)?;
     }
     let message = format!(

@@ -384,12 +384,22 @@ fn one_corrupted_response_is_fetched_again_in_the_same_run() {
 #[test]
 fn stale_partials_are_removed_by_apply() {
     let (repo, _) = big_repo(100_000);
-    let hub = FakeHub::start(vec![repo]);
+    let other = RepoSpec::new("acme/other").commit(vec![FileSpec::regular(
+        "config.json",
+        br#"{"model_type":"gpt2"}"#.to_vec(),
+    )]);
+    let hub = FakeHub::start(vec![repo, other]);
     let ws = Workspace::new(&hub, &[REPO]);
     fs_err::create_dir_all(ws.downloads()).unwrap();
     let stale = ws.downloads().join(format!("{}.part", "e".repeat(64)));
     fs_err::write(&stale, b"old").unwrap();
     fs_err::write(state_path_of(&stale), b"{}").unwrap();
+    // A one-model download cannot tell a stale partial from another declared model's: it
+    // leaves them; only a reconcile of the whole manifest removes them.
+    let download = ws.run(&["download", "--model", "acme/other", "--json"]);
+    assert_eq!(download.code, 0, "{}\n{}", download.stdout, download.stderr);
+    assert!(stale.exists());
+    assert!(state_path_of(&stale).exists());
     let run = ws.run(&["apply", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(!stale.exists());

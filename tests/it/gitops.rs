@@ -101,9 +101,15 @@ impl Workspace {
     fn filter(&self, text: &str) -> String {
         text.replace(&self.path().display().to_string(), "[WORK]")
             .lines()
-            .map(|line| match line.find("\"installed_at\": \"20") {
-                Some(at) => format!("{}\"installed_at\": \"[TIME]\",", &line[..at]),
-                None => line.to_string(),
+            .map(|line| {
+                // Timestamps apply stamps: `installed_at` and `last_accessed`.
+                for key in ["\"installed_at\": \"20", "\"last_accessed\": \"20"] {
+                    if let Some(at) = line.find(key) {
+                        let name = &key[..key.find(':').unwrap()];
+                        return format!("{}{name}: \"[TIME]\",", &line[..at]);
+                    }
+                }
+                line.to_string()
             })
             .collect::<Vec<_>>()
             .join("\n")

@@ -623,13 +623,27 @@ fn download_refuses_bad_arguments_quota_and_unknown_models_before_any_file_reque
         "quota refused before any file request"
     );
     assert!(!ws.models().join("llama-cpp").exists());
-    let fits = ws.run(&[
+    // --force-compat blocks on a header kmm cannot read (this fixture is not a real GGUF).
+    let unchecked = ws.run(&[
         "download",
         "--model",
         "TheBloke/Tiny-GGUF",
         "--max-quota-gb",
         "1",
         "--force-compat",
+        "--json",
+    ]);
+    assert_eq!(
+        (unchecked.code, unchecked.error_code().as_str()),
+        (16, "E_COMPAT")
+    );
+    assert!(!ws.models().join("llama-cpp").exists());
+    let fits = ws.run(&[
+        "download",
+        "--model",
+        "TheBloke/Tiny-GGUF",
+        "--max-quota-gb",
+        "1",
         "-q",
     ]);
     assert_eq!(fits.code, 0, "{}", fits.stderr);

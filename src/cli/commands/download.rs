@@ -115,10 +115,11 @@ pub(crate) async fn install(
         reconcile::ApplyOptions {
             plan: reconcile::PlanOptions {
                 evict_declared: false,
-                prune: Some(false),
+                only_desired: true,
             },
             force_compat,
-            python_baselines_env: None,
+            frozen: false,
+            whole_manifest_env: None,
         },
         out,
         &format!("{id} is already installed; nothing to download."),

@@ -70,7 +70,8 @@ pub(in crate::cli) async fn run(
     let options = reconcile::ApplyOptions {
         plan: reconcile::PlanOptions::default(),
         force_compat: false,
-        python_baselines_env: Some(env),
+        frozen: mode.frozen,
+        whole_manifest_env: Some(env),
     };
     let options = &options;
     watch::run(

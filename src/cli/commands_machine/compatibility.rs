@@ -90,9 +90,11 @@ pub async fn run(
 
 /// Checks every model `plan` creates and adds its warnings to the plan's notes. With `force`, a
 /// warning (or a model that cannot be checked) is `E_COMPAT`, before anything is downloaded.
-/// Offline, nothing can be read: a note says so and no error is raised.
+/// Without `hub` (offline, or `--frozen`, which asks the hub nothing), nothing can be read: a
+/// note says so and no error is raised.
 pub async fn check_plan(
     session: &Session,
+    hub: Option<&crate::hub::HubClient>,
     desired: &[DesiredModel],
     plan: &mut Plan,
     force: bool,
@@ -106,11 +108,16 @@ pub async fn check_plan(
     if creates.is_empty() {
         return Ok(());
     }
-    let Some(hub) = session.hub.as_ref() else {
+    let Some(hub) = hub else {
+        let why = if session.hub.is_none() {
+            "offline"
+        } else {
+            "--frozen asks the hub nothing"
+        };
         for model in creates {
             plan.notes.push(Note {
                 model: model.id.clone(),
-                message: "compatibility not checked (offline)".to_string(),
+                message: format!("compatibility not checked ({why})"),
             });
         }
         sort_notes(plan);

@@ -103,7 +103,7 @@ pub async fn run(
             &desired,
             PlanOptions {
                 evict_declared: false,
-                prune: Some(false),
+                only_desired: true,
             },
         )?;
         narrow.notes.clear();
