@@ -40,6 +40,24 @@ pub enum Fault {
     },
     /// Throttle every file body to `bytes_per_sec` until the faults are cleared.
     BandwidthCap { bytes_per_sec: u64 },
+    /// Answer a matching request (either server) with exactly this status, these headers and
+    /// this body: crafted tree listings, malformed or gigantic JSON, hostile redirects. A
+    /// `Location` value may contain `{api}` or `{cdn}`, replaced by the origins' URLs.
+    Raw {
+        path_contains: String,
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+        times: u32,
+    },
+}
+
+/// A crafted answer taken from a [`Fault::Raw`].
+#[derive(Clone, Debug)]
+pub(crate) struct RawAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
 }
 
 /// What a file response must do to its body, decided once when the response starts.
@@ -69,6 +87,23 @@ impl FaultSet {
     pub fn take_latency(&mut self, path: &str) -> Option<u64> {
         self.take(path, |fault| match fault {
             Fault::Latency { millis, .. } => Some(*millis),
+            _ => None,
+        })
+    }
+
+    /// Uses up the first matching `Raw`.
+    pub fn take_raw(&mut self, path: &str) -> Option<RawAnswer> {
+        self.take(path, |fault| match fault {
+            Fault::Raw {
+                status,
+                headers,
+                body,
+                ..
+            } => Some(RawAnswer {
+                status: *status,
+                headers: headers.clone(),
+                body: body.clone(),
+            }),
             _ => None,
         })
     }
@@ -130,6 +165,11 @@ impl FaultSet {
                     path_contains,
                     times,
                     ..
+                }
+                | Fault::Raw {
+                    path_contains,
+                    times,
+                    ..
                 } => *times > 0 && path.contains(path_contains.as_str()),
                 Fault::BandwidthCap { .. } => false,
             };
@@ -140,7 +180,8 @@ impl FaultSet {
             Fault::DropAfter { times, .. }
             | Fault::Status { times, .. }
             | Fault::WrongBytes { times, .. }
-            | Fault::Latency { times, .. } => {
+            | Fault::Latency { times, .. }
+            | Fault::Raw { times, .. } => {
                 *times -= 1;
                 *times == 0
             }

@@ -255,6 +255,10 @@ async fn request_faults(state: &HubState, ctx: &Ctx, bucket: &str) -> Option<Res
     if let Some(millis) = latency {
         tokio::time::sleep(Duration::from_millis(millis)).await;
     }
+    let raw = state.faults.lock().unwrap().take_raw(&ctx.decoded_path);
+    if let Some(raw) = raw {
+        return Some(raw_response(state, raw));
+    }
     let injected = state.faults.lock().unwrap().take_status(&ctx.decoded_path);
     let (status, retry_after) = injected?;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -276,6 +280,21 @@ async fn request_faults(state: &HubState, ctx: &Ctx, bucket: &str) -> Option<Res
         set(headers, "retry-after", &seconds.to_string());
     }
     Some(response)
+}
+
+/// A [`Fault::Raw`] answer, sent as given (only `{api}`/`{cdn}` in header values replaced).
+fn raw_response(state: &HubState, raw: super::faults::RawAnswer) -> Response {
+    let mut response = Response::new(Body::from(raw.body));
+    *response.status_mut() =
+        StatusCode::from_u16(raw.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    for (name, value) in &raw.headers {
+        let value = value
+            .replace("{api}", &state.api_url)
+            .replace("{cdn}", &state.cdn_url);
+        set(headers, name, &value);
+    }
+    response
 }
 
 async fn api_entry(State(state): State<Arc<HubState>>, request: Request) -> Response {
