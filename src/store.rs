@@ -144,7 +144,37 @@ impl StoreLock {
         {
             tracing::debug!("could not write the pid into the store lock: {error}");
         }
+        sweep_stale_temp_files(paths);
         Ok(StoreLock { _file: file })
+    }
+}
+
+/// Removes the temporary files of atomic writes that a killed kmm left behind: the registry's
+/// (`models/.model_registry.json.*.tmp`), the license acceptances' (`.kmm/.licenses.json.*`)
+/// and the config mirrors' (`models/configs/.kmm-*.tmp`). Every such write happens under the
+/// store lock, so once we hold it, any of them is an orphan (found by the crash harness in
+/// `tests/it/reliability.rs`). Best effort: a file that cannot be removed is only logged.
+fn sweep_stale_temp_files(paths: &StorePaths) {
+    let sites: [(PathBuf, &str, &str); 3] = [
+        (paths.root().to_path_buf(), ".model_registry.json.", ".tmp"),
+        (paths.kmm_dir(), ".licenses.json.", ""),
+        (paths.root().join("configs"), ".kmm-", ".tmp"),
+    ];
+    for (dir, prefix, suffix) in sites {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let is_file = entry.file_type().is_ok_and(|kind| kind.is_file());
+            if is_file && name.starts_with(prefix) && name.ends_with(suffix) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::debug!("removed the orphaned temp file {name}"),
+                    Err(error) => tracing::debug!("could not remove {name}: {error}"),
+                }
+            }
+        }
     }
 }
 
