@@ -321,12 +321,14 @@ impl HubClient {
         let span = tracing::info_span!("resolve", repo = repo_id, revision = commit);
         async {
             let first = self.parse_url(&urls::tree_url(&self.config.endpoint, repo_id, commit))?;
+            let first_shown = first.clone();
             let target = Target::revision(repo_id, commit);
             let mut files = BTreeMap::new();
             let mut pages = self.pages(first, &target, MAX_LISTING_PAGE_BYTES);
             while let Some(fetched) = pages.next_page().await? {
                 parse::tree_page(&fetched.body, &redact_url(fetched.url.as_str()), &mut files)?;
             }
+            parse::check_no_file_is_a_folder(&files, &redact_url(first_shown.as_str()))?;
             Ok(files.into_values().collect())
         }
         .instrument(span)

@@ -131,7 +131,7 @@ pub(crate) fn tree_page(
         crate::layout::check_repo_path(&entry.path).map_err(|reason| {
             Error::schema(format!(
                 "the hub's tree listing from {url} has an unsafe path `{}`",
-                entry.path.escape_debug()
+                crate::layout::shown(&entry.path)
             ))
             .caused_by(reason)
         })?;
@@ -162,6 +162,31 @@ pub(crate) fn tree_page(
                 "the hub's tree listing from {url} lists `{}` twice",
                 entry.path
             )));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a listing where one path is both a file and a folder (`a` and `a/b`): no real
+/// repository has that, and installing it would fail half way through the model folder. Run
+/// once over all pages (found by `tests/it/hostile_hub.rs`).
+pub(crate) fn check_no_file_is_a_folder(
+    files: &BTreeMap<String, UpstreamFile>,
+    url: &str,
+) -> Result<()> {
+    for path in files.keys() {
+        let mut end = 0;
+        while let Some(slash) = path[end..].find('/') {
+            end += slash;
+            let folder = &path[..end];
+            if files.contains_key(folder) {
+                return Err(Error::schema(format!(
+                    "the hub's tree listing from {url} lists `{}` both as a file and as the folder of `{}`",
+                    crate::layout::shown(folder),
+                    crate::layout::shown(path)
+                )));
+            }
+            end += 1;
         }
     }
     Ok(())
@@ -261,6 +286,19 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn tree_rejects_a_file_that_is_also_a_folder() {
+        let mut files = BTreeMap::new();
+        let body = format!("[{},{}]", entry_json("a/b"), entry_json("a/c/d"));
+        tree_page(body.as_bytes(), "u", &mut files).unwrap();
+        check_no_file_is_a_folder(&files, "u").unwrap();
+        let body = format!("[{}]", entry_json("a/c"));
+        tree_page(body.as_bytes(), "u", &mut files).unwrap();
+        let error = check_no_file_is_a_folder(&files, "u").unwrap_err();
+        assert_eq!(error.code(), ErrorCode::Schema);
+        assert!(error.message().contains("`a/c` both as a file"), "{error}");
     }
 
     #[test]

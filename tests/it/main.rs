@@ -11,6 +11,7 @@ mod cli;
 mod downloads;
 mod fake_hub_selftest;
 mod gitops;
+mod hostile_hub;
 mod hub_client;
 mod interop;
 mod machine;
