@@ -30,6 +30,7 @@
 //! | [`apply`] | executes a `Plan` |
 //! | [`api`] | the library API: the older tool's helpers as thin faces over the engine |
 //! | [`plan_file`] | saved plans (`plan --out`): inputs' fingerprints, staleness |
+//! | [`repair`] | `kmm registry repair`: back up an unreadable registry, rebuild it from disk |
 //! | [`watch`] | `kmm watch`: notify + debounce + interval + backoff around the apply reconcile |
 //! | [`cli`] | the `kmm` command line |
 //!
@@ -49,6 +50,7 @@
 //! | `kari-models.toml` edits | only `kmm download --save`, through `manifest_edit` (comments kept) |
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
 //! | `models/basic_cls/` | [`baselines`] (built in `.kmm/staging/`, renamed in, under the store lock) |
+//! | `models/.kmm/registry-backups/` | unreadable registries saved by [`repair`] before a rebuild |
 //! | `last_accessed` in the registry | [`apply`] (install, and `kmm path` via [`apply::record_access`]) |
 
 pub mod api;
@@ -67,6 +69,7 @@ pub mod manifest_edit;
 pub mod plan;
 pub mod plan_file;
 pub mod registry;
+pub mod repair;
 pub mod resolve;
 pub mod store;
 pub mod sys;

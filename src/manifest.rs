@@ -722,6 +722,21 @@ pub fn check_revision(revision: &str) -> std::result::Result<(), String> {
             revision.len()
         ));
     }
+    // Git's ref-name rules that matter for paths: a revision never contains `..` or `\`, never
+    // starts or ends with `/`, has no empty part and no part starting with `.`. Rejected here,
+    // before any request, so that no hostile revision reaches a URL or a file name (found by
+    // the traversal test in tests/it/reliability.rs).
+    if revision.contains("..")
+        || revision.contains('\\')
+        || revision
+            .split('/')
+            .any(|part| part.is_empty() || part.starts_with('.'))
+    {
+        return Err(format!(
+            "is not a valid git revision (no `..`, `\\`, empty or dot-leading parts), found \"{}\"",
+            layout::shown(revision)
+        ));
+    }
     Ok(())
 }
 

@@ -79,6 +79,9 @@ pub enum Command {
     Show(ShowArgs),
     /// Keep applying: at start, when the manifest or lock changes, and every interval.
     Watch(WatchArgs),
+    /// Registry maintenance: `kmm registry repair` rebuilds an unreadable model_registry.json
+    /// from disk after backing it up
+    Registry(super::commands_registry::RegistryArgs),
     /// Write the JSON Schemas of kmm's files and --json data into a folder (for development).
     #[command(hide = true)]
     GenerateSchemas(GenerateSchemasArgs),

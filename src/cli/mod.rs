@@ -9,6 +9,7 @@ mod args;
 mod commands;
 mod commands_gitops;
 mod commands_machine;
+mod commands_registry;
 mod output;
 mod progress;
 mod reconcile;
@@ -87,6 +88,9 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Show(args) => commands_gitops::show::run(args, &cwd, out),
             Command::Watch(args) => {
                 commands_gitops::watch::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Registry(args) => {
+                commands_registry::run(&cli.global, args, &env, &cwd, out).await
             }
             Command::GenerateSchemas(args) => commands_gitops::schemas::run(args, &cwd, out),
         }

@@ -25,7 +25,8 @@ use crate::fake_hub::{FakeHub, Fault, FileSpec, RepoSpec, git_blob_sha1, sha256_
 /// Deterministic bytes that do not repeat (xorshift64).
 pub(crate) fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(len + 8);
-    seed |= 1;
+    // Spread nearby seeds apart (and never 0, where xorshift stays 0).
+    seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).max(1);
     while bytes.len() < len {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -879,4 +880,376 @@ fn network_failures_end_in_bounded_retries_and_e_net_with_the_store_intact() {
         fs_err::read(ws.model_dir(SLOW).join(SLOW_FILE)).unwrap(),
         weights
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad local input: corrupt registry, `kmm registry repair`, traversal, generated input
+// ---------------------------------------------------------------------------------------------
+
+/// `path:line:col:` at the start of an `E_SCHEMA` message.
+fn has_location(message: &str, path: &Path) -> bool {
+    let Some(rest) = message.strip_prefix(&format!("{}:", path.display())) else {
+        return false;
+    };
+    let mut parts = rest.splitn(3, ':');
+    let mut number = || {
+        parts
+            .next()
+            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    number() && number()
+}
+
+#[test]
+fn a_corrupt_registry_is_never_overwritten_and_repair_rebuilds_it() {
+    let (repo0, _, new0) = crash_repo(0);
+    let (repo1, _, new1) = crash_repo(1);
+    let hub = FakeHub::start(vec![repo0, repo1]);
+    let ws = Workspace::new(
+        &hub,
+        &[(CRASH_MODELS[0], "main"), (CRASH_MODELS[1], "main")],
+    );
+    ws.run(&["apply", "--quiet"]).ok();
+    let good = ws.registry_text().unwrap();
+    // Torn in the middle of a record, as a non-atomic writer would leave it.
+    let corrupt = good[..good.len() / 2].to_string();
+    fs_err::write(ws.registry_path(), &corrupt).unwrap();
+    let model = CRASH_MODELS[0];
+    for verb in [
+        &["plan"][..],
+        &["apply"],
+        &["gc"],
+        &["pin", "--model", model],
+        &["path", "--model", model],
+        &["download", "--model", model],
+    ] {
+        let mut args = verb.to_vec();
+        args.push("--json");
+        let run = ws.run(&args);
+        assert_eq!(run.error_code(), "E_SCHEMA", "{verb:?}: {}", run.stdout);
+        let message = run.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            has_location(&message, &ws.registry_path()),
+            "{verb:?}: no location: {message}"
+        );
+        assert!(
+            run.stdout.contains("hint:"),
+            "{verb:?}: no hint: {}",
+            run.stdout
+        );
+        assert_eq!(
+            fs_err::read_to_string(ws.registry_path()).unwrap(),
+            corrupt,
+            "{verb:?} overwrote the corrupt registry"
+        );
+    }
+
+    // One file of the second model is damaged on disk meanwhile.
+    let damaged = ws.model_dir(CRASH_MODELS[1]).join("weights-b.safetensors");
+    let mut bytes = fs_err::read(&damaged).unwrap();
+    bytes[100] ^= 0xFF;
+    fs_err::write(&damaged, &bytes).unwrap();
+
+    let run = ws.run(&["registry", "repair", "--json"]);
+    run.ok();
+    let data = &run.json()["data"];
+    assert_eq!(data["repaired"], true, "{}", run.stdout);
+    assert_eq!(
+        data["complete"],
+        serde_json::json!([CRASH_MODELS[0]]),
+        "{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert_eq!(data["incomplete"], serde_json::json!([CRASH_MODELS[1]]));
+    let backup = PathBuf::from(data["backup"].as_str().unwrap());
+    assert!(
+        backup.starts_with(ws.models.join(".kmm")),
+        "{}",
+        backup.display()
+    );
+    assert_eq!(fs_err::read_to_string(&backup).unwrap(), corrupt);
+
+    // The next apply fetches only the damaged file, and the store is converged.
+    let before = hub.body_bytes_served();
+    ws.run(&["apply", "--json"]).ok();
+    let served = hub.body_bytes_served() - before;
+    assert_eq!(served, new1["weights-b.safetensors"].len() as u64);
+    assert_eq!(read_tree(&ws.model_dir(CRASH_MODELS[0])), new0);
+    assert_eq!(read_tree(&ws.model_dir(CRASH_MODELS[1])), new1);
+    assert_eq!(ws.run(&["plan", "--detailed-exitcode", "--quiet"]).code, 0);
+
+    // A readable registry is left alone.
+    let text = ws.registry_text().unwrap();
+    let run = ws.run(&["registry", "repair", "--json"]);
+    run.ok();
+    assert_eq!(run.json()["data"]["repaired"], false);
+    assert_eq!(ws.registry_text().unwrap(), text);
+}
+
+#[test]
+fn path_traversal_ids_and_revisions_are_rejected_before_any_io() {
+    let hub = FakeHub::start(vec![]);
+    let ws = Workspace::new(&hub, &[]);
+    let hostile_ids = [
+        "../evil",
+        "a/../../evil",
+        "../../../../tmp/evil",
+        "/abs/evil",
+        "a\\..\\evil",
+        "a/b/c",
+        ".",
+        "..",
+        "a/..",
+        "evil\u{0}x",
+        "",
+    ];
+    let hostile_revisions = [
+        "../../etc",
+        "refs/../../../evil",
+        "a\u{0}b",
+        "/abs",
+        "..",
+        "a\\b",
+    ];
+    let mut manifests = Vec::new();
+    for id in hostile_ids {
+        manifests.push((format!("id {id:?}"), id.to_string(), "main".to_string()));
+    }
+    for revision in hostile_revisions {
+        manifests.push((
+            format!("revision {revision:?}"),
+            "org/m".into(),
+            revision.into(),
+        ));
+    }
+    for (case, id, revision) in manifests {
+        let toml_id = serde_json::to_string(&id).unwrap();
+        let toml_revision = serde_json::to_string(&revision).unwrap();
+        fs_err::write(
+            ws.manifest_path(),
+            format!(
+                "[settings]\nmodels_dir = \"{}\"\n\n[models.{toml_id}]\nrevision = {toml_revision}\n",
+                ws.models.display()
+            ),
+        )
+        .unwrap();
+        for verb in ["plan", "apply", "lock"] {
+            let run = ws.run(&[verb, "--json"]);
+            assert_eq!(
+                run.error_code(),
+                "E_SCHEMA",
+                "{case} {verb}: {}",
+                run.stdout
+            );
+            let message = run.json()["message"].as_str().unwrap().to_string();
+            assert!(
+                has_location(&message, &ws.manifest_path()),
+                "{case} {verb}: no location: {message}"
+            );
+        }
+    }
+    // The one-model verbs take ids on the command line.
+    ws.write_manifest(&[]);
+    for id in hostile_ids.iter().filter(|id| !id.contains('\0')) {
+        for verb in ["download", "info", "path", "pin", "compatibility"] {
+            let run = ws.run(&[verb, "--model", id, "--json"]);
+            let code = run.error_code();
+            assert!(
+                code == "E_ARGS" || code == "E_SCHEMA",
+                "{verb} --model {id:?}: {code}: {}",
+                run.stdout
+            );
+        }
+        let run = ws.run(&["license", "--model", id, "--show", "--json"]);
+        assert!(
+            ["E_ARGS", "E_SCHEMA"].contains(&run.error_code().as_str()),
+            "{}",
+            run.stdout
+        );
+    }
+    assert!(
+        hub.requests().is_empty(),
+        "the hub was asked: {:?}",
+        hub.requests()
+    );
+    assert!(!ws.models.exists(), "the store was created");
+    let stray: Vec<String> = list_paths(ws.dir.path())
+        .into_iter()
+        .filter(|path| path.contains("evil"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+mod generated {
+    //! Generated manifests and registries through the library parsers (fixed case count, no
+    //! persistence file: seconds in CI). Any input must give a value or `E_SCHEMA` with a
+    //! `path:line:column` location; a panic fails the property.
+
+    use std::path::Path;
+
+    use kmm::ErrorCode;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, FileFailurePersistence};
+
+    use super::has_location;
+
+    fn config() -> Config {
+        Config {
+            cases: 384,
+            failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
+            ..Config::default()
+        }
+    }
+
+    /// Pieces of manifests, valid and hostile, assembled in random order.
+    const MANIFEST_LINES: &[&str] = &[
+        "[settings]",
+        "models_dir = \"models\"",
+        "models_dir = \"/\"",
+        "models_dir = \"../../..\"",
+        "models_dir = 7",
+        "max_workers = 0",
+        "max_workers = 99999999999999999999",
+        "max_workers = -3",
+        "quota_gb = nan",
+        "quota_gb = -inf",
+        "quota_gb = 1e400",
+        "prune = \"yes\"",
+        "endpoint = \"file:///etc\"",
+        "endpoint = \"http://user:hf_x@h\"",
+        "[models.\"org/m\"]",
+        "[models.\"../x\"]",
+        "[models.\"a/b/c\"]",
+        "[models.\"\"]",
+        "[models]",
+        "[[models]]",
+        "[models.\"org/m\".license]",
+        "revision = \"main\"",
+        "revision = \"../../etc\"",
+        "revision = \"\"",
+        "revision = 1",
+        "include = [\"*.json\", \"../*\"]",
+        "include = \"*\"",
+        "include = [[1]]",
+        "exclude = [\"[\"]",
+        "library = \"pytorch\"",
+        "library = \"llama-cpp\"",
+        "pinned = true",
+        "max_size_gb = 0",
+        "accepted = true",
+        "user_id = \"\u{202e}evil\"",
+        "license = { accepted = \"no\" }",
+        "unknown = 1",
+        "[baselines]",
+        "distilbert = true",
+        "spacy = { x = 1 }",
+        "x = { a = { b = { c = [1, 2, [3, { d = 4 }]] } } }",
+        "'''",
+        "\"unterminated",
+        "= 1",
+        "a.b.c.d = 1",
+        "\u{0}",
+        "\u{feff}",
+        "# comment",
+        "",
+    ];
+
+    fn manifest_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(prop::sample::select(MANIFEST_LINES), 0..14)
+                .prop_map(|lines| lines.join("\n")),
+            ".{0,200}",
+            prop::collection::vec(any::<u8>(), 0..200)
+                .prop_map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+        ]
+    }
+
+    /// Arbitrary JSON, with the registry's own keys likely at every level.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(serde_json::Value::from),
+            "[a-z/._\u{0}-\u{1f}]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        let key = prop_oneof![
+            prop::sample::select(vec![
+                "model_id",
+                "library",
+                "revision",
+                "install_path",
+                "files",
+                "path",
+                "size",
+                "sha256",
+                "git_sha1",
+                "total_size",
+                "commit",
+                "pinned",
+                "selection",
+                "include",
+                "org/m",
+            ])
+            .prop_map(str::to_string),
+            "[a-z]{0,4}",
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::vec((key.clone(), inner), 0..6)
+                    .prop_map(|pairs| { serde_json::Value::Object(pairs.into_iter().collect()) }),
+            ]
+        })
+    }
+
+    fn registry_bytes() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            json_value().prop_map(|value| serde_json::to_vec_pretty(&value).unwrap()),
+            // A record-shaped object with hostile values.
+            (json_value(), json_value(), json_value()).prop_map(|(files, size, path)| {
+                serde_json::to_vec(&serde_json::json!({
+                    "org/m": {
+                        "model_id": "org/m", "library": "transformers",
+                        "install_path": path, "files": files, "total_size": size
+                    }
+                }))
+                .unwrap()
+            }),
+            // Valid JSON cut short, as a torn write would leave it.
+            (json_value(), any::<prop::sample::Index>()).prop_map(|(value, cut)| {
+                let bytes = serde_json::to_vec(&value).unwrap();
+                let at = cut.index(bytes.len() + 1);
+                bytes[..at].to_vec()
+            }),
+            prop::collection::vec(any::<u8>(), 0..200),
+        ]
+    }
+
+    #[test]
+    fn manifests_parse_or_fail_with_e_schema_and_a_location() {
+        let path = Path::new("/work/kari-models.toml");
+        proptest!(config(), |(text in manifest_text())| {
+            if let Err(error) = kmm::manifest::Manifest::parse(path, &text) {
+                prop_assert_eq!(error.code(), ErrorCode::Schema, "{}", error);
+                prop_assert!(has_location(error.message(), path), "{}", error);
+                prop_assert!(error.hint().is_some() || !error.message().is_empty());
+            }
+        });
+    }
+
+    #[test]
+    fn registries_load_or_fail_with_e_schema_and_a_location() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model_registry.json");
+        proptest!(config(), |(bytes in registry_bytes())| {
+            fs_err::write(&path, &bytes).unwrap();
+            if let Err(error) = kmm::registry::Registry::load(&path) {
+                prop_assert_eq!(error.code(), ErrorCode::Schema, "{}", error);
+                prop_assert!(has_location(error.message(), &path), "{}", error);
+                prop_assert!(error.hint().is_some(), "{}", error);
+            }
+        });
+    }
 }

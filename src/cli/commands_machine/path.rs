@@ -36,6 +36,8 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
+    // Like every verb taking --model: a hostile id is refused before the store is touched.
+    super::super::commands::check_model_arg(&args.model)?;
     let session = Session::open_lenient(global, env, cwd).await?;
     let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
         out.status("Waiting for another kmm process to release the store lock...")
