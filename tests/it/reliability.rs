@@ -1253,3 +1253,173 @@ mod generated {
         });
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+// ---------------------------------------------------------------------------------------------
+
+/// Every file under `root` whose bytes contain `needle` (the token file itself excluded).
+fn files_containing(root: &Path, needle: &str, except: &Path) -> Vec<String> {
+    read_tree(root)
+        .into_iter()
+        .filter(|(path, content)| {
+            root.join(path) != except
+                && content
+                    .windows(needle.len())
+                    .any(|window| window == needle.as_bytes())
+        })
+        .map(|(path, _)| path)
+        .collect()
+}
+
+#[test]
+fn the_token_appears_in_no_output_log_or_file_of_any_verb() {
+    use crate::fake_hub::GatedMode;
+    let token = "hf_SuperSecretReliabilityToken0123456789";
+    let (public, _, _) = crash_repo(0);
+    let private = RepoSpec::new("secret/private")
+        .commit(vec![
+            FileSpec::regular("config.json", br#"{"model_type":"gpt2"}"#.to_vec()),
+            FileSpec::lfs("model.safetensors", noise(64 << 10, 0x5EC)),
+        ])
+        .private()
+        .allow_token(token);
+    let gated = RepoSpec::new("secret/gated")
+        .commit(vec![FileSpec::regular("config.json", b"{}".to_vec())])
+        .license("llama3")
+        .gated(GatedMode::Auto)
+        .allow_token(token);
+    let hub = FakeHub::start(vec![public, private, gated]);
+    // Each verb once per way of giving the token: the variable, and a token file.
+    for via_file in [false, true] {
+        let mut ws = Workspace::new(
+            &hub,
+            &[(CRASH_MODELS[0], "main"), ("secret/private", "main")],
+        );
+        let token_file = ws.dir.path().join("hf-token");
+        fs_err::write(&token_file, format!("{token}\n")).unwrap();
+        if via_file {
+            ws.set_env("HF_TOKEN_PATH", token_file.to_str().unwrap());
+        } else {
+            ws.set_env("HF_TOKEN", token);
+        }
+        ws.set_env("RUST_LOG", "trace");
+        ws.set_env("KMM_PROGRESS_JSON", "1");
+        let plan_file = ws.dir.path().join("plan.json");
+        let plan_arg = plan_file.to_str().unwrap().to_string();
+        let cred_mirror = format!(
+            "http://user:{token}@{}",
+            hub.url().trim_start_matches("http://")
+        );
+        let verbs: Vec<Vec<&str>> = vec![
+            vec!["--help"],
+            vec!["--version"],
+            vec!["plan"],
+            vec!["plan", "--out", &plan_arg],
+            vec!["plan", "--format", "markdown", "--diff"],
+            vec!["show", &plan_arg],
+            vec!["apply", &plan_arg],
+            vec!["apply"],
+            vec!["lock"],
+            vec!["lock", "--update", "secret/private"],
+            vec!["list", "--owner", "secret"],
+            vec!["info", "--model", "secret/private"],
+            vec!["info", "--model", "secret/nonexistent"],
+            vec!["license", "--model", "secret/gated", "--show"],
+            vec!["license", "--model", "secret/gated", "--accept"],
+            vec!["download", "--model", "secret/gated"],
+            vec!["compatibility", "--model", "secret/private"],
+            vec!["path", "--model", "secret/private"],
+            vec!["pin", "--model", "secret/private"],
+            vec!["pin", "--model", "secret/private", "--unpin"],
+            vec!["gc", "--dry-run"],
+            vec!["gc"],
+            vec!["browse", "--owner", "secret"],
+            vec!["ensure", "--distilbert"],
+            vec!["registry", "repair"],
+            vec!["plan", "--mirror", &cred_mirror],
+            vec!["generate-schemas", "schemas"],
+        ];
+        let mut outputs = String::new();
+        for verb in &verbs {
+            for json in [false, true] {
+                let mut args = verb.clone();
+                args.push("-vv");
+                if json {
+                    args.push("--json");
+                }
+                let run = ws.run(&args);
+                for (stream, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+                    assert!(
+                        !text.contains(token) && !text.contains(&token[3..]),
+                        "{args:?} (token file: {via_file}) leaked the token on {stream}:\n{text}"
+                    );
+                }
+                outputs.push_str(&run.stdout);
+                outputs.push_str(&run.stderr);
+            }
+        }
+        // `kmm watch` runs until stopped: let it apply once, then stop it.
+        let mut watch = ws.spawn(&["watch", "-vv", "--interval", "1h"]);
+        let stdout = watch.stdout.take().unwrap();
+        let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let _ = lines_tx.send(line.unwrap_or_default());
+            }
+        });
+        // Its first reconcile prints `[start] ...` (success or error) on stdout.
+        let mut watch_text = String::new();
+        loop {
+            let line = lines_rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("kmm watch never reported its first apply");
+            watch_text.push_str(&line);
+            watch_text.push('\n');
+            if line.starts_with('[') {
+                break;
+            }
+        }
+        let _ = watch.kill();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut watch.stderr.take().unwrap(), &mut stderr).unwrap();
+        watch.wait().unwrap();
+        reader.join().unwrap();
+        watch_text.extend(lines_rx.try_iter().map(|line| line + "\n"));
+        for text in [&watch_text, &stderr] {
+            assert!(!text.contains(token), "watch leaked the token:\n{text}");
+        }
+        // Nothing on disk holds it: registry, lock, plan file, store internals, caches, logs.
+        // (The search itself finds the token file when not told to skip it.)
+        assert_eq!(
+            files_containing(ws.dir.path(), token, Path::new("/")),
+            ["hf-token"]
+        );
+        let leaks = files_containing(ws.dir.path(), token, &token_file);
+        assert!(leaks.is_empty(), "the token is written in {leaks:?}");
+        let leaks = files_containing(ws.dir.path(), &token[3..], &token_file);
+        assert!(
+            leaks.is_empty(),
+            "part of the token is written in {leaks:?}"
+        );
+        assert!(ws.registry_path().exists() && plan_file.exists());
+        assert!(ws.dir.path().join("kari-models.lock").exists());
+        // The runs were verbose and did use the token (else this test proves nothing).
+        assert!(
+            outputs.contains("TRACE") || outputs.contains("DEBUG"),
+            "no verbose log"
+        );
+        assert!(
+            hub.requests()
+                .iter()
+                .any(|r| r.header("authorization") == Some(&format!("Bearer {token}"))),
+            "the token was never sent"
+        );
+        assert!(
+            ws.model_dir("secret/private")
+                .join("model.safetensors")
+                .exists()
+        );
+    }
+}
