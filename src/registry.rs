@@ -213,8 +213,8 @@ pub fn load_pending_licenses(path: &Path) -> Result<BTreeMap<String, serde_json:
     }
 }
 
-/// Writes [`pending_licenses_file`] atomically (temp file, fsync, rename). Callers hold the
-/// store lock.
+/// Writes [`pending_licenses_file`] atomically and durably (temp file, fsync, rename, fsync the
+/// folder). Callers hold the store lock.
 pub fn save_pending_licenses(
     path: &Path,
     pending: &BTreeMap<String, serde_json::Value>,
@@ -233,6 +233,10 @@ pub fn save_pending_licenses(
         .map_err(|error| failed(&error))?;
     temp.as_file().sync_all().map_err(|error| failed(&error))?;
     temp.persist(path).map_err(|error| failed(&error.error))?;
+    // Without this the rename itself may not survive a power loss (the registry's save does it).
+    fs_err::File::open(folder)
+        .and_then(|folder| folder.sync_all())
+        .map_err(|error| failed(&error))?;
     Ok(())
 }
 
