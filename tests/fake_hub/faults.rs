@@ -194,8 +194,9 @@ impl FaultSet {
     }
 }
 
-/// Streams `data` in chunks, applying `faults`, counting sent bytes into `served`.
-pub(crate) fn file_body(data: Bytes, faults: BodyFaults, served: Arc<AtomicU64>) -> Body {
+/// Streams `data` in chunks, applying `faults`, counting sent bytes into both `served`
+/// counters (the hub's total and the request's own).
+pub(crate) fn file_body(data: Bytes, faults: BodyFaults, served: [Arc<AtomicU64>; 2]) -> Body {
     let data = if faults.wrong_bytes {
         Bytes::from(data.iter().map(|b| b ^ 0xFF).collect::<Vec<u8>>())
     } else {
@@ -229,7 +230,7 @@ struct StreamState {
     chunk_size: usize,
     rate: Option<u64>,
     started: Instant,
-    served: Arc<AtomicU64>,
+    served: [Arc<AtomicU64>; 2],
     done: bool,
 }
 
@@ -266,9 +267,9 @@ async fn next_chunk(
     let end = (state.sent + state.chunk_size).min(end_of_body);
     let chunk = state.data.slice(state.sent..end);
     state.sent = end;
-    state
-        .served
-        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    for counter in &state.served {
+        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+    }
     Some((Ok(chunk), state))
 }
 

@@ -48,6 +48,10 @@ pub struct LoggedRequest {
     /// Header names are lowercase.
     pub headers: Vec<(String, String)>,
     pub status: u16,
+    /// File-content bytes sent for this request so far. Bytes a killed client's connection
+    /// still produces count here, not against a later request, so a test can measure exactly
+    /// what one run fetched (see [`FakeHub::body_bytes_served_since`]).
+    pub body_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LoggedRequest {
@@ -179,6 +183,16 @@ impl FakeHub {
     /// File-content bytes sent so far by resolve GETs and CDN GETs.
     pub fn body_bytes_served(&self) -> u64 {
         self.state.served.load(Ordering::Relaxed)
+    }
+
+    /// File-content bytes sent for the requests logged at index `first` and later (take
+    /// `requests().len()` before a run), whenever the bytes were sent.
+    pub fn body_bytes_served_since(&self, first: usize) -> u64 {
+        let log = self.state.log.lock().unwrap();
+        log.iter()
+            .skip(first)
+            .map(|request| request.body_bytes.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn set_page_sizes(&self, sizes: PageSizes) {

@@ -110,6 +110,8 @@ struct Ctx {
     decoded_path: String,
     headers: HeaderMap,
     query: Vec<(String, String)>,
+    /// File-content bytes sent for this request (shared with its log entry).
+    body_bytes: Arc<AtomicU64>,
 }
 
 impl Ctx {
@@ -217,7 +219,9 @@ fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx
             })
             .collect(),
         status: 0,
+        body_bytes: Arc::new(AtomicU64::new(0)),
     };
+    let body_bytes = logged.body_bytes.clone();
     let index = {
         let mut log = state.log.lock().unwrap();
         log.push(logged);
@@ -232,6 +236,7 @@ fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx
         raw_path,
         raw_query,
         headers,
+        body_bytes,
     };
     (index, ctx)
 }
@@ -1082,7 +1087,11 @@ fn serve_content(state: &HubState, ctx: &Ctx, content: Bytes, mut headers: Heade
             .lock()
             .unwrap()
             .take_body_faults(&ctx.decoded_path);
-        file_body(slice, faults, state.served.clone())
+        file_body(
+            slice,
+            faults,
+            [state.served.clone(), ctx.body_bytes.clone()],
+        )
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
