@@ -213,12 +213,47 @@ impl Session {
         Fingerprints::compute(&self.manifest.path, &self.lock_path, &self.paths, dirs)
     }
 
+    /// `desired` with the values resolution took from the registry (`pinned`, `license_accepted`
+    /// where the manifest says nothing) taken again from `registry`, read under the store lock.
+    /// Resolution reads the registry before the lock; without this, a `kmm pin` that ran while
+    /// this apply waited for the lock was undone by it ("pinned changes to false"; found by
+    /// `reliability::mixed_concurrent_verbs_never_lose_a_registry_update`).
+    fn with_current_hints(
+        &self,
+        desired: &[DesiredModel],
+        registry: &Registry,
+    ) -> Vec<DesiredModel> {
+        desired
+            .iter()
+            .map(|model| {
+                let mut model = model.clone();
+                // Models the manifest does not declare (`ensure`, `download` of another id)
+                // carry what their verb decided; leave them as they are.
+                let Some(spec) = self.manifest.models.get(&model.id) else {
+                    return model;
+                };
+                let record = registry.models.get(&model.id);
+                if spec.pinned.is_none() {
+                    model.pinned = record.and_then(|record| record.pinned);
+                }
+                let declared_license = spec.license.as_ref().is_some_and(|l| l.accepted);
+                if !declared_license
+                    && let Some(accepted) = record.and_then(|r| r.license_accepted.clone())
+                {
+                    model.license_accepted = Some(accepted);
+                }
+                model
+            })
+            .collect()
+    }
+
     /// Observes the store and plans. Read-only; `apply` calls it under the store lock so that
     /// what it saw is what it changes.
     /// The plan, with the evictions `quota_gb` needs (least recently used undeclared models
     /// first; declared ones only with `options.evict_declared`; `E_QUOTA` when impossible).
     pub(crate) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
         let registry = Registry::load(&self.paths.registry_file())?;
+        let desired = &self.with_current_hints(desired, &registry);
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
         let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
         let observed = store::observe(&self.paths, &dirs)?;

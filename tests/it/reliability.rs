@@ -1424,3 +1424,77 @@ fn the_token_appears_in_no_output_log_or_file_of_any_verb() {
         );
     }
 }
+
+#[test]
+fn mixed_concurrent_verbs_never_lose_a_registry_update() {
+    // Three installed models; each round unpins them, then starts eight writers of the registry
+    // at once: `pin` of each model, `path` (records `last_accessed`) of two, and two `apply`.
+    // A verb that read the registry outside the store lock would drop another's update.
+    const ROUNDS: usize = 10;
+    let repos: Vec<RepoSpec> = (0..3).map(|index| crash_repo(index).0).collect();
+    let hub = FakeHub::start(repos);
+    let declared: Vec<(&str, &str)> = CRASH_MODELS[..3].iter().map(|id| (*id, "main")).collect();
+    let ws = Workspace::new(&hub, &declared);
+    ws.run(&["apply", "--quiet"]).ok();
+    // Sequentially first: each of these alone keeps a pin.
+    for verb in [
+        &["apply"][..],
+        &["gc", "--dry-run"],
+        &["path", "--model", CRASH_MODELS[1]],
+    ] {
+        ws.run(&["pin", "--model", CRASH_MODELS[0], "--quiet"]).ok();
+        ws.run(verb).ok();
+        let registry: Value = serde_json::from_str(&ws.registry_text().unwrap()).unwrap();
+        assert_eq!(
+            registry[CRASH_MODELS[0]]["pinned"], true,
+            "{verb:?} dropped a pin"
+        );
+    }
+    for round in 0..ROUNDS {
+        for id in &CRASH_MODELS[..3] {
+            ws.run(&["pin", "--model", id, "--unpin", "--quiet"]).ok();
+        }
+        let mut registry: BTreeMap<String, Value> =
+            serde_json::from_str(&ws.registry_text().unwrap()).unwrap();
+        for record in registry.values_mut() {
+            record.as_object_mut().unwrap().remove("last_accessed");
+        }
+        fs_err::write(
+            ws.registry_path(),
+            serde_json::to_string_pretty(&registry).unwrap(),
+        )
+        .unwrap();
+        let mut children = Vec::new();
+        for id in &CRASH_MODELS[..3] {
+            children.push(ws.spawn(&["pin", "--model", id, "--json"]));
+        }
+        for id in &CRASH_MODELS[..2] {
+            children.push(ws.spawn(&["path", "--model", id, "--json"]));
+        }
+        children.push(ws.spawn(&["apply", "--json"]));
+        children.push(ws.spawn(&["apply", "--json"]));
+        children.push(ws.spawn(&["gc", "--dry-run", "--json"]));
+        let mut log = String::new();
+        for child in children {
+            let run = finish(child);
+            run.ok();
+            log.push_str(&run.stdout);
+        }
+        let registry: BTreeMap<String, Value> =
+            serde_json::from_str(&ws.registry_text().unwrap()).unwrap();
+        for (index, id) in CRASH_MODELS[..3].iter().enumerate() {
+            let record = &registry[*id];
+            assert_eq!(
+                record["pinned"], true,
+                "round {round}: the pin of {id} was lost; outputs:\n{log}"
+            );
+            if index < 2 {
+                assert!(
+                    record["last_accessed"].is_string(),
+                    "round {round}: the access of {id} was lost: {record}"
+                );
+            }
+        }
+    }
+    eprintln!("{ROUNDS} rounds of 8 concurrent registry writers: no update lost");
+}
