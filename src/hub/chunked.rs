@@ -284,9 +284,7 @@ pub(super) async fn fetch(
             file.hash.display(),
             actual.display()
         ))
-        .with_hint(
-            "the hub or mirror served other bytes than it lists; retry, and check the mirror if it persists",
-        ));
+        .with_hint(super::VERIFY_HINT));
     }
     Ok(true)
 }
@@ -528,7 +526,8 @@ impl ChunkContext<'_> {
                                     "`{}` is not the {} bytes the hub lists",
                                     self.file.path, self.file.size
                                 ))
-                                .caused_by(format!("the server announces {total:?} bytes")),
+                                .caused_by(format!("the server announces {total:?} bytes"))
+                                .with_hint(super::VERIFY_HINT),
                             ));
                         }
                     }

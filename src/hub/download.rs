@@ -206,9 +206,7 @@ async fn fetch_into(
             file.hash.display(),
             actual.display()
         ))
-        .with_hint(
-            "the hub or mirror served other bytes than it lists; retry, and check the mirror if it persists",
-        ));
+        .with_hint(super::VERIFY_HINT));
     }
     Ok(())
 }
@@ -481,6 +479,7 @@ impl<'a> Sink<'a> {
             self.file.path, self.file.size
         ))
         .caused_by(why.to_string())
+        .with_hint(super::VERIFY_HINT)
     }
 
     fn io_error(&self, err: &std::io::Error) -> Error {

@@ -194,6 +194,12 @@ impl ModelQuery {
 
 /// Redirect hops followed per request before giving up with "redirect loop".
 const MAX_REDIRECTS: usize = 10;
+
+/// The hint of every `E_VERIFY` about served bytes (wrong size or hash). The expected identity
+/// may come from `kari-models.lock`, which keeps what the hub listed when it was written: after
+/// a hub that lied, or a file that really changed upstream, only re-locking helps (found by
+/// `tests/it/hostile_hub.rs`).
+pub(crate) const VERIFY_HINT: &str = "the hub or mirror served other bytes than it lists (or than kari-models.lock recorded); retry, check the mirror if it persists, and if the file really changed upstream run `kmm lock --update <id>`";
 /// Caps on bodies held in memory: a hub (or a broken mirror) answering with gigabytes of JSON
 /// is an error, not an out-of-memory kill.
 const MAX_LISTING_PAGE_BYTES: usize = 64 << 20;
