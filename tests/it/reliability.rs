@@ -1498,3 +1498,74 @@ fn mixed_concurrent_verbs_never_lose_a_registry_update() {
     }
     eprintln!("{ROUNDS} rounds of 8 concurrent registry writers: no update lost");
 }
+
+#[test]
+fn sigkill_during_small_registry_writes_never_tears_the_registry() {
+    // `pin`, `pin --unpin` and `path` each rewrite the registry in a few milliseconds: killed at
+    // random points of that short life, the registry is the old or the new one, never torn.
+    const TRIALS: u64 = 150;
+    let repos: Vec<RepoSpec> = (0..3).map(|index| crash_repo(index).0).collect();
+    let hub = FakeHub::start(repos);
+    let declared: Vec<(&str, &str)> = CRASH_MODELS[..3].iter().map(|id| (*id, "main")).collect();
+    let ws = Workspace::new(&hub, &declared);
+    ws.run(&["apply", "--quiet"]).ok();
+    let model = CRASH_MODELS[1];
+    let verbs: [&[&str]; 3] = [
+        &["pin", "--model", model],
+        &["pin", "--model", model, "--unpin"],
+        &["path", "--model", model],
+    ];
+    // Calibrate the kill window on one uninterrupted run of each verb (not asserted).
+    let mut window = Duration::ZERO;
+    for verb in verbs {
+        let started = Instant::now();
+        ws.run(verb).ok();
+        window = window.max(started.elapsed());
+    }
+    let mut rng = Rng(0x5EED ^ window.as_nanos() as u64);
+    let (mut finished, mut written) = (0, 0);
+    for trial in 0..TRIALS {
+        let verb = verbs[(trial % 3) as usize];
+        let before = ws.registry_text().unwrap();
+        let mut child = ws
+            .command(verb)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(window.as_micros() as u64)));
+        if child.try_wait().unwrap().is_some() {
+            finished += 1;
+        }
+        sigkill(&mut child);
+        let after = ws.registry_text().expect("the registry vanished");
+        if after != before {
+            written += 1;
+        }
+        let parsed: BTreeMap<String, Value> = serde_json::from_str(&after)
+            .unwrap_or_else(|error| panic!("trial {trial}: torn registry ({error}):\n{after}"));
+        assert_eq!(parsed.len(), 3, "trial {trial}: records lost");
+        let mut old: BTreeMap<String, Value> = serde_json::from_str(&before).unwrap();
+        let mut new = parsed.clone();
+        // Old or new: the only differences allowed are the verb's own fields of `model`.
+        for registry in [&mut old, &mut new] {
+            let record = registry.get_mut(model).unwrap().as_object_mut().unwrap();
+            record.remove("pinned");
+            record.remove("last_accessed");
+        }
+        assert_eq!(old, new, "trial {trial}: another record changed");
+    }
+    // The next run of each verb works: no stale lock, no leftover temp file.
+    for verb in verbs {
+        ws.run(&[verb, &["--lock-timeout", "10s"]].concat()).ok();
+    }
+    let leftovers: Vec<String> = list_paths(&ws.models)
+        .into_iter()
+        .filter(|path| path.ends_with(".tmp") && !path.starts_with(".kmm/"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    eprintln!(
+        "{TRIALS} kills of registry writers ({finished} had already exited, {written} had \
+         written the registry): never torn"
+    );
+}
