@@ -529,8 +529,9 @@ fn sigkill_at_random_points_never_corrupts_the_store() {
     let mut served_total = 0u64;
     let started = Instant::now();
     for trial in 0..TRIALS {
-        // Three kinds of run: a fresh install at capped speed, a fresh install at full speed
-        // (kills land in the short move/registry phase more often), an update v1 -> main.
+        // Three kinds of run: a fresh install at capped speed killed at a random time, a fresh
+        // install at full speed killed just after its first folder swap, an update v1 -> main
+        // at capped speed killed at a random time.
         let (capped, updating) = match trial % 3 {
             0 => (true, false),
             1 => (false, false),
@@ -552,7 +553,24 @@ fn sigkill_at_random_points_never_corrupts_the_store() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
+        if capped {
+            std::thread::sleep(delay);
+        } else {
+            // Aim at the moves and the registry saves: wait for the first model folder to be
+            // swapped in, then kill a few milliseconds later.
+            let first_swap = || CRASH_MODELS.iter().any(|id| ws.model_dir(id).exists());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !first_swap() && child.try_wait().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "trial {trial}: apply never installed"
+                );
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            std::thread::sleep(Duration::from_micros(
+                rng.below(delay.as_micros() as u64 / 4),
+            ));
+        }
         sigkill(&mut child);
         hub.clear_faults();
 
