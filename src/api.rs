@@ -149,6 +149,15 @@ fn summary_of(value: &serde_json::Value) -> Result<ModelSummary> {
     let id = text("id")
         .or_else(|| text("modelId"))
         .ok_or_else(|| Error::schema("the hub's model listing has an entry without `id`"))?;
+    // Listed ids are printed and may be routed to a folder (`kmm browse`): refuse unsafe ones
+    // (found by tests/it/hostile_hub.rs).
+    crate::layout::check_repo_id(&id).map_err(|why| {
+        Error::schema(format!(
+            "the hub's model listing has an unsafe id `{}`",
+            layout::shown(&id)
+        ))
+        .caused_by(why)
+    })?;
     let gated = match value.get("gated") {
         None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => "no",
         Some(serde_json::Value::String(mode)) if mode.eq_ignore_ascii_case("auto") => "auto",

@@ -36,6 +36,15 @@ pub(crate) fn model_info(body: &[u8], requested: &str, url: &str) -> Result<Mode
         .filter(|id| !id.is_empty())
         .unwrap_or(requested)
         .to_string();
+    // The canonical id may become a folder name, a URL and terminal output: a hostile hub must
+    // not smuggle `..`, `/abs` or escape sequences through it (found by tests/it/hostile_hub.rs).
+    crate::layout::check_repo_id(&id).map_err(|why| {
+        Error::schema(format!(
+            "the hub's model info from {url} names the repository `{}`",
+            crate::layout::shown(&id)
+        ))
+        .caused_by(why)
+    })?;
     let gated = match json.get("gated") {
         None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => Gated::No,
         Some(serde_json::Value::String(mode)) if mode.eq_ignore_ascii_case("auto") => Gated::Auto,

@@ -461,3 +461,47 @@ fn the_token_does_not_follow_a_redirect_to_another_host() {
         stage.weights
     );
 }
+
+#[test]
+fn hostile_ids_in_listings_and_model_info_are_e_schema() {
+    let stage = stage();
+    let json_type = [("content-type", "application/json")];
+    let hostile_ids = [
+        format!("../../{ESCAPE}"),
+        format!("/tmp/{ESCAPE}"),
+        format!("evil/\u{1b}]0;pwned\u{7}{ESCAPE}"),
+        format!("evil/a/b/{ESCAPE}"),
+    ];
+    for id in &hostile_ids {
+        // `kmm list`: a listing naming a hostile id (printed to a terminal, routable by browse).
+        stage.hub.clear_faults();
+        stage.hub.add_fault(raw(
+            "/api/models",
+            200,
+            &json_type,
+            serde_json::to_vec(&json!([{"id": id, "downloads": 1, "likes": 1}])).unwrap(),
+        ));
+        let run = stage.ws.run(&["list", "--owner", "evil", "--json"]);
+        assert_eq!(run.error_code(), "E_SCHEMA", "list {id:?}: {}", run.stdout);
+        assert!(
+            !run.stdout.contains('\u{1b}'),
+            "an escape reached the output"
+        );
+        // A model info answering for another, hostile repository.
+        stage.hub.clear_faults();
+        let info = json!({"id": id, "sha": stage.commit});
+        stage.hub.add_fault(raw(
+            &format!("/api/models/{EVIL}/revision/"),
+            200,
+            &json_type,
+            serde_json::to_vec(&info).unwrap(),
+        ));
+        let run = stage.ws.run(&["info", "--model", EVIL, "--json"]);
+        assert_eq!(run.error_code(), "E_SCHEMA", "info {id:?}: {}", run.stdout);
+        assert!(
+            !run.stdout.contains('\u{1b}'),
+            "an escape reached the output"
+        );
+        expect_failure(&stage, &format!("model info id {id:?}"), &["E_SCHEMA"]);
+    }
+}
