@@ -145,7 +145,13 @@ pub async fn list_models_for_owner(
 }
 
 fn summary_of(value: &serde_json::Value) -> Result<ModelSummary> {
-    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    // Printed by `kmm list`/`browse`: no control character from the hub reaches a terminal.
+    let text = |key: &str| {
+        value
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(layout::printable)
+    };
     let id = text("id")
         .or_else(|| text("modelId"))
         .ok_or_else(|| Error::schema("the hub's model listing has an entry without `id`"))?;

@@ -136,6 +136,24 @@ pub const MAX_REPO_PATH_SEGMENT: usize = 255;
 pub const MAX_REPO_PATH: usize = 4096;
 
 /// Shows untrusted text in a message: control characters escaped, long text cut.
+/// `text` with control characters written as escapes (`\u{1b}`), for strings a hub sends that
+/// kmm prints (license names, tags): a hostile hub must not drive the user's terminal.
+pub(crate) fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .flat_map(|character| {
+            let escaped: Vec<char> = if character.is_control() {
+                character.escape_default().collect()
+            } else {
+                vec![character]
+            };
+            escaped
+        })
+        .collect()
+}
+
 pub(crate) fn shown(text: &str) -> String {
     const LIMIT: usize = 120;
     let mut out = String::new();

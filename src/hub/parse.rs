@@ -55,12 +55,15 @@ pub(crate) fn model_info(body: &[u8], requested: &str, url: &str) -> Result<Mode
         .get("private")
         .and_then(|v| v.as_bool())
         .unwrap_or(false);
+    // Every text kmm may print goes through `printable`: no control character from the hub
+    // reaches a terminal (found by tests/it/hostile_hub.rs).
+    let printable = crate::layout::printable;
     let tags: Vec<String> = json
         .get("tags")
         .and_then(|v| v.as_array())
         .map(|tags| {
             tags.iter()
-                .filter_map(|t| t.as_str().map(str::to_string))
+                .filter_map(|t| t.as_str().map(printable))
                 .collect()
         })
         .unwrap_or_default();
@@ -68,10 +71,8 @@ pub(crate) fn model_info(body: &[u8], requested: &str, url: &str) -> Result<Mode
         .get("cardData")
         .and_then(|card| card.get("license"))
         .and_then(|license| match license {
-            serde_json::Value::String(id) => Some(id.clone()),
-            serde_json::Value::Array(ids) => {
-                ids.iter().find_map(|v| v.as_str().map(str::to_string))
-            }
+            serde_json::Value::String(id) => Some(printable(id)),
+            serde_json::Value::Array(ids) => ids.iter().find_map(|v| v.as_str().map(printable)),
             _ => None,
         })
         .filter(|license| !license.is_empty());
@@ -85,7 +86,7 @@ pub(crate) fn model_info(body: &[u8], requested: &str, url: &str) -> Result<Mode
         value
             .and_then(|v| v.as_str())
             .filter(|text| !text.is_empty())
-            .map(str::to_string)
+            .map(printable)
     };
     Ok(ModelInfo {
         id,

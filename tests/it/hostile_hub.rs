@@ -505,3 +505,77 @@ fn hostile_ids_in_listings_and_model_info_are_e_schema() {
         expect_failure(&stage, &format!("model info id {id:?}"), &["E_SCHEMA"]);
     }
 }
+
+#[test]
+fn hub_text_never_reaches_the_terminal_with_control_characters() {
+    let stage = stage();
+    let escape = "\u{1b}]0;pwned\u{7}\u{1b}[2J";
+    let json_type = [("content-type", "application/json")];
+    let error_body = serde_json::to_vec(&json!({"error": format!("nope {escape}")})).unwrap();
+    let cases: Vec<(&str, Fault, Vec<&str>)> = vec![
+        (
+            "error message of a 404",
+            raw(
+                &format!("/{EVIL}/resolve/"),
+                404,
+                &json_type,
+                error_body.clone(),
+            ),
+            vec!["apply"],
+        ),
+        (
+            "error message of a 500",
+            raw(
+                &format!("/api/models/{EVIL}/revision/"),
+                500,
+                &json_type,
+                error_body.clone(),
+            ),
+            vec!["apply"],
+        ),
+        (
+            "license and tags of a model info",
+            raw(
+                &format!("/api/models/{EVIL}/revision/"),
+                200,
+                &json_type,
+                serde_json::to_vec(&json!({
+                    "id": EVIL, "sha": stage.commit,
+                    "cardData": {"license": format!("mit{escape}")},
+                    "tags": [format!("license:x{escape}")],
+                    "pipeline_tag": format!("p{escape}"),
+                    "siblings": [{"rfilename": "config.json"}]
+                }))
+                .unwrap(),
+            ),
+            vec!["info", "--model", EVIL],
+        ),
+        (
+            "a model listing's fields",
+            raw(
+                "/api/models",
+                200,
+                &json_type,
+                serde_json::to_vec(&json!([{
+                    "id": EVIL, "pipeline_tag": format!("p{escape}"),
+                    "library_name": format!("l{escape}"), "lastModified": format!("t{escape}")
+                }]))
+                .unwrap(),
+            ),
+            vec!["list", "--owner", "evil"],
+        ),
+    ];
+    for (case, fault, args) in cases {
+        stage.hub.clear_faults();
+        stage.hub.add_fault(fault);
+        let run = stage.ws.run(&args);
+        for (stream, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+            assert!(
+                !text.contains('\u{1b}') && !text.contains('\u{7}'),
+                "{case}: a control character reached {stream}:\n{text:?}"
+            );
+        }
+        eprintln!("{case}: exit {}", run.code);
+        fs_err::write(stage.ws.dir.path().join("kari-models.lock"), &stage.lock).unwrap();
+    }
+}
