@@ -1611,3 +1611,87 @@ fn sigkill_during_small_registry_writes_never_tears_the_registry() {
          written the registry): never torn"
     );
 }
+
+/// A size-limited tmpfs mounted on a folder, unmounted on drop (`None` where `mount` fails).
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+        fs_err::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| SmallFs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_registry_writes_with_e_disk_and_keeps_the_old_registry() {
+    let (repo0, _, new0) = crash_repo(0);
+    let (repo1, _, _) = crash_repo(1);
+    let hub = FakeHub::start(vec![repo0, repo1]);
+    let ws = Workspace::new(&hub, &[(CRASH_MODELS[0], "main")]);
+    let Some(_fs) = SmallFs::mount(&ws.models, "4m") else {
+        eprintln!(
+            "skipped: cannot mount a tmpfs here (needs root); full-disk registry writes not tested"
+        );
+        return;
+    };
+    ws.run(&["apply", "--quiet"]).ok();
+    let registry = ws.registry_text().unwrap();
+    // Fill every byte that is left.
+    let hog = ws.models.join("hog");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&hog).unwrap();
+        while file.write_all(&[7u8; 16 << 10]).is_ok() {}
+        while file.write_all(&[7u8; 1]).is_ok() {}
+    }
+    let model = CRASH_MODELS[0];
+    for verb in [&["pin", "--model", model][..], &["path", "--model", model]] {
+        let mut args = verb.to_vec();
+        args.push("--json");
+        let run = ws.run(&args);
+        assert_eq!(run.error_code(), "E_DISK", "{verb:?}: {}", run.stdout);
+        assert!(
+            run.stdout.contains("hint:"),
+            "{verb:?}: no hint: {}",
+            run.stdout
+        );
+        assert_eq!(
+            ws.registry_text().unwrap(),
+            registry,
+            "{verb:?} changed the registry"
+        );
+    }
+    // A plan that needs space: E_DISK before any byte is fetched.
+    ws.write_manifest(&[(CRASH_MODELS[0], "main"), (CRASH_MODELS[1], "main")]);
+    let before = hub.body_bytes_served();
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.error_code(), "E_DISK", "{}", run.stdout);
+    assert_eq!(
+        hub.body_bytes_served(),
+        before,
+        "fetched bytes on a full disk"
+    );
+    assert_eq!(ws.registry_text().unwrap(), registry);
+    assert_eq!(read_tree(&ws.model_dir(model)), new0);
+    // Space again: everything works, no temp file left from the failed saves.
+    fs_err::remove_file(&hog).unwrap();
+    ws.run(&["pin", "--model", model, "--json"]).ok();
+    ws.run(&["apply", "--json"]).ok();
+    let leftovers: Vec<String> = list_paths(&ws.models)
+        .into_iter()
+        .filter(|path| path.ends_with(".tmp") && !path.starts_with(".kmm/"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
