@@ -2,9 +2,11 @@
 //! processes and signals, real files and the fake hub on loopback.
 //!
 //! - crash consistency: `kmm apply` SIGKILLed at random points, 60 times, with the invariants
-//!   checked after every kill and the byte count of the run that converges;
-//! - faults: permission denied, concurrent runs on one store (2, then 8), a lock holder killed,
-//!   network failures (refused, reset mid-body, stalled, 429, 500) ending in bounded retries;
+//!   checked after every kill and the byte count of the run that converges; 150 SIGKILLs of the
+//!   short registry writers (`pin`, `path`);
+//! - faults: a full disk at registry writes, permission denied, concurrent runs on one store
+//!   (2, then 8 applies; 8 mixed registry writers, 10 rounds), a lock holder killed, network
+//!   failures (refused, reset mid-body, stalled, 429, 500) ending in bounded retries;
 //! - bad local input: generated manifests and registries (proptest, fixed case count), a corrupt
 //!   registry never overwritten and `kmm registry repair`, path-traversal ids and revisions;
 //! - secrets: every verb with a token, at the most verbose level, grepped for the token.
