@@ -227,12 +227,17 @@ impl Session {
             .iter()
             .map(|model| {
                 let mut model = model.clone();
+                let record = registry.models.get(&model.id);
                 // Models the manifest does not declare (`ensure`, `download` of another id)
-                // carry what their verb decided; leave them as they are.
+                // carry what their verb decided; only fill in what it left open, so that a
+                // concurrent `kmm pin` is not undone either.
                 let Some(spec) = self.manifest.models.get(&model.id) else {
+                    model.pinned = model.pinned.or(record.and_then(|record| record.pinned));
+                    if model.license_accepted.is_none() {
+                        model.license_accepted = record.and_then(|r| r.license_accepted.clone());
+                    }
                     return model;
                 };
-                let record = registry.models.get(&model.id);
                 if spec.pinned.is_none() {
                     model.pinned = record.and_then(|record| record.pinned);
                 }
