@@ -250,7 +250,48 @@ impl Lockfile {
             ))
             .with_hint("run `kmm lock` with this kmm to write it again"));
         }
+        lock.check_values(path, text)?;
         Ok(lock)
+    }
+
+    /// Ids, revisions and commits become URLs and cache paths: a hand-edited lock with a
+    /// hostile one is `E_SCHEMA` before any use (a commit of `../../x` reached the hub; found by
+    /// `reliability::hostile_lock_and_plan_files_are_e_schema_and_write_nothing`). File paths
+    /// and hashes are checked where they are used ([`LockedModel::upstream_files`]).
+    fn check_values(&self, path: &Path, text: &str) -> Result<()> {
+        for (id, model) in &self.models {
+            let problem = if let Err(why) = layout::check_repo_id(id) {
+                Some((id.as_str(), format!("model id: {why}")))
+            } else if let Err(why) = crate::manifest::check_revision(&model.revision) {
+                Some((
+                    model.revision.as_str(),
+                    format!("`revision` of `{id}` {why}"),
+                ))
+            } else if !is_commit_sha(&model.commit) {
+                Some((
+                    model.commit.as_str(),
+                    format!(
+                        "`commit` of `{id}` is not a 40-hex commit: `{}`",
+                        layout::shown(&model.commit)
+                    ),
+                ))
+            } else {
+                None
+            };
+            if let Some((value, message)) = problem {
+                // Point at the value where it appears (quoted as the lock writes it).
+                let position = text
+                    .find(&quote(value))
+                    .map(|offset| {
+                        let (line, column) = crate::manifest::line_column(text, offset);
+                        format!(":{line}:{column}")
+                    })
+                    .unwrap_or_default();
+                return Err(Error::schema(format!("{}{position}: {message}", path.display()))
+                    .with_hint("the lock is written by kmm; delete it and run `kmm lock` to write it again"));
+            }
+        }
+        Ok(())
     }
 
     /// The file's text: stable, sorted, one line per file.

@@ -191,6 +191,24 @@ impl PlanFile {
             ))
             .with_hint("run `kmm plan --out` again with this kmm"));
         }
+        // The folders to fingerprint come from the file: a hand-edited one must not point the
+        // scan outside the store (it reached `store::observe` as an internal error; found by
+        // `reliability::hostile_lock_and_plan_files_are_e_schema_and_write_nothing`). The plan's
+        // own paths are checked by `apply`.
+        if let Some(bad) = plan.observed_dirs.iter().find(|dir| {
+            !crate::plan::is_safe_relative(dir)
+                || dir
+                    .components()
+                    .next()
+                    .is_some_and(|c| c.as_os_str() == ".kmm")
+        }) {
+            return Err(Error::schema(format!(
+                "{}: the plan names `{}`, which is not a folder inside the models directory",
+                path.display(),
+                crate::layout::shown(&bad.to_string_lossy())
+            ))
+            .with_hint("run `kmm plan --out` again; plan files are written by kmm"));
+        }
         Ok(plan)
     }
 

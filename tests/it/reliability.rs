@@ -1697,3 +1697,99 @@ fn a_full_disk_fails_registry_writes_with_e_disk_and_keeps_the_old_registry() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// Replaces, everywhere in `value`, strings equal to `from` by `to`; returns how many.
+fn replace_strings(value: &mut Value, from: &str, to: &str) -> usize {
+    match value {
+        Value::String(text) if text == from => {
+            *text = to.to_string();
+            1
+        }
+        Value::Array(items) => items.iter_mut().map(|v| replace_strings(v, from, to)).sum(),
+        Value::Object(map) => map.values_mut().map(|v| replace_strings(v, from, to)).sum(),
+        _ => 0,
+    }
+}
+
+#[test]
+fn hostile_lock_and_plan_files_are_e_schema_and_write_nothing() {
+    let (repo, _, new) = crash_repo(0);
+    let hub = FakeHub::start(vec![repo]);
+    let id = CRASH_MODELS[0];
+    let escape = "../../kmm-escape-marker";
+    let check_nothing_escaped = |ws: &Workspace, case: &str| {
+        let dir = ws.dir.path();
+        for place in [dir.to_path_buf(), dir.parent().unwrap().to_path_buf()] {
+            for entry in fs_err::read_dir(&place).unwrap() {
+                let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+                assert!(
+                    !name.contains("kmm-escape-marker"),
+                    "{case}: escaped to {name}"
+                );
+            }
+        }
+        assert!(!ws.model_dir(id).exists(), "{case}: installed anyway");
+        assert!(ws.registry_text().is_none(), "{case}: registered anyway");
+    };
+
+    // An edited lock: a hostile file path, a hostile commit, a malformed hash.
+    let lock_edits: [(&str, &str, &str); 3] = [
+        (
+            "file path",
+            "path = \"config.json\"",
+            "path = \"../../kmm-escape-marker\"",
+        ),
+        (
+            "commit",
+            "commit = \"",
+            "commit = \"../../kmm-escape-marker",
+        ),
+        ("hash", "git_sha1 = \"", "git_sha1 = \"../"),
+    ];
+    for (case, from, to) in lock_edits {
+        let ws = Workspace::new(&hub, &[(id, "main")]);
+        ws.run(&["lock", "--quiet"]).ok();
+        let lock_path = ws.dir.path().join("kari-models.lock");
+        let text = fs_err::read_to_string(&lock_path).unwrap();
+        assert!(text.contains(from), "{case}: {text}");
+        fs_err::write(&lock_path, text.replacen(from, to, 1)).unwrap();
+        for args in [&["apply", "--json"][..], &["apply", "--frozen", "--json"]] {
+            let run = ws.run(args);
+            assert_eq!(
+                run.error_code(),
+                "E_SCHEMA",
+                "lock {case} {args:?}: {}",
+                run.stdout
+            );
+            check_nothing_escaped(&ws, case);
+        }
+    }
+
+    // An edited saved plan: the model folder, and the download name, made hostile.
+    let install_dir = format!("transformers/{id}");
+    let weights_hash = sha256_hex(&new["weights-a.safetensors"]);
+    for (case, from, to) in [
+        ("install dir", install_dir.as_str(), escape),
+        (
+            "download name",
+            weights_hash.as_str(),
+            "../../../kmm-escape-marker",
+        ),
+        ("repo path", "config.json", escape),
+    ] {
+        let ws = Workspace::new(&hub, &[(id, "main")]);
+        let plan_file = ws.dir.path().join("plan.json");
+        ws.run(&["plan", "--out", plan_file.to_str().unwrap(), "--quiet"])
+            .ok();
+        let mut plan: Value =
+            serde_json::from_str(&fs_err::read_to_string(&plan_file).unwrap()).unwrap();
+        assert!(
+            replace_strings(&mut plan, from, to) > 0,
+            "{case}: `{from}` not in the plan"
+        );
+        fs_err::write(&plan_file, serde_json::to_string_pretty(&plan).unwrap()).unwrap();
+        let run = ws.run(&["apply", plan_file.to_str().unwrap(), "--json"]);
+        assert_eq!(run.error_code(), "E_SCHEMA", "plan {case}: {}", run.stdout);
+        check_nothing_escaped(&ws, case);
+    }
+}
