@@ -282,6 +282,12 @@ pub fn find_nested_installs<'a>(installs: &[(&'a str, &'a Path)]) -> Option<(&'a
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("mit"), "mit");
+        assert_eq!(printable("a\u{1b}[2Jb\u{7}é"), "a\\u{1b}[2Jb\\u{7}é");
+    }
     use crate::upstream::FileHash;
     use std::path::{Component, Path};
 

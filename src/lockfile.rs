@@ -391,6 +391,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn hostile_ids_revisions_and_commits_are_schema_errors_with_positions() {
+        let good = "version = 1\n\n[models.\"o/m\"]\nrevision = \"main\"\ncommit = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\nfiles = []\n";
+        let path = Path::new("/x/kari-models.lock");
+        Lockfile::parse(path, good).unwrap();
+        for (from, to, line) in [
+            ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "../../etc", 5),
+            ("\"main\"", "\"../../etc\"", 4),
+            ("o/m", "../m", 3),
+        ] {
+            let error = Lockfile::parse(path, &good.replace(from, to)).unwrap_err();
+            assert_eq!(error.code(), crate::error::ErrorCode::Schema, "{error}");
+            assert!(
+                error
+                    .message()
+                    .starts_with(&format!("/x/kari-models.lock:{line}:")),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
     fn atomic_writes_are_readable_by_others_and_keep_permissions() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
