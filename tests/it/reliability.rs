@@ -358,6 +358,11 @@ fn check_after_kill(ws: &Workspace, fixture: &CrashFixture, updating: bool) -> (
             );
         }
     }
+    // The lock beside the manifest (written by the same run) is whole too.
+    let lock_path = ws.dir.path().join("kari-models.lock");
+    if let Err(error) = kmm::lockfile::Lockfile::load(&lock_path) {
+        panic!("kari-models.lock torn by a kill: {error}");
+    }
     // 2. No model folder half-updated: each is absent, the old commit exactly or the new exactly.
     let mut at_new = 0;
     let mut complete = 0u64;
