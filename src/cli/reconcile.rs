@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::apply::{self, ApplyContext, ApplyReport};
 use crate::error::{Error, Result};
 use crate::hub::{HubClient, HubConfig};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ModelSpec};
 use crate::plan::{self, ChangeKind, DesiredModel, Plan, PlanInput};
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
@@ -123,6 +123,30 @@ impl Session {
             lock_path,
             lock,
         })
+    }
+
+    /// Takes the store lock (the one writer), saying so while another kmm process holds it.
+    pub(crate) fn lock_store(&self, out: Output) -> Result<StoreLock> {
+        StoreLock::acquire(&self.paths, self.settings.lock_timeout, &mut || {
+            out.status("Waiting for another kmm process to release the store lock...")
+        })
+    }
+
+    /// What the manifest declares for `id` (a default declaration when it declares nothing),
+    /// at `revision` when one is given on the command line (`E_ARGS` when it is not one).
+    pub(crate) fn declared_spec(&self, id: &str, revision: Option<&str>) -> Result<ModelSpec> {
+        let mut spec = self
+            .manifest
+            .models
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| ModelSpec::new(id));
+        if let Some(revision) = revision {
+            crate::manifest::check_revision(revision)
+                .map_err(|why| Error::args(format!("--revision `{revision}` {why}")))?;
+            spec.revision = revision.to_string();
+        }
+        Ok(spec)
     }
 
     /// The registry as resolution hints, with the license acceptances of models not installed
@@ -559,7 +583,7 @@ pub(super) async fn apply_manifest(
     let session = Session::open(global, env, cwd).await?;
     let desired = session.resolve_with_lock(mode).await?;
     session.update_lock(&desired, mode, out)?;
-    let _lock = lock_store(&session, out)?;
+    let _lock = session.lock_store(out)?;
     let plan = plan_checked(&session, &desired, options).await?;
     execute(
         &session,
@@ -582,7 +606,7 @@ async fn apply_saved(
 ) -> Result<(String, Plan, ApplyReport)> {
     let saved = PlanFile::load(&cwd.join(path))?;
     let session = Session::open(global, env, cwd).await?;
-    let _lock = lock_store(&session, out)?;
+    let _lock = session.lock_store(out)?;
     let now = session.fingerprints(&saved.observed_dirs)?;
     saved.check_fresh(path, &now)?;
     execute(
@@ -605,17 +629,11 @@ pub(crate) async fn apply_desired(
     out: Output,
     no_changes_message: &str,
 ) -> Result<i32> {
-    let _lock = lock_store(session, out)?;
+    let _lock = session.lock_store(out)?;
     let plan = plan_checked(session, desired, &options).await?;
     let (message, plan, report) = execute(session, plan, &options, out, no_changes_message).await?;
     print_applied(out, &message, &plan, report);
     Ok(0)
-}
-
-fn lock_store(session: &Session, out: Output) -> Result<StoreLock> {
-    StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
-        out.status("Waiting for another kmm process to release the store lock...")
-    })
 }
 
 /// The plan for `desired` (the caller holds the store lock). With `--force-compat` the models

@@ -129,17 +129,7 @@ pub(crate) async fn install(
 
 /// The flags over the manifest's declaration of the same id.
 fn spec_for(session: &Session, args: &DownloadArgs) -> Result<ModelSpec> {
-    let mut spec = session
-        .manifest
-        .models
-        .get(&args.model)
-        .cloned()
-        .unwrap_or_else(|| ModelSpec::new(&args.model));
-    if let Some(revision) = &args.revision {
-        crate::manifest::check_revision(revision)
-            .map_err(|why| Error::args(format!("--revision `{revision}` {why}")))?;
-        spec.revision = revision.clone();
-    }
+    let mut spec = session.declared_spec(&args.model, args.revision.as_deref())?;
     if !args.include.is_empty() {
         spec.include = args.include.clone();
     }
