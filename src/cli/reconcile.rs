@@ -262,7 +262,7 @@ impl Session {
             return Ok(plan);
         }
         if options.only_desired {
-            check_quota(&plan, desired, &observed.registry, Some(quota_gb))?;
+            check_quota(&plan, desired, &observed.registry, &self.settings)?;
             return Ok(plan);
         }
         let candidates = super::commands_machine::gc::candidates(
@@ -276,7 +276,8 @@ impl Session {
             need,
             options.evict_declared,
             &format!(
-                "quota_gb = {quota_gb} (the store would hold {})",
+                "{} = {quota_gb} (the store would hold {})",
+                self.settings.quota_origin,
                 plan::format_bytes(after)
             ),
         )?;
@@ -287,7 +288,7 @@ impl Session {
             .filter(|m| !evict.contains(&m.id))
             .cloned()
             .collect();
-        check_quota(&plan, &kept, &observed.registry, Some(quota_gb))?;
+        check_quota(&plan, &kept, &observed.registry, &self.settings)?;
         Ok(plan)
     }
 }
@@ -319,25 +320,28 @@ fn check_layout_conflicts(
     }
 }
 
-/// `quota_gb`: the store after the plan must fit.
+/// The quota (`quota_gb`, or `--max-quota-gb`): the store after the plan must fit.
 fn check_quota(
     plan: &Plan,
     desired: &[DesiredModel],
     registry: &Registry,
-    quota_gb: Option<f64>,
+    settings: &Settings,
 ) -> Result<()> {
-    let Some(quota_gb) = quota_gb else {
+    let Some(quota_gb) = settings.quota_gb else {
         return Ok(());
     };
     let after = store_size_after(plan, desired, registry);
     let quota = (quota_gb * 1e9) as u64;
     if after > quota {
+        let origin = settings.quota_origin;
         return Err(Error::quota(format!(
-            "the models directory would hold {} after this plan, over quota_gb = {quota_gb} ({})",
+            "the models directory would hold {} after this plan, over {origin} = {quota_gb} ({})",
             plan::format_bytes(after),
             plan::format_bytes(quota)
         ))
-        .with_hint("raise quota_gb, narrow `include` globs, or remove models from kari-models.toml with prune = true"));
+        .with_hint(format!(
+            "raise {origin}, narrow `include` globs, or free space with `kmm gc` (or remove models from kari-models.toml with prune = true)"
+        )));
     }
     Ok(())
 }

@@ -574,7 +574,15 @@ fn download_refuses_bad_arguments_quota_and_unknown_models_before_any_file_reque
         "--json",
     ]);
     assert_eq!((quota.code, quota.error_code().as_str()), (17, "E_QUOTA"));
-    assert!(quota.json()["message"].as_str().unwrap().contains("quota"));
+    // The error names the flag the user gave, not the manifest setting.
+    assert!(
+        quota.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("over --max-quota-gb = 0.0003"),
+        "{}",
+        quota.stdout
+    );
     assert!(
         !hub.requests()
             .iter()

@@ -83,6 +83,7 @@ pub async fn run(
     }
     if let Some(quota) = args.max_quota_gb {
         session.settings.quota_gb = Some(quota);
+        session.settings.quota_origin = "--max-quota-gb";
     }
     let code = install(&mut session, spec, args.force_compat, out).await?;
     if args.save {
