@@ -861,6 +861,9 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
     fs_err::create_dir_all(&downloads).unwrap();
     let stale = format!("{}.part", "ab".repeat(32));
     fs_err::write(downloads.join(&stale), vec![1u8; 5_000]).unwrap();
+    // Its record of completed chunks goes with it.
+    let stale_state = format!("{stale}.state");
+    fs_err::write(downloads.join(&stale_state), b"{}").unwrap();
     let kept_hash = ws.registry()["acme/c"]["files"]
         .as_array()
         .unwrap()
@@ -876,11 +879,12 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
         .run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"])
         .ok();
     assert_eq!(dry["data"]["downloads"][0]["name"], stale.as_str());
-    assert_eq!(dry["data"]["downloads"].as_array().unwrap().len(), 1);
+    assert_eq!(dry["data"]["downloads"][1]["name"], stale_state.as_str());
+    assert_eq!(dry["data"]["downloads"].as_array().unwrap().len(), 2);
 
     let doc = ws.run(&["gc", "--quota-gb", &quota, "--json"]).ok();
     assert_eq!(evicted(&doc), ["acme/b"]);
-    assert_eq!(doc["data"]["download_bytes_freed"], 5_000);
+    assert_eq!(doc["data"]["download_bytes_freed"], 5_002);
     let after = tree(&models);
 
     let registry = ws.registry();
@@ -889,6 +893,7 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
     let removed: Vec<&String> = before.keys().filter(|p| !after.contains_key(*p)).collect();
     let expected_removed = [
         format!(".kmm/downloads/{stale}"),
+        format!(".kmm/downloads/{stale_state}"),
         "configs/b.json".to_string(),
         "transformers/acme/b/".to_string(),
         "transformers/acme/b/config.json".to_string(),
