@@ -27,6 +27,7 @@ use std::time::Instant;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
+use crate::upstream::{ContentHasher, FileHash};
 
 /// Well-known paths of one store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +181,85 @@ pub struct Observed {
     pub dirs: BTreeMap<PathBuf, ObservedDir>,
     /// Leftovers to clean: `*.corrupt` files in the layout, relative to the models directory.
     pub strays: Vec<PathBuf>,
+    /// Regular files outside every scanned folder (flat GGUFs of the seed's old layout, folders
+    /// no record describes), relative to the models directory. Not listed: `.kmm/`, the
+    /// `configs/` mirrors, files directly in the models directory whose name starts with a dot
+    /// or ends in `.json` (registries, their temp files), and strays.
+    pub loose: BTreeMap<PathBuf, ObservedFile>,
+    /// Content hashes computed on request by [`hash_files`], keyed by path relative to the
+    /// models directory and the kind of hash.
+    pub hashes: BTreeMap<(PathBuf, HashKind), FileHash>,
+}
+
+/// Which upstream hash a file is hashed with: LFS files are named by sha256, the others by git
+/// blob sha1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HashKind {
+    Sha256,
+    GitSha1,
+}
+
+impl HashKind {
+    pub fn of(hash: &FileHash) -> HashKind {
+        match hash {
+            FileHash::Sha256(_) => HashKind::Sha256,
+            FileHash::GitSha1(_) => HashKind::GitSha1,
+        }
+    }
+}
+
+/// Hashes each requested file (relative to the models directory) with the requested kind and
+/// stores the result in `observed.hashes`. A file that vanished or cannot be read is skipped
+/// (the plan then treats it as not matching); requests already answered are not hashed again.
+/// This is the only place where a plan reads file contents: the planner decides which files
+/// are worth it (see `plan::hash_requests`), so a plan over a store whose registry records
+/// hashes hashes nothing unless `--verify` asks.
+pub fn hash_files(
+    paths: &StorePaths,
+    requests: &[(PathBuf, HashKind)],
+    observed: &mut Observed,
+) -> Result<()> {
+    use std::io::Read as _;
+    let mut buffer = vec![0u8; 1 << 20];
+    for (relative, kind) in requests {
+        let key = (relative.clone(), *kind);
+        if observed.hashes.contains_key(&key) {
+            continue;
+        }
+        let full = paths.root().join(relative);
+        let mut file = match fs_err::File::open(&full) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::debug!("not hashing `{}`: {error}", full.display());
+                continue;
+            }
+        };
+        let size = match file.metadata() {
+            Ok(metadata) => metadata.len(),
+            Err(error) => return Err(Error::io(format!("hashing `{}`", full.display()), &error)),
+        };
+        let like = match kind {
+            HashKind::Sha256 => FileHash::Sha256(String::new()),
+            HashKind::GitSha1 => FileHash::GitSha1(String::new()),
+        };
+        let mut hasher = ContentHasher::for_hash(&like, size);
+        let mut read = 0u64;
+        loop {
+            let n = file
+                .read(&mut buffer)
+                .map_err(|error| Error::io(format!("hashing `{}`", full.display()), &error))?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            hasher.update(&buffer[..n]);
+        }
+        // A file that grew or shrank while being read is not the file that was sized.
+        if read == size {
+            observed.hashes.insert(key, hasher.finish());
+        }
+    }
+    Ok(())
 }
 
 /// Files found under one model folder (recursively), keyed by `/`-separated relative path.
@@ -246,7 +326,13 @@ pub fn observe(paths: &StorePaths, dirs: &[PathBuf]) -> Result<Observed> {
         observed.dirs.insert(dir.clone(), found);
     }
 
-    find_strays(root, Path::new(""), &paths.kmm_dir(), &mut observed.strays)?;
+    let mut walk = Walk {
+        kmm_dir: paths.kmm_dir(),
+        scanned: &scanned,
+        strays: &mut observed.strays,
+        loose: &mut observed.loose,
+    };
+    walk.dir(root, Path::new(""), false)?;
     observed.strays.sort();
     Ok(observed)
 }
@@ -324,29 +410,63 @@ fn scan_dir(
     Ok(())
 }
 
-fn find_strays(
-    dir: &Path,
-    relative: &Path,
-    kmm_dir: &Path,
-    strays: &mut Vec<PathBuf>,
-) -> Result<()> {
-    for entry in entries(dir)? {
-        let path = entry.path();
-        let file_type = match entry.file_type() {
-            Ok(file_type) => file_type,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(Error::io(format!("scanning `{}`", path.display()), &error)),
-        };
-        let relative = relative.join(entry.file_name());
-        if file_type.is_dir() {
-            if path != kmm_dir {
-                find_strays(&path, &relative, kmm_dir, strays)?;
+/// The walk over the whole store (but `.kmm/`) for strays and loose files. It reads every
+/// folder once and uses the entry types `readdir` returns, so it costs no `stat` for files in
+/// scanned folders; only loose files (few, outside migrations) are `stat`ed.
+struct Walk<'a> {
+    kmm_dir: PathBuf,
+    scanned: &'a BTreeSet<PathBuf>,
+    strays: &'a mut Vec<PathBuf>,
+    loose: &'a mut BTreeMap<PathBuf, ObservedFile>,
+}
+
+impl Walk<'_> {
+    fn dir(&mut self, dir: &Path, relative: &Path, inside_scanned: bool) -> Result<()> {
+        for entry in entries(dir)? {
+            let path = entry.path();
+            let file_type = match entry.file_type() {
+                Ok(file_type) => file_type,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => {
+                    return Err(Error::io(format!("scanning `{}`", path.display()), &error));
+                }
+            };
+            let relative = relative.join(entry.file_name());
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if file_type.is_dir() {
+                let top_level = relative.components().count() == 1;
+                if path == self.kmm_dir || (top_level && name == "configs") {
+                    // Mirrors are derived data; strays still count there.
+                    if path != self.kmm_dir {
+                        self.dir(&path, &relative, true)?;
+                    }
+                    continue;
+                }
+                let inside = inside_scanned || self.scanned.contains(&path);
+                self.dir(&path, &relative, inside)?;
+            } else if is_stray(&name) {
+                self.strays.push(relative);
+            } else if file_type.is_file() && !inside_scanned {
+                let top_level = relative.components().count() == 1;
+                if top_level && (name.starts_with('.') || name.ends_with(".json")) {
+                    continue;
+                }
+                let Ok(metadata) = entry.metadata() else {
+                    continue;
+                };
+                self.loose.insert(
+                    relative,
+                    ObservedFile {
+                        size: metadata.len(),
+                        modified: metadata.modified().ok(),
+                    },
+                );
             }
-        } else if entry.file_name().to_str().is_some_and(is_stray) {
-            strays.push(relative);
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::hub::HubClient;
 use crate::plan::{
-    Action, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative,
+    Action, CarriedFile, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative,
 };
 use crate::registry::{Record, RecordFile, Registry};
 use crate::store::StorePaths;
@@ -249,9 +249,16 @@ impl<'a> Engine<'a> {
                 install_dir,
                 previous_install_dir,
                 files,
+                carry,
             } => {
-                self.install(model, install_dir, previous_install_dir.as_deref(), files)
-                    .await
+                self.install(
+                    model,
+                    install_dir,
+                    previous_install_dir.as_deref(),
+                    files,
+                    carry,
+                )
+                .await
             }
             Action::MirrorConfig { model, from, to } => self.mirror_config(model, from, to).await,
             Action::Register { model, record } => self.register(model, record).await,
@@ -265,6 +272,7 @@ impl<'a> Engine<'a> {
             }
             Action::Unregister { model } => self.unregister(model).await,
             Action::DeleteStray { path } => self.delete_stray(path).await,
+            Action::DeleteMoved { path } => self.delete_moved(path).await,
         }
     }
 
@@ -274,6 +282,7 @@ impl<'a> Engine<'a> {
         install_dir: &Path,
         previous: Option<&Path>,
         files: &[InstallFile],
+        carry: &[CarriedFile],
     ) -> Result<()> {
         check_model_dir(install_dir)?;
         if let Some(previous) = previous {
@@ -295,6 +304,16 @@ impl<'a> Engine<'a> {
                 }
             };
             sources.push((from, file.path.clone(), file.size));
+        }
+        for file in carry {
+            if !is_safe_relative(Path::new(&file.path)) || file.path.contains('\\') {
+                return Err(Error::schema(format!(
+                    "{model}: unsafe file path `{}`",
+                    file.path
+                )));
+            }
+            check_inside(&file.from)?;
+            sources.push((self.root.join(&file.from), file.path.clone(), file.size));
         }
         let job = InstallJob {
             model: model.to_string(),
@@ -426,6 +445,33 @@ impl<'a> Engine<'a> {
         .await?;
         let mut report = self.report.lock().expect("report lock");
         report.models_removed.push(model.to_string());
+        Ok(())
+    }
+
+    /// Deletes a loose file whose bytes the installs that depend on this action took (linked or
+    /// copied into their folders and checked), then its emptied folders.
+    async fn delete_moved(&self, path: &Path) -> Result<()> {
+        check_inside(path)?;
+        let root = self.root.clone();
+        let relative = path.to_path_buf();
+        spawn_blocking(move || {
+            let full = root.join(&relative);
+            match fs_err::remove_file(&full) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("deleting {}", full.display()), &e)),
+            }
+            if let (Some(top), Some(parent)) = (relative.components().next(), relative.parent())
+                && parent.components().count() > 1
+            {
+                fsops::remove_empty_parents(&root.join(parent), &root.join(top));
+            }
+            Ok(())
+        })
+        .await?;
+        self.ctx
+            .reporter
+            .step(&format!("moved {} into its model folder", path.display()));
         Ok(())
     }
 

@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::plan::{self, ChangeKind, DesiredModel, Plan, PlanInput};
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
-use crate::store::{self, StoreLock, StorePaths};
+use crate::store::{StoreLock, StorePaths};
 
 use crate::lockfile::{self, Lockfile};
 use crate::plan_file::{Fingerprints, PlanFile};
@@ -52,6 +52,11 @@ pub(crate) struct PlanOptions {
     /// The desired state is not the whole manifest (`kmm download`, `kmm ensure`): no other
     /// model is removed, neither by `prune` nor to meet the quota (`E_QUOTA` instead).
     pub(crate) only_desired: bool,
+    /// `--verify`: re-hash every installed file, so files changed in place are replaced.
+    pub(crate) verify: bool,
+    /// `kmm migrate`: only moves, adoptions, mirrors and stray deletions; nothing downloaded
+    /// or removed, no quota eviction.
+    pub(crate) layout_only: bool,
 }
 
 impl Session {
@@ -220,14 +225,16 @@ impl Session {
     pub(crate) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
         let registry = Registry::load(&self.paths.registry_file())?;
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
-        let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
-        let observed = store::observe(&self.paths, &dirs)?;
+        let observed = crate::migrate::observe(&self.paths, desired, &registry, options.verify)?;
         let input = PlanInput {
             models_dir: self.paths.root(),
             desired,
             observed: &observed,
             prune: self.settings.prune && !options.only_desired,
         };
+        if options.layout_only {
+            return Ok(plan::compute_layout_only(input));
+        }
         let plan = plan::compute(input);
         let Some(quota_gb) = self.settings.quota_gb else {
             return Ok(plan);
@@ -356,7 +363,8 @@ pub async fn plan(
         &desired,
         PlanOptions {
             evict_declared: args.evict_declared,
-            only_desired: false,
+            verify: args.verify,
+            ..PlanOptions::default()
         },
     )?;
     let hub = session.hub.as_ref().filter(|_| !args.lock.frozen);
@@ -396,15 +404,15 @@ pub async fn plan(
 
 /// The `--json` data of `kmm plan`: the plan, plus the registry diff with `--diff`.
 #[derive(schemars::JsonSchema, Serialize)]
-pub(super) struct PlanOutput<'a> {
+pub(crate) struct PlanOutput<'a> {
     #[serde(flatten)]
-    pub(super) plan: &'a Plan,
+    pub(crate) plan: &'a Plan,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) registry_diff: Option<String>,
+    pub(crate) registry_diff: Option<String>,
 }
 
 /// A plan in the chosen format, with the registry diff after it when there is one.
-pub(super) fn render_plan(
+pub(crate) fn render_plan(
     plan: &Plan,
     format: PlanFormat,
     registry_diff: Option<&str>,
@@ -524,7 +532,8 @@ pub async fn apply(
     let options = ApplyOptions {
         plan: PlanOptions {
             evict_declared: args.evict_declared,
-            only_desired: false,
+            verify: args.verify,
+            ..PlanOptions::default()
         },
         force_compat: args.force_compat,
         frozen: args.lock.frozen,

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::Library;
 use crate::registry::{Record, RecordFile};
-use crate::store::{Observed, ObservedDir};
+use crate::store::{HashKind, Observed, ObservedDir};
 use crate::upstream::{FileHash, UpstreamFile};
 
 pub use markdown::render_markdown;
@@ -195,6 +195,10 @@ pub enum Action {
         previous_install_dir: Option<PathBuf>,
         /// The final file list, sorted by path.
         files: Vec<InstallFile>,
+        /// Files on disk in the current folder that the manifest does not select and no record
+        /// lists (the user's): carried into the new folder unless `prune` is set.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carry: Vec<CarriedFile>,
     },
     /// Copy `<install_dir>/config.json` to `configs/<repo>.json`.
     MirrorConfig {
@@ -214,11 +218,15 @@ pub enum Action {
     Unregister { model: String },
     /// Delete a leftover file in the layout.
     DeleteStray { path: PathBuf },
+    /// Delete a loose file whose bytes an install took (the seed's flat GGUFs, files in wrong
+    /// folders): runs after every install that links from it, so the bytes have moved.
+    DeleteMoved { path: PathBuf },
 }
 
 impl Action {
     /// The stable id: `fetch:<model>:<path>`, `install:<model>`, `mirror-config:<model>`,
-    /// `register:<model>`, `remove:<model>`, `unregister:<model>`, `delete-stray:<path>`.
+    /// `register:<model>`, `remove:<model>`, `unregister:<model>`, `delete-stray:<path>`,
+    /// `delete-moved:<path>`.
     pub fn id(&self) -> String {
         match self {
             Action::Fetch { model, file, .. } => format!("fetch:{model}:{}", file.path),
@@ -228,6 +236,7 @@ impl Action {
             Action::RemoveModel { model, .. } => format!("remove:{model}"),
             Action::Unregister { model } => format!("unregister:{model}"),
             Action::DeleteStray { path } => format!("delete-stray:{}", slash_path(path)),
+            Action::DeleteMoved { path } => format!("delete-moved:{}", slash_path(path)),
         }
     }
 }
@@ -241,12 +250,22 @@ pub struct InstallFile {
     pub source: FileSource,
 }
 
+/// A file kept as it is across an install: `path` in the new folder, taken from `from`
+/// (relative to the models directory).
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedFile {
+    pub path: String,
+    pub from: PathBuf,
+    pub size: u64,
+}
+
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
 pub enum FileSource {
     /// A verified download, `.kmm/downloads/<hash-hex>`, produced by the named fetch action.
     Fetch { action: String },
-    /// The file as it is in the current folder (relative to the models directory).
+    /// The file as it is somewhere in the store (relative to the models directory): in the
+    /// current folder, or found by its hash elsewhere (a move instead of a download).
     Keep { path: PathBuf },
 }
 
@@ -296,12 +315,84 @@ pub fn dirs_to_observe(
     dirs.into_iter().collect()
 }
 
-/// The record's `install_path` relative to the models directory, when it lies inside it.
+/// The record's `install_path` relative to the models directory, when it lies inside it and is
+/// a folder of its own: not the models directory or a layout root (`llama-cpp/`, where the
+/// seed's flat layout put GGUFs of many models side by side), which are never removed or
+/// scanned as one model's folder.
 pub fn recorded_install_dir(models_dir: &Path, record: &Record) -> Option<PathBuf> {
     let relative = Path::new(&record.install_path)
         .strip_prefix(models_dir)
         .ok()?;
-    is_safe_relative(relative).then(|| relative.to_path_buf())
+    (is_safe_relative(relative) && !is_shared_folder(relative)).then(|| relative.to_path_buf())
+}
+
+/// The layout's roots, which hold many models' folders.
+pub const SHARED_FOLDERS: [&str; 3] = ["llama-cpp", "transformers", "configs"];
+
+fn is_shared_folder(relative: &Path) -> bool {
+    relative.components().count() == 1 && SHARED_FOLDERS.iter().any(|s| relative == Path::new(s))
+}
+
+/// The files [`compute`] wants hashed before it plans (relative to the models directory, with
+/// the kind of upstream hash to compare): pure, so the planner decides and `store` reads.
+///
+/// - A declared file whose record does not vouch for it (no record, no hash recorded, another
+///   hash recorded) but that lies in the current or target folder with the upstream size:
+///   hashed, and kept (adopted) when it matches.
+/// - Loose files ([`Observed::loose`]) and recorded files of shared folders with the size of
+///   a declared file that is not kept: hashed, and moved into place instead of downloaded
+///   when they match.
+/// - With `verify`, every file the record vouches for too, so in-place changes show.
+pub fn hash_requests(
+    models_dir: &Path,
+    desired: &[DesiredModel],
+    observed: &Observed,
+    verify: bool,
+) -> Vec<(PathBuf, HashKind)> {
+    let mut requests = Vec::new();
+    let mut sizes: HashMap<u64, BTreeSet<HashKind>> = HashMap::new();
+    let on_disk = |dir: &Path, path: &str, size: u64| {
+        observed
+            .dirs
+            .get(dir)
+            .and_then(|d| d.files.get(path))
+            .is_some_and(|seen| seen.size == size)
+    };
+    for model in desired {
+        let record = observed.registry.models.get(&model.id);
+        let previous = record.and_then(|r| recorded_install_dir(models_dir, r));
+        for file in &model.files {
+            let kind = HashKind::of(&file.hash);
+            let vouched = record
+                .and_then(|r| r.files.iter().find(|f| f.path == file.path))
+                .is_some_and(|old| recorded_hash(old).as_ref() == Some(&file.hash));
+            let in_previous = previous
+                .as_deref()
+                .is_some_and(|dir| on_disk(dir, &file.path, file.size));
+            if vouched && in_previous {
+                if verify && let Some(dir) = &previous {
+                    requests.push((dir.join(&file.path), kind));
+                }
+                continue;
+            }
+            for dir in previous.iter().chain(std::iter::once(&model.install_dir)) {
+                if on_disk(dir, &file.path, file.size) {
+                    requests.push((dir.join(&file.path), kind));
+                }
+            }
+            sizes.entry(file.size).or_default().insert(kind);
+        }
+    }
+    if !sizes.is_empty() {
+        for (path, seen) in &observed.loose {
+            for kind in sizes.get(&seen.size).into_iter().flatten() {
+                requests.push((path.clone(), *kind));
+            }
+        }
+    }
+    requests.sort();
+    requests.dedup();
+    requests
 }
 
 /// True for a non-empty relative path made only of normal components (nothing that could
@@ -361,20 +452,33 @@ pub fn compute_with_evictions(input: PlanInput<'_>, evict: &[String]) -> Plan {
             planner.plan_undeclared(id, record);
         }
     }
-    let mut strays: Vec<PathBuf> = input
-        .observed
-        .strays
-        .iter()
-        .filter(|p| is_safe_relative(p))
-        .cloned()
-        .collect();
-    strays.sort();
-    strays.dedup();
-    for path in &strays {
-        planner
-            .actions
-            .push(Action::DeleteStray { path: path.clone() });
+    let strays = planner.plan_strays();
+    planner.finish(strays)
+}
+
+/// The plan of `kmm migrate`: only what needs no download. Declared models whose bytes are all
+/// in the store (in place, in a wrong folder, loose, under an old record) are moved and
+/// registered; strays are deleted; config mirrors are written. Models that need a file from
+/// the hub are left as they are (with a note), nothing is removed (`prune` is ignored).
+pub fn compute_layout_only(input: PlanInput<'_>) -> Plan {
+    let input = PlanInput {
+        prune: false,
+        ..input
+    };
+    let mut planner = Planner::new(input);
+    planner.layout_only = true;
+    let mut desired: Vec<&DesiredModel> = input.desired.iter().collect();
+    desired.sort_by(|a, b| a.id.cmp(&b.id));
+    for model in desired {
+        planner.plan_desired(model);
     }
+    let declared: BTreeSet<&str> = input.desired.iter().map(|m| m.id.as_str()).collect();
+    for (id, record) in &input.observed.registry.models {
+        if !declared.contains(id.as_str()) {
+            planner.plan_undeclared(id, record);
+        }
+    }
+    let strays = planner.plan_strays();
     planner.finish(strays)
 }
 
@@ -386,6 +490,14 @@ struct Planner<'a> {
     /// Upstream hash -> id of the fetch action that downloads it (one per hash). Only looked
     /// up, never iterated, so a hash map keeps the output deterministic.
     fetch_by_hash: HashMap<FileHash, String>,
+    /// Upstream hash -> the first loose file (by path) with those bytes.
+    loose_by_hash: HashMap<&'a FileHash, &'a Path>,
+    /// Loose files an install takes (each gets one `DeleteMoved`).
+    moved_loose: BTreeSet<PathBuf>,
+    /// `kmm migrate`: models that need a download are left alone.
+    layout_only: bool,
+    /// Models left alone by `layout_only`.
+    skipped: BTreeSet<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -396,7 +508,65 @@ impl<'a> Planner<'a> {
             notes: Vec::new(),
             actions: Vec::new(),
             fetch_by_hash: HashMap::new(),
+            loose_by_hash: input
+                .observed
+                .hashes
+                .iter()
+                .filter(|((path, _), _)| input.observed.loose.contains_key(path))
+                .fold(HashMap::new(), |mut index, ((path, _), hash)| {
+                    index.entry(hash).or_insert(path.as_path());
+                    index
+                }),
+            moved_loose: BTreeSet::new(),
+            layout_only: false,
+            skipped: BTreeSet::new(),
         }
+    }
+
+    fn plan_strays(&mut self) -> Vec<PathBuf> {
+        let mut strays: Vec<PathBuf> = self
+            .input
+            .observed
+            .strays
+            .iter()
+            .filter(|p| is_safe_relative(p))
+            .cloned()
+            .collect();
+        strays.sort();
+        strays.dedup();
+        for path in &strays {
+            self.actions
+                .push(Action::DeleteStray { path: path.clone() });
+        }
+        strays
+    }
+
+    /// The hash `store::hash_files` computed for `path`, if it was asked to.
+    fn hash_of(&self, path: &Path, kind: HashKind) -> Option<&'a FileHash> {
+        self.input.observed.hashes.get(&(path.to_path_buf(), kind))
+    }
+
+    /// A file in the store with exactly `file`'s bytes (by its upstream hash): in the current
+    /// folder, in the target folder, or loose.
+    fn local_copy(
+        &self,
+        model: &DesiredModel,
+        previous_dir: Option<&Path>,
+        file: &UpstreamFile,
+    ) -> Option<PathBuf> {
+        let kind = HashKind::of(&file.hash);
+        for dir in previous_dir
+            .into_iter()
+            .chain([model.install_dir.as_path()])
+        {
+            let path = dir.join(&file.path);
+            if self.hash_of(&path, kind) == Some(&file.hash) {
+                return Some(path);
+            }
+        }
+        self.loose_by_hash
+            .get(&file.hash)
+            .map(|path| path.to_path_buf())
     }
 
     fn observed_dir(&self, dir: &Path) -> Option<&'a ObservedDir> {
@@ -419,14 +589,21 @@ impl<'a> Planner<'a> {
         let mut kept_files = 0;
         let mut download_bytes = 0;
         let mut free_bytes = 0;
+        // Files whose bytes come from elsewhere in the store: the folder must be assembled.
+        let mut gathered = false;
+        let mut unhashed = false;
+        let mut fetches = 0;
         for file in &model.files {
+            let kind = HashKind::of(&file.hash);
             let keep_from = match (recorded.get(file.path.as_str()), &previous_dir) {
                 (None, _) => Err((FileChangeKind::Add, None)),
                 (Some(old), Some(dir)) => {
                     let same_bytes =
                         recorded_hash(old).as_ref() == Some(&file.hash) && old.size == file.size;
                     let on_disk = current.and_then(|d| d.files.get(&file.path));
+                    let in_place = dir.join(&file.path);
                     if recorded_hash(old).is_none() {
+                        unhashed = true;
                         Err((FileChangeKind::Replace, Some("no hash recorded")))
                     } else if !same_bytes {
                         Err((FileChangeKind::Replace, Some("changed upstream")))
@@ -436,19 +613,60 @@ impl<'a> Planner<'a> {
                             Some(seen) if seen.size != file.size => {
                                 Err((FileChangeKind::Replace, Some("size mismatch on disk")))
                             }
-                            Some(_) => Ok(dir.join(&file.path)),
+                            Some(_) => match self.hash_of(&in_place, kind) {
+                                Some(seen) if *seen != file.hash => {
+                                    Err((FileChangeKind::Replace, Some("tampered")))
+                                }
+                                _ => Ok(in_place),
+                            },
                         }
                     }
                 }
-                // Recorded, but its folder is outside the models directory: nothing to keep.
+                // Recorded, but not in a folder of its own: nothing to keep in place.
                 (Some(_), None) => Err((FileChangeKind::Replace, Some("missing on disk"))),
             };
+            // Not kept as recorded: the same bytes may still be on disk, in place (a record
+            // without hashes, an unrecorded folder) or elsewhere in the store.
+            let keep_from = keep_from.or_else(|(kind, reason)| {
+                if reason == Some("tampered") {
+                    return Err((kind, reason));
+                }
+                match self.local_copy(model, previous_dir.as_deref(), file) {
+                    Some(path) => Ok(path),
+                    None => Err((kind, reason)),
+                }
+            });
             let source = match keep_from {
                 Ok(path) => {
-                    kept_files += 1;
+                    let in_place = previous_dir
+                        .as_deref()
+                        .is_some_and(|dir| path == dir.join(&file.path));
+                    if in_place {
+                        kept_files += 1;
+                    } else {
+                        gathered = true;
+                        let kind = if recorded.contains_key(file.path.as_str()) {
+                            FileChangeKind::Replace
+                        } else {
+                            FileChangeKind::Add
+                        };
+                        files.push(FileChange {
+                            path: file.path.clone(),
+                            kind,
+                            size: file.size,
+                            reason: Some(format!("found at {}, no download", slash_path(&path))),
+                        });
+                        if self.input.observed.loose.contains_key(&path)
+                            && self.moved_loose.insert(path.clone())
+                        {
+                            self.actions
+                                .push(Action::DeleteMoved { path: path.clone() });
+                        }
+                    }
                     FileSource::Keep { path }
                 }
                 Err((kind, reason)) => {
+                    fetches += 1;
                     download_bytes += file.size;
                     files.push(FileChange {
                         path: file.path.clone(),
@@ -480,8 +698,51 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        // The user's files in the folder: neither selected nor ever installed by kmm.
+        let mut carry = Vec::new();
+        let mut extras_dir = previous_dir.clone();
+        if extras_dir.is_none() && self.observed_dir(&model.install_dir).is_some() {
+            extras_dir = Some(model.install_dir.clone());
+        }
+        if let Some(dir) = &extras_dir
+            && let Some(seen) = self.observed_dir(dir)
+        {
+            for (path, found) in &seen.files {
+                if !selected.contains(path.as_str()) && !recorded.contains_key(path.as_str()) {
+                    carry.push(CarriedFile {
+                        path: path.clone(),
+                        from: dir.join(path),
+                        size: found.size,
+                    });
+                }
+            }
+        }
         files.sort_by(|a, b| a.path.cmp(&b.path));
 
+        if self.layout_only && fetches > 0 {
+            // `kmm migrate` moves what is there and downloads nothing: this model is left as it
+            // is for `kmm apply`. Fetches added for it are dropped in `finish`.
+            self.skipped.insert(model.id.clone());
+            self.notes.push(Note {
+                model: model.id.clone(),
+                message: format!("needs {fetches} file(s) from the hub; left for `kmm apply`"),
+            });
+            self.models.push(ModelChange {
+                id: model.id.clone(),
+                change: ChangeKind::Unchanged,
+                revision: Some(model.revision.clone()),
+                from_commit: record.and_then(|r| r.commit.clone()),
+                to_commit: record.and_then(|r| r.commit.clone()),
+                install_dir: previous_dir.clone(),
+                previous_install_dir: None,
+                reasons: Vec::new(),
+                files: Vec::new(),
+                kept_files,
+                download_bytes: 0,
+                free_bytes: 0,
+            });
+            return;
+        }
         let moved = record.is_some() && previous_dir.as_ref() != Some(&model.install_dir);
         let mut reasons = Vec::new();
         if let Some(record) = record {
@@ -515,8 +776,28 @@ impl<'a> Planner<'a> {
             if record.install_path != self.install_path(&model.install_dir) && !moved {
                 reasons.push("install path changes".to_string());
             }
+            if unhashed {
+                reasons.push("record gains the upstream hashes".to_string());
+            }
         }
-        let needs_install = record.is_none() || moved || !files.is_empty();
+        let prune_carried = self.input.prune && !carry.is_empty();
+        if prune_carried {
+            reasons.push(format!(
+                "removes {} file(s) not selected (prune)",
+                carry.len()
+            ));
+            carry.clear();
+        } else if !carry.is_empty() {
+            self.notes.push(Note {
+                model: model.id.clone(),
+                message: format!(
+                    "{} file(s) in its folder are not selected (kept; prune = true removes them)",
+                    carry.len()
+                ),
+            });
+        }
+        let needs_install =
+            record.is_none() || moved || !files.is_empty() || gathered || prune_carried;
         let mirror_missing = match &model.config_mirror {
             Some(mirror) => !needs_install && !self.mirror_present(model, mirror),
             None => false,
@@ -541,6 +822,7 @@ impl<'a> Planner<'a> {
                         .clone()
                         .filter(|dir| *dir != model.install_dir),
                     files: install_files,
+                    carry,
                 });
             }
             if let Some(mirror) = &model.config_mirror
@@ -646,6 +928,14 @@ impl<'a> Planner<'a> {
     fn plan_undeclared(&mut self, id: &str, record: &Record) {
         let pinned = record.pinned.unwrap_or(false);
         if !self.input.prune || pinned {
+            if let Some(dir) = recorded_install_dir(self.input.models_dir, record)
+                && self.observed_dir(&dir).is_none()
+            {
+                self.notes.push(Note {
+                    model: id.to_string(),
+                    message: format!("recorded folder {} is missing", slash_path(&dir)),
+                });
+            }
             let message = if pinned && self.input.prune {
                 "not declared but pinned (kept even with prune = true)"
             } else {
@@ -703,6 +993,60 @@ impl<'a> Planner<'a> {
     }
 
     fn finish(mut self, strays: Vec<PathBuf>) -> Plan {
+        // Actions of models left alone (`layout_only`): their installs never ran, so drop the
+        // fetches and loose-file deletions no remaining install needs.
+        if !self.skipped.is_empty() {
+            let skipped = &self.skipped;
+            let mut needed_fetches = BTreeSet::new();
+            let mut needed_paths = BTreeSet::new();
+            for action in &self.actions {
+                if let Action::InstallModel { model, files, .. } = action
+                    && !skipped.contains(model)
+                {
+                    for file in files {
+                        match &file.source {
+                            FileSource::Fetch { action } => needed_fetches.insert(action.clone()),
+                            FileSource::Keep { path } => needed_paths.insert(path.clone()),
+                        };
+                    }
+                }
+            }
+            self.actions.retain(|action| match action {
+                Action::Fetch { .. } => needed_fetches.contains(&action.id()),
+                Action::DeleteMoved { path } => needed_paths.contains(path),
+                _ => true,
+            });
+        }
+        // Loose files nothing takes: reported, never deleted (kmm cannot tell whose they are).
+        let taken: BTreeSet<&Path> = self
+            .actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::DeleteMoved { path } => Some(path.as_path()),
+                _ => None,
+            })
+            .collect();
+        let mut left: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        for path in self.input.observed.loose.keys() {
+            if taken.contains(path.as_path()) {
+                continue;
+            }
+            let group = match path.parent() {
+                Some(parent) if is_safe_relative(parent) && !is_shared_folder(parent) => {
+                    parent.to_path_buf()
+                }
+                _ => path.clone(),
+            };
+            *left.entry(group).or_default() += 1;
+        }
+        for (group, count) in left {
+            self.notes.push(Note {
+                model: slash_path(&group),
+                message: format!(
+                    "{count} file(s) no registry record or declared model accounts for (left in place)"
+                ),
+            });
+        }
         self.models.sort_by(|a, b| a.id.cmp(&b.id));
         self.notes
             .sort_by(|a, b| (&a.model, &a.message).cmp(&(&b.model, &b.message)));

@@ -104,6 +104,7 @@ pub async fn run(
             PlanOptions {
                 evict_declared: false,
                 only_desired: true,
+                ..Default::default()
             },
         )?;
         narrow.notes.clear();
