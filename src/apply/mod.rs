@@ -635,7 +635,7 @@ pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: Str
     record.commit = Some(plan.commit.clone());
     record.pinned = plan.pinned;
     record.license_accepted = plan.license_accepted.clone();
-    record.selection = Some(plan.selection.clone());
+    record.selection = (!plan.partial).then(|| plan.selection.clone());
     record
 }
 
@@ -770,6 +770,7 @@ mod tests {
             pinned: Some(true),
             license_accepted: None,
             selection: Default::default(),
+            partial: false,
         }
     }
 

@@ -97,6 +97,7 @@ mod tests {
             pinned: None,
             license_accepted: None,
             selection: Default::default(),
+            partial: false,
         }
     }
 

@@ -283,6 +283,10 @@ pub struct RecordPlan {
     pub pinned: Option<bool>,
     pub license_accepted: Option<serde_json::Value>,
     pub selection: crate::registry::Selection,
+    /// Only some selected files are installed (`kmm migrate` put in place what was on disk):
+    /// the record keeps no selection, so the next plan asks for the full file list again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -494,10 +498,8 @@ struct Planner<'a> {
     loose_by_hash: HashMap<&'a FileHash, &'a Path>,
     /// Loose files an install takes (each gets one `DeleteMoved`).
     moved_loose: BTreeSet<PathBuf>,
-    /// `kmm migrate`: models that need a download are left alone.
+    /// `kmm migrate`: nothing is downloaded (see `plan_desired`).
     layout_only: bool,
-    /// Models left alone by `layout_only`.
-    skipped: BTreeSet<String>,
 }
 
 impl<'a> Planner<'a> {
@@ -519,7 +521,6 @@ impl<'a> Planner<'a> {
                 }),
             moved_loose: BTreeSet::new(),
             layout_only: false,
-            skipped: BTreeSet::new(),
         }
     }
 
@@ -708,7 +709,11 @@ impl<'a> Planner<'a> {
             && let Some(seen) = self.observed_dir(dir)
         {
             for (path, found) in &seen.files {
-                if !selected.contains(path.as_str()) && !recorded.contains_key(path.as_str()) {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                if !selected.contains(path.as_str())
+                    && !recorded.contains_key(path.as_str())
+                    && !crate::store::is_stray(name)
+                {
                     carry.push(CarriedFile {
                         path: path.clone(),
                         from: dir.join(path),
@@ -719,31 +724,41 @@ impl<'a> Planner<'a> {
         }
         files.sort_by(|a, b| a.path.cmp(&b.path));
 
+        let moved = record.is_some() && previous_dir.as_ref() != Some(&model.install_dir);
+        // `kmm migrate` downloads nothing: it moves the files that are there (a partial folder
+        // whose record lists only them; `kmm apply` adds the rest) and leaves the model alone
+        // when nothing of it moves. Fetches no install uses are dropped in `finish`.
+        let mut only: Option<BTreeSet<String>> = None;
         if self.layout_only && fetches > 0 {
-            // `kmm migrate` moves what is there and downloads nothing: this model is left as it
-            // is for `kmm apply`. Fetches added for it are dropped in `finish`.
-            self.skipped.insert(model.id.clone());
             self.notes.push(Note {
                 model: model.id.clone(),
                 message: format!("needs {fetches} file(s) from the hub; left for `kmm apply`"),
             });
-            self.models.push(ModelChange {
-                id: model.id.clone(),
-                change: ChangeKind::Unchanged,
-                revision: Some(model.revision.clone()),
-                from_commit: record.and_then(|r| r.commit.clone()),
-                to_commit: record.and_then(|r| r.commit.clone()),
-                install_dir: previous_dir.clone(),
-                previous_install_dir: None,
-                reasons: Vec::new(),
-                files: Vec::new(),
-                kept_files,
-                download_bytes: 0,
-                free_bytes: 0,
+            if !(gathered || moved) {
+                self.models.push(ModelChange {
+                    id: model.id.clone(),
+                    change: ChangeKind::Unchanged,
+                    revision: Some(model.revision.clone()),
+                    from_commit: record.and_then(|r| r.commit.clone()),
+                    to_commit: record.and_then(|r| r.commit.clone()),
+                    install_dir: previous_dir.clone(),
+                    previous_install_dir: None,
+                    reasons: Vec::new(),
+                    files: Vec::new(),
+                    kept_files,
+                    download_bytes: 0,
+                    free_bytes: 0,
+                });
+                return;
+            }
+            install_files.retain(|file| matches!(file.source, FileSource::Keep { .. }));
+            let present: BTreeSet<String> = install_files.iter().map(|f| f.path.clone()).collect();
+            files.retain(|change| {
+                present.contains(&change.path) || change.kind == FileChangeKind::Remove
             });
-            return;
+            download_bytes = 0;
+            only = Some(present);
         }
-        let moved = record.is_some() && previous_dir.as_ref() != Some(&model.install_dir);
         let mut reasons = Vec::new();
         if let Some(record) = record {
             if moved {
@@ -825,8 +840,12 @@ impl<'a> Planner<'a> {
                     carry,
                 });
             }
+            let config_present = only
+                .as_ref()
+                .is_none_or(|only| only.contains("config.json"));
             if let Some(mirror) = &model.config_mirror
                 && (needs_install || mirror_missing)
+                && config_present
             {
                 self.actions.push(Action::MirrorConfig {
                     model: model.id.clone(),
@@ -836,7 +855,7 @@ impl<'a> Planner<'a> {
             }
             self.actions.push(Action::Register {
                 model: model.id.clone(),
-                record: self.record_plan(model),
+                record: self.record_plan(model, only.as_ref()),
             });
         }
         self.models.push(ModelChange {
@@ -891,15 +910,20 @@ impl<'a> Planner<'a> {
             .into_owned()
     }
 
-    fn record_plan(&self, model: &DesiredModel) -> RecordPlan {
+    /// The record after install; `only`: the files a `kmm migrate` put in place.
+    fn record_plan(&self, model: &DesiredModel, only: Option<&BTreeSet<String>>) -> RecordPlan {
+        let files: Vec<&UpstreamFile> = model
+            .files
+            .iter()
+            .filter(|f| only.is_none_or(|only| only.contains(&f.path)))
+            .collect();
         RecordPlan {
             model_id: model.id.clone(),
             library: model.library,
             revision: model.revision.clone(),
             commit: model.commit.clone(),
             install_path: self.install_path(&model.install_dir),
-            files: model
-                .files
+            files: files
                 .iter()
                 .map(|f| RecordPlanFile {
                     path: f.path.clone(),
@@ -907,10 +931,11 @@ impl<'a> Planner<'a> {
                     hash: f.hash.clone(),
                 })
                 .collect(),
-            total_size: model.files.iter().map(|f| f.size).sum(),
+            total_size: files.iter().map(|f| f.size).sum(),
             pinned: model.pinned,
             license_accepted: model.license_accepted.clone(),
             selection: model.selection.clone(),
+            partial: only.is_some(),
         }
     }
 
@@ -993,16 +1018,13 @@ impl<'a> Planner<'a> {
     }
 
     fn finish(mut self, strays: Vec<PathBuf>) -> Plan {
-        // Actions of models left alone (`layout_only`): their installs never ran, so drop the
-        // fetches and loose-file deletions no remaining install needs.
-        if !self.skipped.is_empty() {
-            let skipped = &self.skipped;
+        // `layout_only` installs take no download: drop the fetches (and loose-file deletions)
+        // that no remaining install uses.
+        if self.layout_only {
             let mut needed_fetches = BTreeSet::new();
             let mut needed_paths = BTreeSet::new();
             for action in &self.actions {
-                if let Action::InstallModel { model, files, .. } = action
-                    && !skipped.contains(model)
-                {
+                if let Action::InstallModel { files, .. } = action {
                     for file in files {
                         match &file.source {
                             FileSource::Fetch { action } => needed_fetches.insert(action.clone()),

@@ -14,4 +14,5 @@ mod gitops;
 mod hub_client;
 mod interop;
 mod machine;
+mod migrate;
 mod verbs;
