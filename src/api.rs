@@ -352,6 +352,7 @@ pub fn update_registry(
             size: file.size,
             sha256: file.hash.is_lfs().then(|| file.hash.hex().to_string()),
             git_sha1: (!file.hash.is_lfs()).then(|| file.hash.hex().to_string()),
+            mtime_ns: None,
             extra: serde_json::Map::new(),
         })
         .collect();

@@ -191,6 +191,13 @@ pub struct Observed {
     pub hashes: BTreeMap<(PathBuf, HashKind), FileHash>,
 }
 
+/// `time` as nanoseconds since the Unix epoch (the registry's `mtime_ns`); `None` before 1970
+/// or past the year 2554.
+pub fn unix_nanos(time: SystemTime) -> Option<u64> {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
+}
+
 /// Which upstream hash a file is hashed with: LFS files are named by sha256, the others by git
 /// blob sha1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -358,7 +358,8 @@ impl<'a> Engine<'a> {
             let _span = span.entered();
             let _writer = writer.lock().expect("registry writer lock");
             let mut registry = Registry::load(&registry_file)?;
-            let record = merge_record(registry.models.remove(&id), &plan, now);
+            let mut record = merge_record(registry.models.remove(&id), &plan, now);
+            record_mtimes(&mut record);
             registry.models.insert(id, record);
             registry.save(&registry_file)
         })
@@ -557,6 +558,19 @@ impl InstallJob {
     }
 }
 
+/// Records each installed file's mtime (when it has the recorded size), so that later plans
+/// notice in-place edits by `stat` alone.
+fn record_mtimes(record: &mut Record) {
+    let dir = PathBuf::from(&record.install_path);
+    for file in &mut record.files {
+        file.mtime_ns = fs_err::metadata(dir.join(&file.path))
+            .ok()
+            .filter(|meta| meta.is_file() && meta.len() == file.size)
+            .and_then(|meta| meta.modified().ok())
+            .and_then(crate::store::unix_nanos);
+    }
+}
+
 /// After a model folder went away, removes its now-empty owner folders (`transformers/acme/`)
 /// but never the layout's top-level folders (`transformers/`, `llama-cpp/`).
 fn remove_empty_owner_folders(root: &Path, removed: &Path) {
@@ -583,16 +597,19 @@ pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: Str
         .files
         .iter()
         .map(|f| {
-            let extra = old_files
-                .remove(&f.path)
-                .map(|old| old.extra)
-                .unwrap_or_default();
+            let old = old_files.remove(&f.path);
+            // The recorded mtime stays for the same bytes; `register` refreshes it from disk.
+            let mtime_ns = old
+                .as_ref()
+                .filter(|old| old.size == f.size && old.hash().as_ref() == Some(&f.hash))
+                .and_then(|old| old.mtime_ns);
             RecordFile {
                 path: f.path.clone(),
                 size: f.size,
                 sha256: f.hash.is_lfs().then(|| f.hash.hex().to_string()),
                 git_sha1: (!f.hash.is_lfs()).then(|| f.hash.hex().to_string()),
-                extra,
+                mtime_ns,
+                extra: old.map(|old| old.extra).unwrap_or_default(),
             }
         })
         .collect();

@@ -346,7 +346,9 @@ fn is_shared_folder(relative: &Path) -> bool {
 /// - Loose files ([`Observed::loose`]) and recorded files of shared folders with the size of
 ///   a declared file that is not kept: hashed, and moved into place instead of downloaded
 ///   when they match.
-/// - With `verify`, every file the record vouches for too, so in-place changes show.
+/// - A file the record vouches for whose mtime is not the recorded `mtime_ns` (touched or
+///   rewritten in place with the same size), and with `verify` every file the record vouches
+///   for: hashed, and replaced (`tampered`) when its bytes differ.
 pub fn hash_requests(
     models_dir: &Path,
     desired: &[DesiredModel],
@@ -367,14 +369,21 @@ pub fn hash_requests(
         let previous = record.and_then(|r| recorded_install_dir(models_dir, r));
         for file in &model.files {
             let kind = HashKind::of(&file.hash);
-            let vouched = record
-                .and_then(|r| r.files.iter().find(|f| f.path == file.path))
-                .is_some_and(|old| recorded_hash(old).as_ref() == Some(&file.hash));
+            let old = record.and_then(|r| r.files.iter().find(|f| f.path == file.path));
+            let vouched = old.is_some_and(|old| recorded_hash(old).as_ref() == Some(&file.hash));
             let in_previous = previous
                 .as_deref()
                 .is_some_and(|dir| on_disk(dir, &file.path, file.size));
             if vouched && in_previous {
-                if verify && let Some(dir) = &previous {
+                let dir = previous.as_deref().expect("in_previous implies a folder");
+                // Same size, but touched since kmm recorded it: only its bytes can tell.
+                let touched = old.and_then(|old| old.mtime_ns).is_some_and(|recorded| {
+                    let seen = observed.dirs.get(dir).and_then(|d| d.files.get(&file.path));
+                    seen.and_then(|seen| seen.modified)
+                        .and_then(crate::store::unix_nanos)
+                        != Some(recorded)
+                });
+                if verify || touched {
                     requests.push((dir.join(&file.path), kind));
                 }
                 continue;
@@ -1235,6 +1244,7 @@ mod tests {
                     size: f.size,
                     sha256: f.hash.is_lfs().then(|| f.hash.hex().to_string()),
                     git_sha1: (!f.hash.is_lfs()).then(|| f.hash.hex().to_string()),
+                    mtime_ns: None,
                     extra: Default::default(),
                 })
                 .collect(),

@@ -371,13 +371,16 @@ fn verify_catches_a_same_size_change_that_the_default_plan_cannot_see() {
     store.run(&["apply"]).ok();
     assert_eq!(store.planned_actions(), Vec::<String>::new());
 
-    // Same size, different bytes, written in place.
+    // Same size, different bytes, written in place, and the mtime put back: nothing `stat`
+    // can see.
     let weights = store
         .models()
         .join("transformers/acme/tiny-bert/model.safetensors");
+    let mtime = fs_err::metadata(&weights).unwrap().modified().unwrap();
     let mut bytes = fs_err::read(&weights).unwrap();
     bytes[100] ^= 0xff;
     fs_err::write(&weights, &bytes).unwrap();
+    set_mtime(&weights, mtime);
 
     assert_eq!(store.planned_actions(), Vec::<String>::new());
     let verify = store.run(&["verify"]);
@@ -412,6 +415,49 @@ fn verify_catches_a_same_size_change_that_the_default_plan_cannot_see() {
         hub_file("acme/tiny-bert", "model.safetensors")
     );
     assert_eq!(store.run(&["verify"]).code, 0);
+}
+
+fn set_mtime(path: &Path, time: std::time::SystemTime) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(time)
+        .unwrap();
+}
+
+#[test]
+fn a_same_size_edit_with_a_new_mtime_is_caught_by_the_default_plan() {
+    let hub = FakeHub::start(hub_repos());
+    let store = Store::empty(&hub, "[models.\"acme/tiny-bert\"]\n");
+    store.run(&["apply"]).ok();
+    assert!(store.registry()["acme/tiny-bert"]["files"][0]["mtime_ns"].is_u64());
+    let folder = store.models().join("transformers/acme/tiny-bert");
+    let vocab = folder.join("vocab.txt");
+    let mut bytes = fs_err::read(&vocab).unwrap();
+    bytes[0] = b'#';
+    fs_err::write(&vocab, &bytes).unwrap();
+    // A touch alone (same bytes, new mtime) is hashed and found intact.
+    set_mtime(
+        &folder.join("config.json"),
+        std::time::SystemTime::now() + std::time::Duration::from_secs(5),
+    );
+
+    let plan = store.run(&["plan"]).ok();
+    assert!(
+        plan.stdout.contains("vocab.txt") && plan.stdout.contains("(tampered)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("config.json"), "{}", plan.stdout);
+    hub.clear_requests();
+    store.run(&["apply"]).ok();
+    assert_eq!(resolved_files(&hub), ["vocab.txt"]);
+    assert_eq!(
+        fs_err::read(&vocab).unwrap(),
+        hub_file("acme/tiny-bert", "vocab.txt")
+    );
+    assert_eq!(store.planned_actions(), Vec::<String>::new());
 }
 
 #[test]
