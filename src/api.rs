@@ -298,7 +298,7 @@ pub async fn download_snapshot(
     }
     let registry = Registry::load(&paths.registry_file())?;
     let desired = [desired];
-    let observed = crate::migrate::observe(&paths, &desired, &registry, false)?;
+    let observed = crate::migrate::observe(&paths, &desired, registry, false)?;
     let plan = plan::compute(PlanInput {
         models_dir: paths.root(),
         desired: &desired,

@@ -17,15 +17,16 @@ use crate::registry::Registry;
 use crate::store::{self, Observed, StorePaths};
 
 /// Scans what a plan for `desired` needs and hashes what the planner asks for. `registry` is
-/// the registry as loaded by the caller (it names the folders to scan).
+/// the registry as loaded by the caller (it names the folders to scan); it becomes
+/// `Observed::registry`, so a large registry is held once.
 pub fn observe(
     paths: &StorePaths,
     desired: &[DesiredModel],
-    registry: &Registry,
+    registry: Registry,
     verify: bool,
 ) -> Result<Observed> {
-    let dirs = plan::dirs_to_observe(paths.root(), desired, registry);
-    let mut observed = store::observe(paths, &dirs)?;
+    let dirs = plan::dirs_to_observe(paths.root(), desired, &registry);
+    let mut observed = store::observe_with(paths, &dirs, Some(registry))?;
     let requests = plan::hash_requests(paths.root(), desired, &observed, verify);
     if !requests.is_empty() {
         tracing::debug!("hashing {} file(s) to plan", requests.len());

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::os::unix::fs::FileExt as _;
 use std::path::Component;
 use std::time::Instant;
@@ -289,6 +289,16 @@ pub struct ObservedFile {
 /// id `org` routes to `transformers/org/`, which holds `transformers/org/m/` of `org/m`).
 /// A missing models directory is a fresh store: empty registry, nothing found.
 pub fn observe(paths: &StorePaths, dirs: &[PathBuf]) -> Result<Observed> {
+    observe_with(paths, dirs, None)
+}
+
+/// [`observe`] with the registry already loaded by the caller (`None`: load it), so that a
+/// large registry is parsed and held once.
+pub fn observe_with(
+    paths: &StorePaths,
+    dirs: &[PathBuf],
+    registry: Option<Registry>,
+) -> Result<Observed> {
     let root = paths.root();
     for dir in dirs {
         let normal = dir
@@ -316,9 +326,12 @@ pub fn observe(paths: &StorePaths, dirs: &[PathBuf]) -> Result<Observed> {
             return Err(Error::io("reading the models directory", &error));
         }
     }
-    observed.registry = Registry::load(&paths.registry_file())?;
+    observed.registry = match registry {
+        Some(registry) => registry,
+        None => Registry::load(&paths.registry_file())?,
+    };
 
-    let scanned: BTreeSet<PathBuf> = dirs.iter().map(|dir| root.join(dir)).collect();
+    let scanned: HashSet<PathBuf> = dirs.iter().map(|dir| root.join(dir)).collect();
     for dir in dirs {
         let full = root.join(dir);
         match fs_err::metadata(&full) {
@@ -329,7 +342,13 @@ pub fn observe(paths: &StorePaths, dirs: &[PathBuf]) -> Result<Observed> {
             Err(error) => return Err(Error::io("scanning the store", &error)),
         }
         let mut found = ObservedDir::default();
-        scan_dir(&full, "", &scanned, &mut found.files)?;
+        let mut scan = Scan {
+            scanned: &scanned,
+            files: &mut found.files,
+            base: dir,
+            strays: &mut observed.strays,
+        };
+        scan.dir(&full, "")?;
         observed.dirs.insert(dir.clone(), found);
     }
 
@@ -369,66 +388,80 @@ fn entries(dir: &Path) -> Result<Vec<fs_err::DirEntry>> {
     Ok(list)
 }
 
-fn scan_dir(
-    dir: &Path,
-    prefix: &str,
-    scanned: &BTreeSet<PathBuf>,
-    files: &mut BTreeMap<String, ObservedFile>,
-) -> Result<()> {
-    for entry in entries(dir)? {
-        let path = entry.path();
-        let Ok(name) = entry.file_name().into_string() else {
-            // Hub paths are UTF-8, so such a file can never be one kmm installed or wants.
-            tracing::warn!("skipping `{}`: its name is not UTF-8", path.display());
-            continue;
-        };
-        let key = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        // `DirEntry::file_type` and `metadata` do not follow symlinks.
-        let file_type = match entry.file_type() {
-            Ok(file_type) => file_type,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(Error::io(format!("scanning `{}`", path.display()), &error)),
-        };
-        if file_type.is_dir() {
-            if !scanned.contains(&path) {
-                scan_dir(&path, &key, scanned, files)?;
-            }
-        } else if file_type.is_file() {
-            let metadata = match entry.metadata() {
-                Ok(metadata) => metadata,
+/// One scanned model folder: its files (by `/`-separated path) and the strays in it.
+struct Scan<'a> {
+    scanned: &'a HashSet<PathBuf>,
+    files: &'a mut BTreeMap<String, ObservedFile>,
+    /// The folder relative to the models directory (strays are named from there).
+    base: &'a Path,
+    strays: &'a mut Vec<PathBuf>,
+}
+
+impl Scan<'_> {
+    fn dir(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+        for entry in entries(dir)? {
+            let path = entry.path();
+            let Ok(name) = entry.file_name().into_string() else {
+                // Hub paths are UTF-8, so such a file can never be one kmm installed or wants.
+                tracing::warn!("skipping `{}`: its name is not UTF-8", path.display());
+                continue;
+            };
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            // `DirEntry::file_type` and `metadata` do not follow symlinks.
+            let file_type = match entry.file_type() {
+                Ok(file_type) => file_type,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(error) => {
                     return Err(Error::io(format!("scanning `{}`", path.display()), &error));
                 }
             };
-            files.insert(
-                key,
-                ObservedFile {
-                    size: metadata.len(),
-                    modified: metadata.modified().ok(),
-                },
-            );
+            if file_type.is_dir() {
+                if !self.scanned.contains(&path) {
+                    self.dir(&path, &key)?;
+                }
+            } else if file_type.is_file() {
+                let metadata = match entry.metadata() {
+                    Ok(metadata) => metadata,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => {
+                        return Err(Error::io(format!("scanning `{}`", path.display()), &error));
+                    }
+                };
+                if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
+                    self.strays.push(self.base.join(&key));
+                }
+                self.files.insert(
+                    key,
+                    ObservedFile {
+                        size: metadata.len(),
+                        modified: metadata.modified().ok(),
+                    },
+                );
+            } else if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
+                self.strays.push(self.base.join(&key));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
-/// The walk over the whole store (but `.kmm/`) for strays and loose files. It reads every
-/// folder once and uses the entry types `readdir` returns, so it costs no `stat` for files in
-/// scanned folders; only loose files (few, outside migrations) are `stat`ed.
+/// The walk over the store outside the scanned folders (and `.kmm/`) for strays and loose
+/// files. It uses the entry types `readdir` returns; only loose files (few, outside
+/// migrations) are `stat`ed.
 struct Walk<'a> {
     kmm_dir: PathBuf,
-    scanned: &'a BTreeSet<PathBuf>,
+    scanned: &'a HashSet<PathBuf>,
     strays: &'a mut Vec<PathBuf>,
     loose: &'a mut BTreeMap<PathBuf, ObservedFile>,
 }
 
 impl Walk<'_> {
-    fn dir(&mut self, dir: &Path, relative: &Path, inside_scanned: bool) -> Result<()> {
+    /// `quiet`: list strays only, no loose files (the `configs/` mirrors).
+    fn dir(&mut self, dir: &Path, relative: &Path, quiet: bool) -> Result<()> {
         for entry in entries(dir)? {
             let path = entry.path();
             let file_type = match entry.file_type() {
@@ -443,19 +476,17 @@ impl Walk<'_> {
                 continue;
             };
             if file_type.is_dir() {
-                let top_level = relative.components().count() == 1;
-                if path == self.kmm_dir || (top_level && name == "configs") {
-                    // Mirrors are derived data; strays still count there.
-                    if path != self.kmm_dir {
-                        self.dir(&path, &relative, true)?;
-                    }
+                // A scanned folder's files and strays were listed by its scan (which also
+                // covers the unscanned folders below it): one `readdir` per folder in all.
+                if path == self.kmm_dir || self.scanned.contains(&path) {
                     continue;
                 }
-                let inside = inside_scanned || self.scanned.contains(&path);
-                self.dir(&path, &relative, inside)?;
+                // Mirrors are derived data, not loose files; strays still count there.
+                let mirrors = relative.components().count() == 1 && name == "configs";
+                self.dir(&path, &relative, quiet || mirrors)?;
             } else if is_stray(&name) {
                 self.strays.push(relative);
-            } else if file_type.is_file() && !inside_scanned {
+            } else if file_type.is_file() && !quiet {
                 let top_level = relative.components().count() == 1;
                 if top_level && (name.starts_with('.') || name.ends_with(".json")) {
                     continue;

@@ -223,9 +223,19 @@ impl Session {
     /// The plan, with the evictions `quota_gb` needs (least recently used undeclared models
     /// first; declared ones only with `options.evict_declared`; `E_QUOTA` when impossible).
     pub(crate) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
+        Ok(self.plan_and_registry(desired, options)?.0)
+    }
+
+    /// [`Session::plan_with`], and the registry the plan was computed from (loaded once: on a
+    /// large store it is the biggest thing kmm holds).
+    pub(crate) fn plan_and_registry(
+        &self,
+        desired: &[DesiredModel],
+        options: PlanOptions,
+    ) -> Result<(Plan, Registry)> {
         let registry = Registry::load(&self.paths.registry_file())?;
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
-        let observed = crate::migrate::observe(&self.paths, desired, &registry, options.verify)?;
+        let observed = crate::migrate::observe(&self.paths, desired, registry, options.verify)?;
         let input = PlanInput {
             models_dir: self.paths.root(),
             desired,
@@ -233,20 +243,21 @@ impl Session {
             prune: self.settings.prune && !options.only_desired,
         };
         if options.layout_only {
-            return Ok(plan::compute_layout_only(input));
+            let plan = plan::compute_layout_only(input);
+            return Ok((plan, observed.registry));
         }
         let plan = plan::compute(input);
         let Some(quota_gb) = self.settings.quota_gb else {
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         };
         let after = store_size_after(&plan, desired, &observed.registry);
         let need = crate::gc::excess(after, crate::gc::gb_to_bytes(quota_gb));
         if need == 0 {
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         }
         if options.only_desired {
             check_quota(&plan, desired, &observed.registry, Some(quota_gb))?;
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         }
         let candidates = super::commands_machine::gc::candidates(
             self.paths.root(),
@@ -271,7 +282,7 @@ impl Session {
             .cloned()
             .collect();
         check_quota(&plan, &kept, &observed.registry, Some(quota_gb))?;
-        Ok(plan)
+        Ok((plan, observed.registry))
     }
 }
 
@@ -356,10 +367,12 @@ pub async fn plan(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open(global, env, cwd).await?;
+    let mut session = Session::open(global, env, cwd).await?;
     let desired = session.resolve_with_lock(args.lock).await?;
     session.update_lock(&desired, args.lock, out)?;
-    let mut plan = session.plan_with(
+    // Resolved: the parsed lock is not needed any more, and on a large store it is big.
+    session.lock = None;
+    let (mut plan, registry) = session.plan_and_registry(
         &desired,
         PlanOptions {
             evict_declared: args.evict_declared,
@@ -371,7 +384,6 @@ pub async fn plan(
     super::commands_machine::compatibility::check_plan(&session, hub, &desired, &mut plan, false)
         .await?;
     super::commands_machine::ensure::note_baselines(&session, &mut plan);
-    let registry = Registry::load(&session.paths.registry_file())?;
     if let Some(path) = &args.out {
         let dirs = plan::dirs_to_observe(session.paths.root(), &desired, &registry);
         let inputs = session.fingerprints(&dirs)?;

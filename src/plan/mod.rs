@@ -367,9 +367,12 @@ pub fn hash_requests(
     for model in desired {
         let record = observed.registry.models.get(&model.id);
         let previous = record.and_then(|r| recorded_install_dir(models_dir, r));
+        let recorded: HashMap<&str, &RecordFile> = record
+            .map(|r| r.files.iter().map(|f| (f.path.as_str(), f)).collect())
+            .unwrap_or_default();
         for file in &model.files {
             let kind = HashKind::of(&file.hash);
-            let old = record.and_then(|r| r.files.iter().find(|f| f.path == file.path));
+            let old = recorded.get(file.path.as_str()).copied();
             let vouched = old.is_some_and(|old| recorded_hash(old).as_ref() == Some(&file.hash));
             let in_previous = previous
                 .as_deref()
