@@ -55,10 +55,9 @@ def main():
     models_dir = os.path.join(out, "models")
     os.makedirs(models_dir, exist_ok=True)
     manifest = ["[settings]", 'models_dir = "models"', ""]
-    lock = [
-        "# kari-models.lock: written by kmm (`kmm lock`). Commit it; do not edit.",
-        "version = 1",
-    ]
+    # Lock blocks by model id: kmm writes them sorted by id, so the generated lock is the one
+    # `kmm lock` would write.
+    blocks = {}
     registry = {}
     total_files = 0
     for index in range(args.models):
@@ -69,6 +68,7 @@ def main():
         install_dir = os.path.join(models_dir, library, model_id)
         commit = hashlib.sha1(model_id.encode()).hexdigest()
         record_files = []
+        lock = blocks[model_id] = []
         lock.append("")
         lock.append(f'[models."{model_id}"]')
         lock.append('revision = "main"')
@@ -107,6 +107,12 @@ def main():
             print(f"  {index + 1} models", file=sys.stderr)
     with open(os.path.join(out, "kari-models.toml"), "w") as handle:
         handle.write("\n".join(manifest) + "\n")
+    lock = [
+        "# kari-models.lock: written by kmm (`kmm lock`). Commit it; do not edit.",
+        "version = 1",
+    ]
+    for model_id in sorted(blocks):
+        lock.extend(blocks[model_id])
     with open(os.path.join(out, "kari-models.lock"), "w") as handle:
         handle.write("\n".join(lock) + "\n")
     with open(os.path.join(models_dir, "model_registry.json"), "w") as handle:

@@ -6,6 +6,11 @@
 # < 200 MiB, from GNU time).
 #
 #   bench/plan_scale.sh [--models 10000] [--files-per-model 20] [--rounds 5] [--regenerate]
+#                       [--from lock|registry]
+#
+# --from lock (default): `kmm plan --offline --locked` resolves from kari-models.lock.
+# --from registry: the lock is moved away before each run, so kmm resolves from the registry
+# alone (and writes the lock again, which is part of what is timed); it is restored at the end.
 #
 # Work files live in $KMM_BENCH_DIR (default: target/bench/scale). Needs: cargo, python3,
 # GNU find and /usr/bin/time.
@@ -15,12 +20,14 @@ models=10000
 files_per_model=20
 rounds=5
 regenerate=0
+from=lock
 while [ $# -gt 0 ]; do
     case "$1" in
         --models) models="$2"; shift 2 ;;
         --files-per-model) files_per_model="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --regenerate) regenerate=1; shift ;;
+        --from) from="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -59,7 +66,15 @@ median() {
 }
 
 run_find() { find models -type f -printf '%s %T@\n'; }
-run_kmm() { "$kmm" plan --offline --locked -q; }
+case "$from" in
+    lock) run_kmm() { "$kmm" plan --offline --locked -q; } ;;
+    registry)
+        cp kari-models.lock "$work/lock.saved"
+        trap 'cp "$work/lock.saved" "$work/kari-models.lock"' EXIT
+        run_kmm() { rm -f kari-models.lock; "$kmm" plan --offline -q; }
+        ;;
+    *) echo "--from takes lock or registry" >&2; exit 2 ;;
+esac
 
 # Warm the page cache and check that the store plans clean.
 run_find > /dev/null
@@ -77,11 +92,12 @@ for _ in $(seq "$rounds"); do
 done
 find_median=$(printf '%s\n' "${find_times[@]}" | median)
 kmm_median=$(printf '%s\n' "${kmm_times[@]}" | median)
-rss_kib=$(/usr/bin/time -v "$kmm" plan --offline --locked -q 2>&1 >/dev/null \
+if [ "$from" = registry ]; then rm -f kari-models.lock; fi
+rss_kib=$(/usr/bin/time -v "$kmm" plan --offline $([ "$from" = lock ] && echo --locked) -q 2>&1 >/dev/null \
     | awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }')
 file_count=$(run_find | wc -l)
 
-printf 'store:        %s models, %s files (%s)\n' "$models" "$file_count" "$work"
+printf 'store:        %s models, %s files (%s), resolved from the %s\n' "$models" "$file_count" "$work" "$from"
 printf 'find:         %.3f s (median of %s: %s)\n' "$find_median" "$rounds" "${find_times[*]}"
 printf 'kmm plan:     %.3f s (median of %s: %s)\n' "$kmm_median" "$rounds" "${kmm_times[*]}"
 printf 'ratio:        %.2fx find (target <= 3x)\n' "$(echo "$kmm_median / $find_median" | bc -l)"

@@ -357,16 +357,16 @@ pub fn hash_requests(
 ) -> Vec<(PathBuf, HashKind)> {
     let mut requests = Vec::new();
     let mut sizes: HashMap<u64, BTreeSet<HashKind>> = HashMap::new();
-    let on_disk = |dir: &Path, path: &str, size: u64| {
-        observed
-            .dirs
-            .get(dir)
-            .and_then(|d| d.files.get(path))
+    let on_disk = |dir: Option<&ObservedDir>, path: &str, size: u64| {
+        dir.and_then(|d| d.files.get(path))
             .is_some_and(|seen| seen.size == size)
     };
     for model in desired {
         let record = observed.registry.models.get(&model.id);
         let previous = record.and_then(|r| recorded_install_dir(models_dir, r));
+        // Looked up once per model: path keys compare component by component.
+        let previous_seen = previous.as_deref().and_then(|dir| observed.dirs.get(dir));
+        let target_seen = observed.dirs.get(&model.install_dir);
         let recorded: HashMap<&str, &RecordFile> = record
             .map(|r| r.files.iter().map(|f| (f.path.as_str(), f)).collect())
             .unwrap_or_default();
@@ -374,14 +374,12 @@ pub fn hash_requests(
             let kind = HashKind::of(&file.hash);
             let old = recorded.get(file.path.as_str()).copied();
             let vouched = old.is_some_and(|old| recorded_hash(old).as_ref() == Some(&file.hash));
-            let in_previous = previous
-                .as_deref()
-                .is_some_and(|dir| on_disk(dir, &file.path, file.size));
+            let in_previous = on_disk(previous_seen, &file.path, file.size);
             if vouched && in_previous {
                 let dir = previous.as_deref().expect("in_previous implies a folder");
                 // Same size, but touched since kmm recorded it: only its bytes can tell.
                 let touched = old.and_then(|old| old.mtime_ns).is_some_and(|recorded| {
-                    let seen = observed.dirs.get(dir).and_then(|d| d.files.get(&file.path));
+                    let seen = previous_seen.and_then(|d| d.files.get(&file.path));
                     seen.and_then(|seen| seen.modified)
                         .and_then(crate::store::unix_nanos)
                         != Some(recorded)
@@ -391,8 +389,13 @@ pub fn hash_requests(
                 }
                 continue;
             }
-            for dir in previous.iter().chain(std::iter::once(&model.install_dir)) {
-                if on_disk(dir, &file.path, file.size) {
+            for (dir, seen) in [
+                (previous.as_deref(), previous_seen),
+                (Some(model.install_dir.as_path()), target_seen),
+            ] {
+                if let Some(dir) = dir
+                    && on_disk(seen, &file.path, file.size)
+                {
                     requests.push((dir.join(&file.path), kind));
                 }
             }
@@ -630,7 +633,7 @@ impl<'a> Planner<'a> {
                                 Some(seen) if *seen != file.hash => {
                                     Err((FileChangeKind::Replace, Some("tampered")))
                                 }
-                                _ => Ok(in_place),
+                                _ => Ok((in_place, true)),
                             },
                         }
                     }
@@ -645,15 +648,17 @@ impl<'a> Planner<'a> {
                     return Err((kind, reason));
                 }
                 match self.local_copy(model, previous_dir.as_deref(), file) {
-                    Some(path) => Ok(path),
+                    Some(path) => {
+                        let in_place = previous_dir
+                            .as_deref()
+                            .is_some_and(|dir| path == dir.join(&file.path));
+                        Ok((path, in_place))
+                    }
                     None => Err((kind, reason)),
                 }
             });
             let source = match keep_from {
-                Ok(path) => {
-                    let in_place = previous_dir
-                        .as_deref()
-                        .is_some_and(|dir| path == dir.join(&file.path));
+                Ok((path, in_place)) => {
                     if in_place {
                         kept_files += 1;
                     } else {
