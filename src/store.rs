@@ -6,7 +6,9 @@
 //! the store.
 //!
 //! [`observe`] costs one `lstat` per file in the scanned model folders and one directory read per
-//! folder of the store (for strays); it never hashes. It never follows a symlink found inside
+//! folder of the store (strays, and loose files: regular files outside every scanned folder,
+//! such as the seed's flat GGUFs, which are `stat`ed too); it never hashes. [`hash_files`]
+//! hashes the files the planner asks for (`plan::hash_requests`), and only those. It never follows a symlink found inside
 //! the store (a symlinked file is not a regular file and is not reported); the scanned model
 //! folders themselves are followed if they are symlinks, as the user put them there.
 //! Strays are `*.corrupt` files (the seed's leftovers) and `*.incomplete` files (partial
@@ -774,6 +776,56 @@ mod tests {
             .map(PathBuf::from)
         );
         assert!(observed.dirs.is_empty());
+    }
+
+    #[test]
+    fn loose_files_are_those_outside_every_scanned_folder() {
+        let (_dir, paths) = store();
+        let root = paths.root();
+        write(root, "llama-cpp/flat.gguf", b"flat");
+        write(root, "llama-cpp/org/m/model.gguf", b"scanned");
+        write(root, "transformers/old/config.json", b"{}");
+        write(root, "configs/m.json", b"{}");
+        write(root, "model_registry.json", b"{}");
+        write(root, "llm_registry.json", b"{}");
+        write(root, ".model_registry.json.x.tmp", b"");
+        write(root, ".kmm/downloads/abc", b"ours");
+        write(root, "llama-cpp/org/m/x.gguf.corrupt", b"stray");
+        let observed = observe(&paths, &[PathBuf::from("llama-cpp/org/m")]).unwrap();
+        assert_eq!(
+            observed.loose.keys().collect::<Vec<_>>(),
+            [
+                Path::new("llama-cpp/flat.gguf"),
+                Path::new("transformers/old/config.json")
+            ]
+        );
+        assert_eq!(observed.loose[Path::new("llama-cpp/flat.gguf")].size, 4);
+        assert_eq!(
+            observed.strays,
+            [PathBuf::from("llama-cpp/org/m/x.gguf.corrupt")]
+        );
+    }
+
+    #[test]
+    fn hash_files_hashes_what_is_asked_and_skips_what_is_gone() {
+        let (_dir, paths) = store();
+        write(paths.root(), "a/config.json", b"{}");
+        let mut observed = Observed::default();
+        let requests = [
+            (PathBuf::from("a/config.json"), HashKind::GitSha1),
+            (PathBuf::from("a/config.json"), HashKind::Sha256),
+            (PathBuf::from("a/gone.bin"), HashKind::Sha256),
+        ];
+        hash_files(&paths, &requests, &mut observed).unwrap();
+        assert_eq!(observed.hashes.len(), 2);
+        assert_eq!(
+            observed.hashes[&(PathBuf::from("a/config.json"), HashKind::GitSha1)],
+            FileHash::GitSha1(crate::upstream::git_sha1_hex(b"{}"))
+        );
+        assert_eq!(
+            observed.hashes[&(PathBuf::from("a/config.json"), HashKind::Sha256)],
+            FileHash::Sha256(crate::upstream::sha256_hex(b"{}"))
+        );
     }
 
     #[test]
