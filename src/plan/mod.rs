@@ -1065,9 +1065,28 @@ impl<'a> Planner<'a> {
                 _ => None,
             })
             .collect();
+        // Files that a record of the old flat layout (its `install_path` a shared folder such
+        // as `llama-cpp/`) lists: they are that model's, but it is not declared.
+        let mut flat_owner: HashMap<PathBuf, &str> = HashMap::new();
+        for (id, record) in &self.input.observed.registry.models {
+            let Ok(dir) = Path::new(&record.install_path).strip_prefix(self.input.models_dir)
+            else {
+                continue;
+            };
+            if dir.as_os_str().is_empty() || is_shared_folder(dir) {
+                for file in &record.files {
+                    flat_owner.insert(dir.join(&file.path), id);
+                }
+            }
+        }
         let mut left: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        let mut owned: BTreeMap<&str, usize> = BTreeMap::new();
         for path in self.input.observed.loose.keys() {
             if taken.contains(path.as_path()) {
+                continue;
+            }
+            if let Some(id) = flat_owner.get(path) {
+                *owned.entry(id).or_default() += 1;
                 continue;
             }
             let group = match path.parent() {
@@ -1083,6 +1102,14 @@ impl<'a> Planner<'a> {
                 model: slash_path(&group),
                 message: format!(
                     "{count} file(s) no registry record or declared model accounts for (left in place)"
+                ),
+            });
+        }
+        for (id, count) in owned {
+            self.notes.push(Note {
+                model: id.to_string(),
+                message: format!(
+                    "{count} file(s) of its record lie in the old flat layout; declare it to move them"
                 ),
             });
         }
@@ -1797,6 +1824,46 @@ mod tests {
                 .iter()
                 .any(|id| id.starts_with("mirror-config"))
         );
+    }
+
+    #[test]
+    fn flat_files_of_an_undeclared_record_are_named_not_moved() {
+        let mut observed = Observed::default();
+        let mut record = record_from(&{
+            let plan = compute(PlanInput {
+                models_dir: Path::new(ROOT),
+                desired: &[gguf_model()],
+                observed: &Observed::default(),
+                prune: false,
+            });
+            plan.actions
+                .iter()
+                .find_map(|a| match &a.action {
+                    Action::Register { record, .. } => Some(record.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        });
+        record.install_path = format!("{ROOT}/llama-cpp");
+        record.pinned = None;
+        observed
+            .registry
+            .models
+            .insert("old/flat".to_string(), record);
+        observed.loose.insert(
+            "llama-cpp/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf".into(),
+            seen(1),
+        );
+        let plan = plan(&[], &observed, true);
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.model == "old/flat" && n.message.contains("old flat layout")),
+            "{:?}",
+            plan.notes
+        );
+        // Pruned: only the record goes; the shared folder is never removed.
+        assert_eq!(ids(&plan), ["unregister:old/flat"]);
     }
 
     #[test]
