@@ -22,7 +22,7 @@ mod graph;
 pub mod markdown;
 mod render;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -343,9 +343,9 @@ fn is_shared_folder(relative: &Path) -> bool {
 /// - A declared file whose record does not vouch for it (no record, no hash recorded, another
 ///   hash recorded) but that lies in the current or target folder with the upstream size:
 ///   hashed, and kept (adopted) when it matches.
-/// - Loose files ([`Observed::loose`]) and recorded files of shared folders with the size of
-///   a declared file that is not kept: hashed, and moved into place instead of downloaded
-///   when they match.
+/// - Loose files ([`Observed::loose`]) and files of the scanned folders with the size of a
+///   declared file that is not kept: hashed, and moved (loose) or hard-linked (another model's
+///   folder) into place instead of downloaded when they match.
 /// - A file the record vouches for whose mtime is not the recorded `mtime_ns` (touched or
 ///   rewritten in place with the same size), and with `verify` every file the record vouches
 ///   for: hashed, and replaced (`tampered`) when its bytes differ.
@@ -408,6 +408,18 @@ pub fn hash_requests(
                 requests.push((path.clone(), *kind));
             }
         }
+        // Other models' folders may hold the same bytes (see `plan_twice`).
+        for (dir, found) in observed
+            .dirs
+            .iter()
+            .filter(|(dir, _)| !is_shared_folder(dir))
+        {
+            for (path, seen) in &found.files {
+                for kind in sizes.get(&seen.size).into_iter().flatten() {
+                    requests.push((dir.join(path), *kind));
+                }
+            }
+        }
     }
     requests.sort();
     requests.dedup();
@@ -453,7 +465,44 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
 /// installed by this plan). Pinned models are never removed; naming one only adds a note.
 pub fn compute_with_evictions(input: PlanInput<'_>, evict: &[String]) -> Plan {
     let evict: BTreeSet<&str> = evict.iter().map(String::as_str).collect();
+    plan_twice(input, &evict, false)
+}
+
+/// The plan of `kmm migrate`: only what needs no download. Declared models whose bytes are all
+/// in the store (in place, in a wrong folder, loose, under an old record) are moved and
+/// registered; strays are deleted; config mirrors are written. Models that need a file from
+/// the hub are left as they are (with a note), nothing is removed (`prune` is ignored).
+pub fn compute_layout_only(input: PlanInput<'_>) -> Plan {
+    let input = PlanInput {
+        prune: false,
+        ..input
+    };
+    plan_twice(input, &BTreeSet::new(), true)
+}
+
+/// Plans once; when something is fetched that another model's folder already holds (hashed by
+/// `hash_requests`) and that folder is left untouched by the plan, plans again hard-linking it
+/// from there. Two passes because only a finished plan knows which folders it touches, and
+/// linking from a folder that is being replaced or removed would race with it. The second
+/// pass touches the same folders: a model that fetched something was installed already.
+fn plan_twice(input: PlanInput<'_>, evict: &BTreeSet<&str>, layout_only: bool) -> Plan {
+    let first = plan_once(input, evict, layout_only, HashMap::new());
+    let linkable = linkable_sources(input, &first, layout_only);
+    if linkable.is_empty() {
+        return first;
+    }
+    plan_once(input, evict, layout_only, linkable)
+}
+
+fn plan_once<'a>(
+    input: PlanInput<'a>,
+    evict: &BTreeSet<&str>,
+    layout_only: bool,
+    linkable: HashMap<&'a FileHash, &'a Path>,
+) -> Plan {
     let mut planner = Planner::new(input);
+    planner.layout_only = layout_only;
+    planner.linkable = linkable;
     let mut desired: Vec<&DesiredModel> = input.desired.iter().collect();
     desired.sort_by(|a, b| a.id.cmp(&b.id));
     for model in desired {
@@ -475,30 +524,75 @@ pub fn compute_with_evictions(input: PlanInput<'_>, evict: &[String]) -> Plan {
     planner.finish(strays)
 }
 
-/// The plan of `kmm migrate`: only what needs no download. Declared models whose bytes are all
-/// in the store (in place, in a wrong folder, loose, under an old record) are moved and
-/// registered; strays are deleted; config mirrors are written. Models that need a file from
-/// the hub are left as they are (with a note), nothing is removed (`prune` is ignored).
-pub fn compute_layout_only(input: PlanInput<'_>) -> Plan {
-    let input = PlanInput {
-        prune: false,
-        ..input
-    };
-    let mut planner = Planner::new(input);
-    planner.layout_only = true;
-    let mut desired: Vec<&DesiredModel> = input.desired.iter().collect();
-    desired.sort_by(|a, b| a.id.cmp(&b.id));
-    for model in desired {
-        planner.plan_desired(model);
-    }
-    let declared: BTreeSet<&str> = input.desired.iter().map(|m| m.id.as_str()).collect();
-    for (id, record) in &input.observed.registry.models {
-        if !declared.contains(id.as_str()) {
-            planner.plan_undeclared(id, record);
+/// Files in scanned folders that `plan` leaves alone and whose (hashed) bytes `plan` fetches:
+/// upstream hash -> path relative to the models directory (the first by path).
+///
+/// `layout_only` (`kmm migrate`) drops the fetches of models it leaves alone, and the second
+/// pass may install them after all: every declared file counts as wanted, and every declared
+/// model's folders as touched.
+fn linkable_sources<'a>(
+    input: PlanInput<'a>,
+    plan: &Plan,
+    layout_only: bool,
+) -> HashMap<&'a FileHash, &'a Path> {
+    let mut fetched: HashSet<&FileHash> = plan
+        .actions
+        .iter()
+        .filter_map(|planned| match &planned.action {
+            Action::Fetch { file, .. } => Some(&file.hash),
+            _ => None,
+        })
+        .collect();
+    let mut touched: HashSet<&Path> = HashSet::new();
+    if layout_only {
+        for model in input.desired {
+            fetched.extend(model.files.iter().map(|f| &f.hash));
+            touched.insert(&model.install_dir);
+            if let Some(record) = input.observed.registry.models.get(&model.id)
+                && let Ok(dir) = Path::new(&record.install_path).strip_prefix(input.models_dir)
+            {
+                touched.insert(dir);
+            }
         }
     }
-    let strays = planner.plan_strays();
-    planner.finish(strays)
+    let mut sources = HashMap::new();
+    if fetched.is_empty() {
+        return sources;
+    }
+    for planned in &plan.actions {
+        match &planned.action {
+            Action::InstallModel {
+                install_dir,
+                previous_install_dir,
+                ..
+            } => {
+                touched.insert(install_dir);
+                if let Some(previous) = previous_install_dir {
+                    touched.insert(previous);
+                }
+            }
+            Action::RemoveModel { install_dir, .. } => {
+                touched.insert(install_dir);
+            }
+            _ => {}
+        }
+    }
+    for ((path, _), hash) in &input.observed.hashes {
+        if !fetched.contains(hash) || input.observed.loose.contains_key(path) {
+            continue;
+        }
+        // The nearest scanned folder holding the file (folders may nest).
+        let folder = path
+            .ancestors()
+            .skip(1)
+            .find(|folder| input.observed.dirs.contains_key(*folder));
+        // Not from `configs/`: mirrors are kmm's own derived copies, rewritten whenever their
+        // model is, so only model folders count as holding a model's bytes.
+        if folder.is_some_and(|folder| !touched.contains(folder) && !is_shared_folder(folder)) {
+            sources.entry(hash).or_insert(path.as_path());
+        }
+    }
+    sources
 }
 
 struct Planner<'a> {
@@ -515,6 +609,8 @@ struct Planner<'a> {
     moved_loose: BTreeSet<PathBuf>,
     /// `kmm migrate`: nothing is downloaded (see `plan_desired`).
     layout_only: bool,
+    /// Files of untouched model folders to hard-link instead of fetching (see [`plan_twice`]).
+    linkable: HashMap<&'a FileHash, &'a Path>,
 }
 
 impl<'a> Planner<'a> {
@@ -536,6 +632,7 @@ impl<'a> Planner<'a> {
                 }),
             moved_loose: BTreeSet::new(),
             layout_only: false,
+            linkable: HashMap::new(),
         }
     }
 
@@ -582,6 +679,7 @@ impl<'a> Planner<'a> {
         }
         self.loose_by_hash
             .get(&file.hash)
+            .or_else(|| self.linkable.get(&file.hash))
             .map(|path| path.to_path_buf())
     }
 

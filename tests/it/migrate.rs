@@ -461,6 +461,35 @@ fn a_same_size_edit_with_a_new_mtime_is_caught_by_the_default_plan() {
 }
 
 #[test]
+fn a_file_another_installed_model_holds_is_linked_not_downloaded() {
+    let hub = FakeHub::start(hub_repos());
+    let store = Store::empty(&hub, "[models.\"acme/tiny-bert\"]\n");
+    store.run(&["apply"]).ok();
+    fs_err::write(
+        store.dir.path().join("kari-models.toml"),
+        "[models.\"acme/tiny-bert\"]\n\n[models.\"acme/tiny-bert-copy\"]\n",
+    )
+    .unwrap();
+    let plan = store.run(&["plan"]).ok();
+    assert!(
+        plan.stdout
+            .contains("found at transformers/acme/tiny-bert/model.safetensors, no download"),
+        "{}",
+        plan.stdout
+    );
+    hub.clear_requests();
+    store.run(&["apply"]).ok();
+    assert_eq!(resolved_files(&hub), ["config.json"]);
+    assert_eq!(
+        store.read("transformers/acme/tiny-bert-copy/model.safetensors"),
+        hub_file("acme/tiny-bert", "model.safetensors")
+    );
+    // The source model is intact.
+    assert_eq!(store.planned_actions(), Vec::<String>::new());
+    assert_eq!(store.run(&["verify"]).code, 0);
+}
+
+#[test]
 fn unselected_files_are_reported_and_removed_only_under_prune() {
     let hub = FakeHub::start(hub_repos());
     let store = Store::empty(&hub, "[models.\"acme/tiny-bert\"]\n");
