@@ -19,7 +19,7 @@ use crate::manifest::{Manifest, ModelSpec};
 use crate::plan::{self, ChangeKind, DesiredModel, Plan, PlanInput};
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
-use crate::store::{self, StoreLock, StorePaths};
+use crate::store::{StoreLock, StorePaths};
 
 use crate::lockfile::{self, Lockfile};
 use crate::plan_file::{Fingerprints, PlanFile};
@@ -52,6 +52,11 @@ pub(crate) struct PlanOptions {
     /// The desired state is not the whole manifest (`kmm download`, `kmm ensure`): no other
     /// model is removed, neither by `prune` nor to meet the quota (`E_QUOTA` instead).
     pub(crate) only_desired: bool,
+    /// `--verify`: re-hash every installed file, so files changed in place are replaced.
+    pub(crate) verify: bool,
+    /// `kmm migrate`: only moves, adoptions, mirrors and stray deletions; nothing downloaded
+    /// or removed, no quota eviction.
+    pub(crate) layout_only: bool,
 }
 
 impl Session {
@@ -242,28 +247,41 @@ impl Session {
     /// The plan, with the evictions `quota_gb` needs (least recently used undeclared models
     /// first; declared ones only with `options.evict_declared`; `E_QUOTA` when impossible).
     pub(crate) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
+        Ok(self.plan_and_registry(desired, options)?.0)
+    }
+
+    /// [`Session::plan_with`], and the registry the plan was computed from (loaded once: on a
+    /// large store it is the biggest thing kmm holds).
+    pub(crate) fn plan_and_registry(
+        &self,
+        desired: &[DesiredModel],
+        options: PlanOptions,
+    ) -> Result<(Plan, Registry)> {
         let registry = Registry::load(&self.paths.registry_file())?;
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
-        let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
-        let observed = store::observe(&self.paths, &dirs)?;
+        let observed = crate::migrate::observe(&self.paths, desired, registry, options.verify)?;
         let input = PlanInput {
             models_dir: self.paths.root(),
             desired,
             observed: &observed,
             prune: self.settings.prune && !options.only_desired,
         };
+        if options.layout_only {
+            let plan = plan::compute_layout_only(input);
+            return Ok((plan, observed.registry));
+        }
         let plan = plan::compute(input);
         let Some(quota_gb) = self.settings.quota_gb else {
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         };
         let after = store_size_after(&plan, desired, &observed.registry);
         let need = crate::gc::excess(after, crate::gc::gb_to_bytes(quota_gb));
         if need == 0 {
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         }
         if options.only_desired {
             check_quota(&plan, desired, &observed.registry, &self.settings)?;
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         }
         let candidates = super::commands_machine::gc::candidates(
             self.paths.root(),
@@ -289,7 +307,7 @@ impl Session {
             .cloned()
             .collect();
         check_quota(&plan, &kept, &observed.registry, &self.settings)?;
-        Ok(plan)
+        Ok((plan, observed.registry))
     }
 }
 
@@ -377,21 +395,23 @@ pub async fn plan(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open(global, env, cwd).await?;
+    let mut session = Session::open(global, env, cwd).await?;
     let desired = session.resolve_with_lock(args.lock).await?;
     session.update_lock(&desired, args.lock, out)?;
-    let mut plan = session.plan_with(
+    // Resolved: the parsed lock is not needed any more, and on a large store it is big.
+    session.lock = None;
+    let (mut plan, registry) = session.plan_and_registry(
         &desired,
         PlanOptions {
             evict_declared: args.evict_declared,
-            only_desired: false,
+            verify: args.verify,
+            ..PlanOptions::default()
         },
     )?;
     let hub = session.hub.as_ref().filter(|_| !args.lock.frozen);
     super::commands_machine::compatibility::check_plan(&session, hub, &desired, &mut plan, false)
         .await?;
     super::commands_machine::ensure::note_baselines(&session, &mut plan);
-    let registry = Registry::load(&session.paths.registry_file())?;
     if let Some(path) = &args.out {
         let dirs = plan::dirs_to_observe(session.paths.root(), &desired, &registry);
         let inputs = session.fingerprints(&dirs)?;
@@ -424,15 +444,15 @@ pub async fn plan(
 
 /// The `--json` data of `kmm plan`: the plan, plus the registry diff with `--diff`.
 #[derive(schemars::JsonSchema, Serialize)]
-pub(super) struct PlanOutput<'a> {
+pub(crate) struct PlanOutput<'a> {
     #[serde(flatten)]
-    pub(super) plan: &'a Plan,
+    pub(crate) plan: &'a Plan,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) registry_diff: Option<String>,
+    pub(crate) registry_diff: Option<String>,
 }
 
 /// A plan in the chosen format, with the registry diff after it when there is one.
-pub(super) fn render_plan(
+pub(crate) fn render_plan(
     plan: &Plan,
     format: PlanFormat,
     registry_diff: Option<&str>,
@@ -552,7 +572,8 @@ pub async fn apply(
     let options = ApplyOptions {
         plan: PlanOptions {
             evict_declared: args.evict_declared,
-            only_desired: false,
+            verify: args.verify,
+            ..PlanOptions::default()
         },
         force_compat: args.force_compat,
         frozen: args.lock.frozen,

@@ -14,5 +14,6 @@ mod gitops;
 mod hub_client;
 mod interop;
 mod machine;
+mod migrate;
 mod support;
 mod verbs;

@@ -117,6 +117,7 @@ pub(crate) async fn install(
             plan: reconcile::PlanOptions {
                 evict_declared: false,
                 only_desired: true,
+                ..Default::default()
             },
             force_compat,
             frozen: false,

@@ -101,6 +101,7 @@ pub async fn run(
             PlanOptions {
                 evict_declared: false,
                 only_desired: true,
+                ..Default::default()
             },
         )?;
         narrow.notes.clear();
