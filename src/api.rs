@@ -44,7 +44,7 @@ use crate::manifest::ModelSpec;
 use crate::plan::{self, PlanInput};
 use crate::registry::{Record, RecordFile, Registry, Selection};
 use crate::resolve::{self, ResolveContext};
-use crate::store::{self, StoreLock, StorePaths};
+use crate::store::{StoreLock, StorePaths};
 use crate::upstream::UpstreamFile;
 
 /// Sort orders of the hub's model listing.
@@ -313,8 +313,7 @@ pub async fn download_snapshot(
     }
     let registry = Registry::load(&paths.registry_file())?;
     let desired = [desired];
-    let dirs = plan::dirs_to_observe(paths.root(), &desired, &registry);
-    let observed = store::observe(&paths, &dirs)?;
+    let observed = crate::migrate::observe(&paths, &desired, registry, false)?;
     let plan = plan::compute(PlanInput {
         models_dir: paths.root(),
         desired: &desired,
@@ -368,6 +367,7 @@ pub fn update_registry(
             size: file.size,
             sha256: file.hash.is_lfs().then(|| file.hash.hex().to_string()),
             git_sha1: (!file.hash.is_lfs()).then(|| file.hash.hex().to_string()),
+            mtime_ns: None,
             extra: serde_json::Map::new(),
         })
         .collect();

@@ -22,6 +22,7 @@
 //! | [`hub`] | Hugging Face Hub HTTP client |
 //! | [`hf_cache`] | read-only lookups in a local Hugging Face cache |
 //! | [`resolve`] | declared models -> [`plan::DesiredModel`] via the hub or caches |
+//! | [`migrate`] | observe for a plan: the scan plus the hashes the planner asks for (drift, adoption, old layouts) |
 //! | [`plan`] | desired + observed -> `Plan` |
 //! | [`sys`] | machine facts: RAM, CPU model/cores/features, GPUs (`nvidia-smi`), free disk |
 //! | [`compat`] | GGUF / safetensors headers through ranged reads, memory estimate, verdicts |
@@ -42,7 +43,7 @@
 //! | `kari-models.lock` | written by `kmm lock` / `plan` / `apply` through [`lockfile`] |
 //! | `plan.json` (any name) | written by `kmm plan --out` through [`plan_file`] |
 //! | `models/model_registry.json` | written by [`apply`] through [`registry`] |
-//! | `models/<layout>/...` | written by [`apply`] only |
+//! | `models/<layout>/...` | written by [`apply`] only (`kmm migrate` moves files through it too) |
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
 //! | `models/.kmm/downloads/<hash>.part(.state)` | resumable partial downloads ([`hub`], cleaned by [`apply`]) |
@@ -66,6 +67,7 @@ pub mod layout;
 pub mod lockfile;
 pub mod manifest;
 pub mod manifest_edit;
+pub mod migrate;
 pub mod plan;
 pub mod plan_file;
 pub mod registry;

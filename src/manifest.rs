@@ -128,7 +128,7 @@ pub struct LicenseAcceptance {
     pub license_type: Option<String>,
 }
 
-/// `[baselines]` (implemented by a later issue; parsed and validated now).
+/// `[baselines]`: what `kmm ensure` and every `kmm apply` produce besides the declared models (see [`crate::baselines`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Baselines {
     pub distilbert: bool,

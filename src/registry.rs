@@ -74,6 +74,11 @@ pub struct RecordFile {
     pub sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_sha1: Option<String>,
+    /// The file's modification time when kmm installed or checked it (nanoseconds since the
+    /// Unix epoch): a later plan re-hashes a file whose mtime moved, so an in-place edit shows
+    /// without hashing the whole store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<u64>,
     #[serde(flatten)]
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -431,6 +436,7 @@ mod tests {
                         size: 2,
                         sha256: None,
                         git_sha1: Some("ABCDEF".to_string()),
+                        mtime_ns: None,
                         extra: Default::default(),
                     }],
                     total_size: 2,
@@ -491,6 +497,7 @@ mod tests {
             size: 1,
             sha256: sha256.map(str::to_string),
             git_sha1: git_sha1.map(str::to_string),
+            mtime_ns: None,
             extra: Default::default(),
         };
         assert_eq!(
@@ -615,6 +622,7 @@ mod tests {
             size: 1,
             sha256: Some("ab".to_string()),
             git_sha1: Some("cd".to_string()),
+            mtime_ns: None,
             extra: Default::default(),
         };
         let record = Record {

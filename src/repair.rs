@@ -56,7 +56,7 @@ pub fn rebuild(paths: &StorePaths, desired: &[DesiredModel], now: &str) -> Resul
         let mut exact = true;
         for upstream in &model.files {
             let path = folder.join(&upstream.path);
-            let Some((size, hash)) = hash_file(&path, &upstream.hash)? else {
+            let Some((size, hash, mtime_ns)) = hash_file(&path, &upstream.hash)? else {
                 exact = false;
                 continue;
             };
@@ -66,6 +66,8 @@ pub fn rebuild(paths: &StorePaths, desired: &[DesiredModel], now: &str) -> Resul
                 size,
                 sha256: hash.is_lfs().then(|| hash.hex().to_string()),
                 git_sha1: (!hash.is_lfs()).then(|| hash.hex().to_string()),
+                // The hash describes the file as of this mtime (later plans re-hash on change).
+                mtime_ns,
                 extra: serde_json::Map::new(),
             });
         }
@@ -128,9 +130,9 @@ fn backup(paths: &StorePaths) -> Result<Option<PathBuf>> {
     Ok(Some(target))
 }
 
-/// Size and hash (of `kind`'s kind) of a regular file; `None` when it is missing or not a
-/// regular file (a symlink is not followed: kmm never installs one).
-fn hash_file(path: &Path, kind: &FileHash) -> Result<Option<(u64, FileHash)>> {
+/// Size, hash (of `kind`'s kind) and mtime of a regular file; `None` when it is missing or not
+/// a regular file (a symlink is not followed: kmm never installs one).
+fn hash_file(path: &Path, kind: &FileHash) -> Result<Option<(u64, FileHash, Option<u64>)>> {
     let metadata = match fs_err::symlink_metadata(path) {
         Ok(metadata) if metadata.is_file() => metadata,
         Ok(_) => return Ok(None),
@@ -156,7 +158,8 @@ fn hash_file(path: &Path, kind: &FileHash) -> Result<Option<(u64, FileHash)>> {
         // The file changed while we read it (git sha1's header holds the size): not trusted.
         return Ok(None);
     }
-    Ok(Some((read_total, hasher.finish())))
+    let mtime_ns = metadata.modified().ok().and_then(crate::store::unix_nanos);
+    Ok(Some((read_total, hasher.finish(), mtime_ns)))
 }
 
 #[cfg(test)]

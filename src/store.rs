@@ -6,7 +6,9 @@
 //! the store.
 //!
 //! [`observe`] costs one `lstat` per file in the scanned model folders and one directory read per
-//! folder of the store (for strays); it never hashes. It never follows a symlink found inside
+//! folder of the store (strays, and loose files: regular files outside every scanned folder,
+//! such as the seed's flat GGUFs, which are `stat`ed too); it never hashes. [`hash_files`]
+//! hashes the files the planner asks for (`plan::hash_requests`), and only those. It never follows a symlink found inside
 //! the store (a symlinked file is not a regular file and is not reported); the scanned model
 //! folders themselves are followed if they are symlinks, as the user put them there.
 //! Strays are `*.corrupt` files (the seed's leftovers) and `*.incomplete` files (partial
@@ -20,13 +22,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::os::unix::fs::FileExt as _;
 use std::path::Component;
 use std::time::Instant;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
+use crate::upstream::{ContentHasher, FileHash};
 
 /// Well-known paths of one store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +213,92 @@ pub struct Observed {
     pub dirs: BTreeMap<PathBuf, ObservedDir>,
     /// Leftovers to clean: `*.corrupt` files in the layout, relative to the models directory.
     pub strays: Vec<PathBuf>,
+    /// Regular files outside every scanned folder (flat GGUFs of the seed's old layout, folders
+    /// no record describes), relative to the models directory. Not listed: `.kmm/`, the
+    /// `configs/` mirrors, files directly in the models directory whose name starts with a dot
+    /// or ends in `.json` (registries, their temp files), and strays.
+    pub loose: BTreeMap<PathBuf, ObservedFile>,
+    /// Content hashes computed on request by [`hash_files`], keyed by path relative to the
+    /// models directory and the kind of hash.
+    pub hashes: BTreeMap<(PathBuf, HashKind), FileHash>,
+}
+
+/// `time` as nanoseconds since the Unix epoch (the registry's `mtime_ns`); `None` before 1970
+/// or past the year 2554.
+pub fn unix_nanos(time: SystemTime) -> Option<u64> {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    u64::try_from(since.as_nanos()).ok()
+}
+
+/// Which upstream hash a file is hashed with: LFS files are named by sha256, the others by git
+/// blob sha1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HashKind {
+    Sha256,
+    GitSha1,
+}
+
+impl HashKind {
+    pub fn of(hash: &FileHash) -> HashKind {
+        match hash {
+            FileHash::Sha256(_) => HashKind::Sha256,
+            FileHash::GitSha1(_) => HashKind::GitSha1,
+        }
+    }
+}
+
+/// Hashes each requested file (relative to the models directory) with the requested kind and
+/// stores the result in `observed.hashes`. A file that vanished or cannot be read is skipped
+/// (the plan then treats it as not matching); requests already answered are not hashed again.
+/// This is the only place where a plan reads file contents: the planner decides which files
+/// are worth it (see `plan::hash_requests`), so a plan over a store whose registry records
+/// hashes hashes nothing unless `--verify` asks.
+pub fn hash_files(
+    paths: &StorePaths,
+    requests: &[(PathBuf, HashKind)],
+    observed: &mut Observed,
+) -> Result<()> {
+    use std::io::Read as _;
+    let mut buffer = vec![0u8; 1 << 20];
+    for (relative, kind) in requests {
+        let key = (relative.clone(), *kind);
+        if observed.hashes.contains_key(&key) {
+            continue;
+        }
+        let full = paths.root().join(relative);
+        let mut file = match fs_err::File::open(&full) {
+            Ok(file) => file,
+            Err(error) => {
+                tracing::debug!("not hashing `{}`: {error}", full.display());
+                continue;
+            }
+        };
+        let size = match file.metadata() {
+            Ok(metadata) => metadata.len(),
+            Err(error) => return Err(Error::io(format!("hashing `{}`", full.display()), &error)),
+        };
+        let like = match kind {
+            HashKind::Sha256 => FileHash::Sha256(String::new()),
+            HashKind::GitSha1 => FileHash::GitSha1(String::new()),
+        };
+        let mut hasher = ContentHasher::for_hash(&like, size);
+        let mut read = 0u64;
+        loop {
+            let n = file
+                .read(&mut buffer)
+                .map_err(|error| Error::io(format!("hashing `{}`", full.display()), &error))?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            hasher.update(&buffer[..n]);
+        }
+        // A file that grew or shrank while being read is not the file that was sized.
+        if read == size {
+            observed.hashes.insert(key, hasher.finish());
+        }
+    }
+    Ok(())
 }
 
 /// Files found under one model folder (recursively), keyed by `/`-separated relative path.
@@ -232,6 +321,16 @@ pub struct ObservedFile {
 /// id `org` routes to `transformers/org/`, which holds `transformers/org/m/` of `org/m`).
 /// A missing models directory is a fresh store: empty registry, nothing found.
 pub fn observe(paths: &StorePaths, dirs: &[PathBuf]) -> Result<Observed> {
+    observe_with(paths, dirs, None)
+}
+
+/// [`observe`] with the registry already loaded by the caller (`None`: load it), so that a
+/// large registry is parsed and held once.
+pub fn observe_with(
+    paths: &StorePaths,
+    dirs: &[PathBuf],
+    registry: Option<Registry>,
+) -> Result<Observed> {
     let root = paths.root();
     for dir in dirs {
         let normal = dir
@@ -259,9 +358,12 @@ pub fn observe(paths: &StorePaths, dirs: &[PathBuf]) -> Result<Observed> {
             return Err(Error::io("reading the models directory", &error));
         }
     }
-    observed.registry = Registry::load(&paths.registry_file())?;
+    observed.registry = match registry {
+        Some(registry) => registry,
+        None => Registry::load(&paths.registry_file())?,
+    };
 
-    let scanned: BTreeSet<PathBuf> = dirs.iter().map(|dir| root.join(dir)).collect();
+    let scanned: HashSet<PathBuf> = dirs.iter().map(|dir| root.join(dir)).collect();
     for dir in dirs {
         let full = root.join(dir);
         match fs_err::metadata(&full) {
@@ -272,11 +374,23 @@ pub fn observe(paths: &StorePaths, dirs: &[PathBuf]) -> Result<Observed> {
             Err(error) => return Err(Error::io("scanning the store", &error)),
         }
         let mut found = ObservedDir::default();
-        scan_dir(&full, "", &scanned, &mut found.files)?;
+        let mut scan = Scan {
+            scanned: &scanned,
+            files: &mut found.files,
+            base: dir,
+            strays: &mut observed.strays,
+        };
+        scan.dir(&full, "")?;
         observed.dirs.insert(dir.clone(), found);
     }
 
-    find_strays(root, Path::new(""), &paths.kmm_dir(), &mut observed.strays)?;
+    let mut walk = Walk {
+        kmm_dir: paths.kmm_dir(),
+        scanned: &scanned,
+        strays: &mut observed.strays,
+        loose: &mut observed.loose,
+    };
+    walk.dir(root, Path::new(""), false)?;
     observed.strays.sort();
     Ok(observed)
 }
@@ -306,77 +420,123 @@ fn entries(dir: &Path) -> Result<Vec<fs_err::DirEntry>> {
     Ok(list)
 }
 
-fn scan_dir(
-    dir: &Path,
-    prefix: &str,
-    scanned: &BTreeSet<PathBuf>,
-    files: &mut BTreeMap<String, ObservedFile>,
-) -> Result<()> {
-    for entry in entries(dir)? {
-        let path = entry.path();
-        let Ok(name) = entry.file_name().into_string() else {
-            // Hub paths are UTF-8, so such a file can never be one kmm installed or wants.
-            tracing::warn!("skipping `{}`: its name is not UTF-8", path.display());
-            continue;
-        };
-        let key = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        // `DirEntry::file_type` and `metadata` do not follow symlinks.
-        let file_type = match entry.file_type() {
-            Ok(file_type) => file_type,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(Error::io(format!("scanning `{}`", path.display()), &error)),
-        };
-        if file_type.is_dir() {
-            if !scanned.contains(&path) {
-                scan_dir(&path, &key, scanned, files)?;
-            }
-        } else if file_type.is_file() {
-            let metadata = match entry.metadata() {
-                Ok(metadata) => metadata,
+/// One scanned model folder: its files (by `/`-separated path) and the strays in it.
+struct Scan<'a> {
+    scanned: &'a HashSet<PathBuf>,
+    files: &'a mut BTreeMap<String, ObservedFile>,
+    /// The folder relative to the models directory (strays are named from there).
+    base: &'a Path,
+    strays: &'a mut Vec<PathBuf>,
+}
+
+impl Scan<'_> {
+    fn dir(&mut self, dir: &Path, prefix: &str) -> Result<()> {
+        for entry in entries(dir)? {
+            let path = entry.path();
+            let Ok(name) = entry.file_name().into_string() else {
+                // Hub paths are UTF-8, so such a file can never be one kmm installed or wants.
+                tracing::warn!("skipping `{}`: its name is not UTF-8", path.display());
+                continue;
+            };
+            let key = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            // `DirEntry::file_type` and `metadata` do not follow symlinks.
+            let file_type = match entry.file_type() {
+                Ok(file_type) => file_type,
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(error) => {
                     return Err(Error::io(format!("scanning `{}`", path.display()), &error));
                 }
             };
-            files.insert(
-                key,
-                ObservedFile {
-                    size: metadata.len(),
-                    modified: metadata.modified().ok(),
-                },
-            );
+            if file_type.is_dir() {
+                if !self.scanned.contains(&path) {
+                    self.dir(&path, &key)?;
+                }
+            } else if file_type.is_file() {
+                let metadata = match entry.metadata() {
+                    Ok(metadata) => metadata,
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(error) => {
+                        return Err(Error::io(format!("scanning `{}`", path.display()), &error));
+                    }
+                };
+                if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
+                    self.strays.push(self.base.join(&key));
+                }
+                self.files.insert(
+                    key,
+                    ObservedFile {
+                        size: metadata.len(),
+                        modified: metadata.modified().ok(),
+                    },
+                );
+            } else if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
+                self.strays.push(self.base.join(&key));
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
-fn find_strays(
-    dir: &Path,
-    relative: &Path,
-    kmm_dir: &Path,
-    strays: &mut Vec<PathBuf>,
-) -> Result<()> {
-    for entry in entries(dir)? {
-        let path = entry.path();
-        let file_type = match entry.file_type() {
-            Ok(file_type) => file_type,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(error) => return Err(Error::io(format!("scanning `{}`", path.display()), &error)),
-        };
-        let relative = relative.join(entry.file_name());
-        if file_type.is_dir() {
-            if path != kmm_dir {
-                find_strays(&path, &relative, kmm_dir, strays)?;
+/// The walk over the store outside the scanned folders (and `.kmm/`) for strays and loose
+/// files. It uses the entry types `readdir` returns; only loose files (few, outside
+/// migrations) are `stat`ed.
+struct Walk<'a> {
+    kmm_dir: PathBuf,
+    scanned: &'a HashSet<PathBuf>,
+    strays: &'a mut Vec<PathBuf>,
+    loose: &'a mut BTreeMap<PathBuf, ObservedFile>,
+}
+
+impl Walk<'_> {
+    /// `quiet`: list strays only, no loose files (the `configs/` mirrors).
+    fn dir(&mut self, dir: &Path, relative: &Path, quiet: bool) -> Result<()> {
+        for entry in entries(dir)? {
+            let path = entry.path();
+            let file_type = match entry.file_type() {
+                Ok(file_type) => file_type,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => {
+                    return Err(Error::io(format!("scanning `{}`", path.display()), &error));
+                }
+            };
+            let relative = relative.join(entry.file_name());
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if file_type.is_dir() {
+                // A scanned folder's files and strays were listed by its scan (which also
+                // covers the unscanned folders below it): one `readdir` per folder in all.
+                if path == self.kmm_dir || self.scanned.contains(&path) {
+                    continue;
+                }
+                // Mirrors are derived data, not loose files; strays still count there.
+                let mirrors = relative.components().count() == 1 && name == "configs";
+                self.dir(&path, &relative, quiet || mirrors)?;
+            } else if is_stray(&name) {
+                self.strays.push(relative);
+            } else if file_type.is_file() && !quiet {
+                let top_level = relative.components().count() == 1;
+                if top_level && (name.starts_with('.') || name.ends_with(".json")) {
+                    continue;
+                }
+                let Ok(metadata) = entry.metadata() else {
+                    continue;
+                };
+                self.loose.insert(
+                    relative,
+                    ObservedFile {
+                        size: metadata.len(),
+                        modified: metadata.modified().ok(),
+                    },
+                );
             }
-        } else if entry.file_name().to_str().is_some_and(is_stray) {
-            strays.push(relative);
         }
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -646,6 +806,56 @@ mod tests {
             .map(PathBuf::from)
         );
         assert!(observed.dirs.is_empty());
+    }
+
+    #[test]
+    fn loose_files_are_those_outside_every_scanned_folder() {
+        let (_dir, paths) = store();
+        let root = paths.root();
+        write(root, "llama-cpp/flat.gguf", b"flat");
+        write(root, "llama-cpp/org/m/model.gguf", b"scanned");
+        write(root, "transformers/old/config.json", b"{}");
+        write(root, "configs/m.json", b"{}");
+        write(root, "model_registry.json", b"{}");
+        write(root, "llm_registry.json", b"{}");
+        write(root, ".model_registry.json.x.tmp", b"");
+        write(root, ".kmm/downloads/abc", b"ours");
+        write(root, "llama-cpp/org/m/x.gguf.corrupt", b"stray");
+        let observed = observe(&paths, &[PathBuf::from("llama-cpp/org/m")]).unwrap();
+        assert_eq!(
+            observed.loose.keys().collect::<Vec<_>>(),
+            [
+                Path::new("llama-cpp/flat.gguf"),
+                Path::new("transformers/old/config.json")
+            ]
+        );
+        assert_eq!(observed.loose[Path::new("llama-cpp/flat.gguf")].size, 4);
+        assert_eq!(
+            observed.strays,
+            [PathBuf::from("llama-cpp/org/m/x.gguf.corrupt")]
+        );
+    }
+
+    #[test]
+    fn hash_files_hashes_what_is_asked_and_skips_what_is_gone() {
+        let (_dir, paths) = store();
+        write(paths.root(), "a/config.json", b"{}");
+        let mut observed = Observed::default();
+        let requests = [
+            (PathBuf::from("a/config.json"), HashKind::GitSha1),
+            (PathBuf::from("a/config.json"), HashKind::Sha256),
+            (PathBuf::from("a/gone.bin"), HashKind::Sha256),
+        ];
+        hash_files(&paths, &requests, &mut observed).unwrap();
+        assert_eq!(observed.hashes.len(), 2);
+        assert_eq!(
+            observed.hashes[&(PathBuf::from("a/config.json"), HashKind::GitSha1)],
+            FileHash::GitSha1(crate::upstream::git_sha1_hex(b"{}"))
+        );
+        assert_eq!(
+            observed.hashes[&(PathBuf::from("a/config.json"), HashKind::Sha256)],
+            FileHash::Sha256(crate::upstream::sha256_hex(b"{}"))
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use crate::error::{Error, Result};
 use crate::hub::HubClient;
 use crate::plan::{
-    Action, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative,
+    Action, CarriedFile, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative,
 };
 use crate::registry::{Record, RecordFile, Registry};
 use crate::store::StorePaths;
@@ -249,9 +249,16 @@ impl<'a> Engine<'a> {
                 install_dir,
                 previous_install_dir,
                 files,
+                carry,
             } => {
-                self.install(model, install_dir, previous_install_dir.as_deref(), files)
-                    .await
+                self.install(
+                    model,
+                    install_dir,
+                    previous_install_dir.as_deref(),
+                    files,
+                    carry,
+                )
+                .await
             }
             Action::MirrorConfig { model, from, to } => self.mirror_config(model, from, to).await,
             Action::Register { model, record } => self.register(model, record).await,
@@ -265,6 +272,7 @@ impl<'a> Engine<'a> {
             }
             Action::Unregister { model } => self.unregister(model).await,
             Action::DeleteStray { path } => self.delete_stray(path).await,
+            Action::DeleteMoved { path } => self.delete_moved(path).await,
         }
     }
 
@@ -274,6 +282,7 @@ impl<'a> Engine<'a> {
         install_dir: &Path,
         previous: Option<&Path>,
         files: &[InstallFile],
+        carry: &[CarriedFile],
     ) -> Result<()> {
         check_model_dir(install_dir)?;
         if let Some(previous) = previous {
@@ -295,6 +304,16 @@ impl<'a> Engine<'a> {
                 }
             };
             sources.push((from, file.path.clone(), file.size));
+        }
+        for file in carry {
+            if !is_safe_relative(Path::new(&file.path)) || file.path.contains('\\') {
+                return Err(Error::schema(format!(
+                    "{model}: unsafe file path `{}`",
+                    file.path
+                )));
+            }
+            check_inside(&file.from)?;
+            sources.push((self.root.join(&file.from), file.path.clone(), file.size));
         }
         let job = InstallJob {
             model: model.to_string(),
@@ -339,7 +358,8 @@ impl<'a> Engine<'a> {
             let _span = span.entered();
             let _writer = writer.lock().expect("registry writer lock");
             let mut registry = Registry::load(&registry_file)?;
-            let record = merge_record(registry.models.remove(&id), &plan, now);
+            let mut record = merge_record(registry.models.remove(&id), &plan, now);
+            record_mtimes(&mut record);
             registry.models.insert(id, record);
             registry.save(&registry_file)
         })
@@ -429,6 +449,33 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// Deletes a loose file whose bytes the installs that depend on this action took (linked or
+    /// copied into their folders and checked), then its emptied folders.
+    async fn delete_moved(&self, path: &Path) -> Result<()> {
+        check_inside(path)?;
+        let root = self.root.clone();
+        let relative = path.to_path_buf();
+        spawn_blocking(move || {
+            let full = root.join(&relative);
+            match fs_err::remove_file(&full) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("deleting {}", full.display()), &e)),
+            }
+            if let (Some(top), Some(parent)) = (relative.components().next(), relative.parent())
+                && parent.components().count() > 1
+            {
+                fsops::remove_empty_parents(&root.join(parent), &root.join(top));
+            }
+            Ok(())
+        })
+        .await?;
+        self.ctx
+            .reporter
+            .step(&format!("moved {} into its model folder", path.display()));
+        Ok(())
+    }
+
     async fn delete_stray(&self, path: &Path) -> Result<()> {
         check_inside(path)?;
         let name = path.to_string_lossy();
@@ -511,6 +558,19 @@ impl InstallJob {
     }
 }
 
+/// Records each installed file's mtime (when it has the recorded size), so that later plans
+/// notice in-place edits by `stat` alone.
+fn record_mtimes(record: &mut Record) {
+    let dir = PathBuf::from(&record.install_path);
+    for file in &mut record.files {
+        file.mtime_ns = fs_err::metadata(dir.join(&file.path))
+            .ok()
+            .filter(|meta| meta.is_file() && meta.len() == file.size)
+            .and_then(|meta| meta.modified().ok())
+            .and_then(crate::store::unix_nanos);
+    }
+}
+
 /// After a model folder went away, removes its now-empty owner folders (`transformers/acme/`)
 /// but never the layout's top-level folders (`transformers/`, `llama-cpp/`).
 fn remove_empty_owner_folders(root: &Path, removed: &Path) {
@@ -522,7 +582,7 @@ fn remove_empty_owner_folders(root: &Path, removed: &Path) {
 
 /// The new record: the plan's fields over the existing record, keeping what kmm does not
 /// own (unknown fields, per-file unknown fields, `last_accessed`) and, when the installed bytes
-/// did not change, `installed_at`.
+/// did not change (wherever they now live), `installed_at`.
 pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Record {
     let mut old_files: BTreeMap<String, RecordFile> = existing
         .as_ref()
@@ -537,27 +597,31 @@ pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: Str
         .files
         .iter()
         .map(|f| {
-            let extra = old_files
-                .remove(&f.path)
-                .map(|old| old.extra)
-                .unwrap_or_default();
+            let old = old_files.remove(&f.path);
+            // The recorded mtime stays for the same bytes; `register` refreshes it from disk.
+            let mtime_ns = old
+                .as_ref()
+                .filter(|old| old.size == f.size && old.hash().as_ref() == Some(&f.hash))
+                .and_then(|old| old.mtime_ns);
             RecordFile {
                 path: f.path.clone(),
                 size: f.size,
                 sha256: f.hash.is_lfs().then(|| f.hash.hex().to_string()),
                 git_sha1: (!f.hash.is_lfs()).then(|| f.hash.hex().to_string()),
-                extra,
+                mtime_ns,
+                extra: old.map(|old| old.extra).unwrap_or_default(),
             }
         })
         .collect();
+    // A move (`kmm migrate`, a new layout) and the hashes added to an older tool's record (the
+    // planner verified those bytes before keeping them) are not a new install.
     let same_bytes = existing.as_ref().is_some_and(|old| {
-        old.install_path == plan.install_path
-            && old.files.len() == files.len()
+        old.files.len() == files.len()
             && old.files.iter().zip(&files).all(|(a, b)| {
+                let unhashed = a.sha256.is_none() && a.git_sha1.is_none();
                 a.path == b.path
                     && a.size == b.size
-                    && a.sha256 == b.sha256
-                    && a.git_sha1 == b.git_sha1
+                    && (unhashed || (a.sha256 == b.sha256 && a.git_sha1 == b.git_sha1))
             })
     });
     let mut record = existing.unwrap_or_else(|| Record {
@@ -589,7 +653,7 @@ pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: Str
     record.commit = Some(plan.commit.clone());
     record.pinned = plan.pinned;
     record.license_accepted = plan.license_accepted.clone();
-    record.selection = Some(plan.selection.clone());
+    record.selection = (!plan.partial).then(|| plan.selection.clone());
     record
 }
 
@@ -724,6 +788,7 @@ mod tests {
             pinned: Some(true),
             license_accepted: None,
             selection: Default::default(),
+            partial: false,
         }
     }
 

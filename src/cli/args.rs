@@ -82,6 +82,12 @@ pub enum Command {
     /// Registry maintenance: `kmm registry repair` rebuilds an unreadable model_registry.json
     /// from disk after backing it up
     Registry(super::commands_registry::RegistryArgs),
+    /// Move an older layout into place: flat GGUFs, wrong folders, old registry records, config
+    /// mirrors, `*.corrupt` leftovers. Downloads nothing, deletes nothing it cannot attribute.
+    Migrate(super::commands_migrate::MigrateArgs),
+    /// Re-hash every installed file of the declared models and report drift (exit code 2 when
+    /// anything differs; `kmm apply --verify` repairs it).
+    Verify(super::commands_migrate::VerifyArgs),
     /// Write the JSON Schemas of kmm's files and --json data into a folder (for development).
     #[command(hide = true)]
     GenerateSchemas(GenerateSchemasArgs),
@@ -154,6 +160,10 @@ pub struct GenerateSchemasArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
+    /// Re-hash every installed file against its upstream hash (slow on a large store): files
+    /// changed in place, even with the same size, are planned for replacement (`tampered`).
+    #[arg(long)]
+    pub verify: bool,
     /// Exit 0 when there are no changes, 2 when there are (other codes are errors).
     #[arg(long)]
     pub detailed_exitcode: bool,
@@ -175,6 +185,9 @@ pub struct PlanArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
+    /// Re-hash every installed file first and replace those changed in place.
+    #[arg(long)]
+    pub verify: bool,
     /// Refuse (E_COMPAT) before any download when a model to install may not run here.
     #[arg(long)]
     pub force_compat: bool,

@@ -9,6 +9,7 @@ mod args;
 mod commands;
 mod commands_gitops;
 mod commands_machine;
+mod commands_migrate;
 mod commands_registry;
 mod output;
 mod progress;
@@ -84,6 +85,12 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Pin(args) => commands::pin::run(&cli.global, args, &env, &cwd, out).await,
             Command::Lock(args) => {
                 commands_gitops::lock::run(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Migrate(args) => {
+                commands_migrate::migrate(&cli.global, args, &env, &cwd, out).await
+            }
+            Command::Verify(args) => {
+                commands_migrate::verify(&cli.global, args, &env, &cwd, out).await
             }
             Command::Show(args) => commands_gitops::show::run(args, &cwd, out),
             Command::Watch(args) => {

@@ -15,11 +15,11 @@ use serde::Serialize;
 use crate::apply::{self, ApplyContext, ApplyReport};
 use crate::error::{Error, Result};
 use crate::hub::{HubClient, HubConfig};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ModelSpec};
 use crate::plan::{self, ChangeKind, DesiredModel, Plan, PlanInput};
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
-use crate::store::{self, StoreLock, StorePaths};
+use crate::store::{StoreLock, StorePaths};
 
 use crate::lockfile::{self, Lockfile};
 use crate::plan_file::{Fingerprints, PlanFile};
@@ -52,6 +52,11 @@ pub(crate) struct PlanOptions {
     /// The desired state is not the whole manifest (`kmm download`, `kmm ensure`): no other
     /// model is removed, neither by `prune` nor to meet the quota (`E_QUOTA` instead).
     pub(crate) only_desired: bool,
+    /// `--verify`: re-hash every installed file, so files changed in place are replaced.
+    pub(crate) verify: bool,
+    /// `kmm migrate`: only moves, adoptions, mirrors and stray deletions; nothing downloaded
+    /// or removed, no quota eviction.
+    pub(crate) layout_only: bool,
 }
 
 impl Session {
@@ -123,6 +128,30 @@ impl Session {
             lock_path,
             lock,
         })
+    }
+
+    /// Takes the store lock (the one writer), saying so while another kmm process holds it.
+    pub(crate) fn lock_store(&self, out: Output) -> Result<StoreLock> {
+        StoreLock::acquire(&self.paths, self.settings.lock_timeout, &mut || {
+            out.status("Waiting for another kmm process to release the store lock...")
+        })
+    }
+
+    /// What the manifest declares for `id` (a default declaration when it declares nothing),
+    /// at `revision` when one is given on the command line (`E_ARGS` when it is not one).
+    pub(crate) fn declared_spec(&self, id: &str, revision: Option<&str>) -> Result<ModelSpec> {
+        let mut spec = self
+            .manifest
+            .models
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| ModelSpec::new(id));
+        if let Some(revision) = revision {
+            crate::manifest::check_revision(revision)
+                .map_err(|why| Error::args(format!("--revision `{revision}` {why}")))?;
+            spec.revision = revision.to_string();
+        }
+        Ok(spec)
     }
 
     /// The registry as resolution hints, with the license acceptances of models not installed
@@ -257,29 +286,42 @@ impl Session {
     /// The plan, with the evictions `quota_gb` needs (least recently used undeclared models
     /// first; declared ones only with `options.evict_declared`; `E_QUOTA` when impossible).
     pub(crate) fn plan_with(&self, desired: &[DesiredModel], options: PlanOptions) -> Result<Plan> {
+        Ok(self.plan_and_registry(desired, options)?.0)
+    }
+
+    /// [`Session::plan_with`], and the registry the plan was computed from (loaded once: on a
+    /// large store it is the biggest thing kmm holds).
+    pub(crate) fn plan_and_registry(
+        &self,
+        desired: &[DesiredModel],
+        options: PlanOptions,
+    ) -> Result<(Plan, Registry)> {
         let registry = Registry::load(&self.paths.registry_file())?;
         let desired = &self.with_current_hints(desired, &registry);
         check_layout_conflicts(self.paths.root(), desired, &registry)?;
-        let dirs = plan::dirs_to_observe(self.paths.root(), desired, &registry);
-        let observed = store::observe(&self.paths, &dirs)?;
+        let observed = crate::migrate::observe(&self.paths, desired, registry, options.verify)?;
         let input = PlanInput {
             models_dir: self.paths.root(),
             desired,
             observed: &observed,
             prune: self.settings.prune && !options.only_desired,
         };
+        if options.layout_only {
+            let plan = plan::compute_layout_only(input);
+            return Ok((plan, observed.registry));
+        }
         let plan = plan::compute(input);
         let Some(quota_gb) = self.settings.quota_gb else {
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         };
         let after = store_size_after(&plan, desired, &observed.registry);
         let need = crate::gc::excess(after, crate::gc::gb_to_bytes(quota_gb));
         if need == 0 {
-            return Ok(plan);
+            return Ok((plan, observed.registry));
         }
         if options.only_desired {
-            check_quota(&plan, desired, &observed.registry, Some(quota_gb))?;
-            return Ok(plan);
+            check_quota(&plan, desired, &observed.registry, &self.settings)?;
+            return Ok((plan, observed.registry));
         }
         let candidates = super::commands_machine::gc::candidates(
             self.paths.root(),
@@ -292,7 +334,8 @@ impl Session {
             need,
             options.evict_declared,
             &format!(
-                "quota_gb = {quota_gb} (the store would hold {})",
+                "{} = {quota_gb} (the store would hold {})",
+                self.settings.quota_origin,
                 plan::format_bytes(after)
             ),
         )?;
@@ -303,8 +346,8 @@ impl Session {
             .filter(|m| !evict.contains(&m.id))
             .cloned()
             .collect();
-        check_quota(&plan, &kept, &observed.registry, Some(quota_gb))?;
-        Ok(plan)
+        check_quota(&plan, &kept, &observed.registry, &self.settings)?;
+        Ok((plan, observed.registry))
     }
 }
 
@@ -335,25 +378,28 @@ fn check_layout_conflicts(
     }
 }
 
-/// `quota_gb`: the store after the plan must fit.
+/// The quota (`quota_gb`, or `--max-quota-gb`): the store after the plan must fit.
 fn check_quota(
     plan: &Plan,
     desired: &[DesiredModel],
     registry: &Registry,
-    quota_gb: Option<f64>,
+    settings: &Settings,
 ) -> Result<()> {
-    let Some(quota_gb) = quota_gb else {
+    let Some(quota_gb) = settings.quota_gb else {
         return Ok(());
     };
     let after = store_size_after(plan, desired, registry);
     let quota = (quota_gb * 1e9) as u64;
     if after > quota {
+        let origin = settings.quota_origin;
         return Err(Error::quota(format!(
-            "the models directory would hold {} after this plan, over quota_gb = {quota_gb} ({})",
+            "the models directory would hold {} after this plan, over {origin} = {quota_gb} ({})",
             plan::format_bytes(after),
             plan::format_bytes(quota)
         ))
-        .with_hint("raise quota_gb, narrow `include` globs, or remove models from kari-models.toml with prune = true"));
+        .with_hint(format!(
+            "raise {origin}, narrow `include` globs, or free space with `kmm gc` (or remove models from kari-models.toml with prune = true)"
+        )));
     }
     Ok(())
 }
@@ -389,21 +435,23 @@ pub async fn plan(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open(global, env, cwd).await?;
+    let mut session = Session::open(global, env, cwd).await?;
     let desired = session.resolve_with_lock(args.lock).await?;
     session.update_lock(&desired, args.lock, out)?;
-    let mut plan = session.plan_with(
+    // Resolved: the parsed lock is not needed any more, and on a large store it is big.
+    session.lock = None;
+    let (mut plan, registry) = session.plan_and_registry(
         &desired,
         PlanOptions {
             evict_declared: args.evict_declared,
-            only_desired: false,
+            verify: args.verify,
+            ..PlanOptions::default()
         },
     )?;
     let hub = session.hub.as_ref().filter(|_| !args.lock.frozen);
     super::commands_machine::compatibility::check_plan(&session, hub, &desired, &mut plan, false)
         .await?;
     super::commands_machine::ensure::note_baselines(&session, &mut plan);
-    let registry = Registry::load(&session.paths.registry_file())?;
     if let Some(path) = &args.out {
         let dirs = plan::dirs_to_observe(session.paths.root(), &desired, &registry);
         let inputs = session.fingerprints(&dirs)?;
@@ -436,15 +484,15 @@ pub async fn plan(
 
 /// The `--json` data of `kmm plan`: the plan, plus the registry diff with `--diff`.
 #[derive(schemars::JsonSchema, Serialize)]
-pub(super) struct PlanOutput<'a> {
+pub(crate) struct PlanOutput<'a> {
     #[serde(flatten)]
-    pub(super) plan: &'a Plan,
+    pub(crate) plan: &'a Plan,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) registry_diff: Option<String>,
+    pub(crate) registry_diff: Option<String>,
 }
 
 /// A plan in the chosen format, with the registry diff after it when there is one.
-pub(super) fn render_plan(
+pub(crate) fn render_plan(
     plan: &Plan,
     format: PlanFormat,
     registry_diff: Option<&str>,
@@ -564,7 +612,8 @@ pub async fn apply(
     let options = ApplyOptions {
         plan: PlanOptions {
             evict_declared: args.evict_declared,
-            only_desired: false,
+            verify: args.verify,
+            ..PlanOptions::default()
         },
         force_compat: args.force_compat,
         frozen: args.lock.frozen,
@@ -599,7 +648,7 @@ pub(super) async fn apply_manifest(
     let session = Session::open(global, env, cwd).await?;
     let desired = session.resolve_with_lock(mode).await?;
     session.update_lock(&desired, mode, out)?;
-    let _lock = lock_store(&session, out)?;
+    let _lock = session.lock_store(out)?;
     let plan = plan_checked(&session, &desired, options).await?;
     execute(
         &session,
@@ -622,7 +671,7 @@ async fn apply_saved(
 ) -> Result<(String, Plan, ApplyReport)> {
     let saved = PlanFile::load(&cwd.join(path))?;
     let session = Session::open(global, env, cwd).await?;
-    let _lock = lock_store(&session, out)?;
+    let _lock = session.lock_store(out)?;
     let now = session.fingerprints(&saved.observed_dirs)?;
     saved.check_fresh(path, &now)?;
     execute(
@@ -645,17 +694,11 @@ pub(crate) async fn apply_desired(
     out: Output,
     no_changes_message: &str,
 ) -> Result<i32> {
-    let _lock = lock_store(session, out)?;
+    let _lock = session.lock_store(out)?;
     let plan = plan_checked(session, desired, &options).await?;
     let (message, plan, report) = execute(session, plan, &options, out, no_changes_message).await?;
     print_applied(out, &message, &plan, report);
     Ok(0)
-}
-
-fn lock_store(session: &Session, out: Output) -> Result<StoreLock> {
-    StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
-        out.status("Waiting for another kmm process to release the store lock...")
-    })
 }
 
 /// The plan for `desired` (the caller holds the store lock). With `--force-compat` the models

@@ -46,6 +46,9 @@ pub struct Settings {
     pub max_workers: usize,
     pub token: Option<Token>,
     pub quota_gb: Option<f64>,
+    /// Where `quota_gb` came from, as errors name it: `quota_gb` (the manifest) or a flag such
+    /// as `--max-quota-gb`.
+    pub quota_origin: &'static str,
     pub prune: bool,
     pub lock_timeout: Option<Duration>,
     /// The local Hugging Face cache searched before the network.
@@ -129,6 +132,7 @@ pub fn resolve(
         max_workers,
         token: find_token(env)?,
         quota_gb: manifest.settings.quota_gb,
+        quota_origin: "quota_gb",
         prune: manifest.settings.prune,
         lock_timeout: args.lock_timeout,
         hf_cache: hf_hub_cache(env),

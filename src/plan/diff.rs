@@ -39,6 +39,15 @@ pub fn registry_after(before: &Registry, plan: &Plan) -> Registry {
     after
 }
 
+fn without_mtimes(mut registry: Registry) -> Registry {
+    for record in registry.models.values_mut() {
+        for file in &mut record.files {
+            file.mtime_ns = None;
+        }
+    }
+    registry
+}
+
 /// The registry file's text for `registry` (as [`Registry::save`] writes it).
 pub fn registry_text(registry: &Registry) -> String {
     let mut text = serde_json::to_string_pretty(&registry.models).unwrap_or_default();
@@ -47,14 +56,16 @@ pub fn registry_text(registry: &Registry) -> String {
 }
 
 /// The unified diff (3 lines of context) between the registry now and after `plan`; empty
-/// when the registry would not change.
+/// when the registry would not change. Files' `mtime_ns` are left out on both sides: apply
+/// stamps them from disk, and they are bookkeeping, not something to review.
 pub fn registry_diff(before: &Registry, plan: &Plan) -> String {
+    let after = without_mtimes(registry_after(before, plan));
+    let before = without_mtimes(before.clone());
     let old = if before.models.is_empty() {
         String::new()
     } else {
-        registry_text(before)
+        registry_text(&before)
     };
-    let after = registry_after(before, plan);
     let new = if after.models.is_empty() {
         String::new()
     } else {
@@ -97,6 +108,7 @@ mod tests {
             pinned: None,
             license_accepted: None,
             selection: Default::default(),
+            partial: false,
         }
     }
 

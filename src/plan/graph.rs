@@ -3,7 +3,8 @@
 //! Edges: every fetch a model folder needs -> its install -> its config mirror -> its registry
 //! record (the registry is written after the files); a folder removal -> the record's removal;
 //! and, so that two models never fight over one folder, whatever vacates a folder (a removal or
-//! a move) -> the install that occupies it. The order is Kahn's algorithm taking, among the
+//! a move) -> the install that occupies it; every install that links from a loose file -> the
+//! deletion of that file. The order is Kahn's algorithm taking, among the
 //! ready actions, the smallest id first, so the same input always gives the same list.
 //!
 //! Edges of this module: pure; only called by the planner.
@@ -76,6 +77,8 @@ fn build(actions: &[Action], ids: &[String]) -> DiGraph<(), ()> {
     // Folder -> the actions that empty it / fill it.
     let mut vacates: BTreeMap<&Path, Vec<NodeIndex>> = BTreeMap::new();
     let mut occupies: BTreeMap<&Path, Vec<NodeIndex>> = BTreeMap::new();
+    // Loose file -> the installs that link from it.
+    let mut takes: BTreeMap<&Path, Vec<NodeIndex>> = BTreeMap::new();
     for (index, action) in actions.iter().enumerate() {
         let node = NodeIndex::new(index);
         match action {
@@ -86,10 +89,15 @@ fn build(actions: &[Action], ids: &[String]) -> DiGraph<(), ()> {
                 ..
             } => {
                 for file in files {
-                    if let FileSource::Fetch { action } = &file.source
-                        && let Some(fetch) = node_of(action)
-                    {
-                        edges.push((fetch, node));
+                    match &file.source {
+                        FileSource::Fetch { action } => {
+                            if let Some(fetch) = node_of(action) {
+                                edges.push((fetch, node));
+                            }
+                        }
+                        FileSource::Keep { path } => {
+                            takes.entry(path).or_default().push(node);
+                        }
                     }
                 }
                 occupies.entry(install_dir).or_default().push(node);
@@ -117,7 +125,17 @@ fn build(actions: &[Action], ids: &[String]) -> DiGraph<(), ()> {
                 }
                 vacates.entry(install_dir).or_default().push(node);
             }
-            Action::Fetch { .. } | Action::Unregister { .. } | Action::DeleteStray { .. } => {}
+            Action::Fetch { .. }
+            | Action::Unregister { .. }
+            | Action::DeleteStray { .. }
+            | Action::DeleteMoved { .. } => {}
+        }
+    }
+    for (index, action) in actions.iter().enumerate() {
+        if let Action::DeleteMoved { path } = action {
+            for &install in takes.get(path.as_path()).into_iter().flatten() {
+                edges.push((install, NodeIndex::new(index)));
+            }
         }
     }
     for (dir, vacating) in &vacates {

@@ -22,14 +22,14 @@ mod graph;
 pub mod markdown;
 mod render;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::layout::Library;
 use crate::registry::{Record, RecordFile};
-use crate::store::{Observed, ObservedDir};
+use crate::store::{HashKind, Observed, ObservedDir};
 use crate::upstream::{FileHash, UpstreamFile};
 
 pub use markdown::render_markdown;
@@ -195,6 +195,10 @@ pub enum Action {
         previous_install_dir: Option<PathBuf>,
         /// The final file list, sorted by path.
         files: Vec<InstallFile>,
+        /// Files on disk in the current folder that the manifest does not select and no record
+        /// lists (the user's): carried into the new folder unless `prune` is set.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        carry: Vec<CarriedFile>,
     },
     /// Copy `<install_dir>/config.json` to `configs/<repo>.json`.
     MirrorConfig {
@@ -214,11 +218,15 @@ pub enum Action {
     Unregister { model: String },
     /// Delete a leftover file in the layout.
     DeleteStray { path: PathBuf },
+    /// Delete a loose file whose bytes an install took (the seed's flat GGUFs, files in wrong
+    /// folders): runs after every install that links from it, so the bytes have moved.
+    DeleteMoved { path: PathBuf },
 }
 
 impl Action {
     /// The stable id: `fetch:<model>:<path>`, `install:<model>`, `mirror-config:<model>`,
-    /// `register:<model>`, `remove:<model>`, `unregister:<model>`, `delete-stray:<path>`.
+    /// `register:<model>`, `remove:<model>`, `unregister:<model>`, `delete-stray:<path>`,
+    /// `delete-moved:<path>`.
     pub fn id(&self) -> String {
         match self {
             Action::Fetch { model, file, .. } => format!("fetch:{model}:{}", file.path),
@@ -228,6 +236,7 @@ impl Action {
             Action::RemoveModel { model, .. } => format!("remove:{model}"),
             Action::Unregister { model } => format!("unregister:{model}"),
             Action::DeleteStray { path } => format!("delete-stray:{}", slash_path(path)),
+            Action::DeleteMoved { path } => format!("delete-moved:{}", slash_path(path)),
         }
     }
 }
@@ -241,12 +250,22 @@ pub struct InstallFile {
     pub source: FileSource,
 }
 
+/// A file kept as it is across an install: `path` in the new folder, taken from `from`
+/// (relative to the models directory).
+#[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedFile {
+    pub path: String,
+    pub from: PathBuf,
+    pub size: u64,
+}
+
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "from", rename_all = "snake_case")]
 pub enum FileSource {
     /// A verified download, `.kmm/downloads/<hash-hex>`, produced by the named fetch action.
     Fetch { action: String },
-    /// The file as it is in the current folder (relative to the models directory).
+    /// The file as it is somewhere in the store (relative to the models directory): in the
+    /// current folder, or found by its hash elsewhere (a move instead of a download).
     Keep { path: PathBuf },
 }
 
@@ -264,6 +283,10 @@ pub struct RecordPlan {
     pub pinned: Option<bool>,
     pub license_accepted: Option<serde_json::Value>,
     pub selection: crate::registry::Selection,
+    /// Only some selected files are installed (`kmm migrate` put in place what was on disk):
+    /// the record keeps no selection, so the next plan asks for the full file list again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 #[derive(schemars::JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,12 +319,111 @@ pub fn dirs_to_observe(
     dirs.into_iter().collect()
 }
 
-/// The record's `install_path` relative to the models directory, when it lies inside it.
+/// The record's `install_path` relative to the models directory, when it lies inside it and is
+/// a folder of its own: not the models directory or a layout root (`llama-cpp/`, where the
+/// seed's flat layout put GGUFs of many models side by side), which are never removed or
+/// scanned as one model's folder.
 pub fn recorded_install_dir(models_dir: &Path, record: &Record) -> Option<PathBuf> {
     let relative = Path::new(&record.install_path)
         .strip_prefix(models_dir)
         .ok()?;
-    is_safe_relative(relative).then(|| relative.to_path_buf())
+    (is_safe_relative(relative) && !is_shared_folder(relative)).then(|| relative.to_path_buf())
+}
+
+/// The layout's roots, which hold many models' folders.
+pub const SHARED_FOLDERS: [&str; 3] = ["llama-cpp", "transformers", "configs"];
+
+fn is_shared_folder(relative: &Path) -> bool {
+    relative.components().count() == 1 && SHARED_FOLDERS.iter().any(|s| relative == Path::new(s))
+}
+
+/// The files [`compute`] wants hashed before it plans (relative to the models directory, with
+/// the kind of upstream hash to compare): pure, so the planner decides and `store` reads.
+///
+/// - A declared file whose record does not vouch for it (no record, no hash recorded, another
+///   hash recorded) but that lies in the current or target folder with the upstream size:
+///   hashed, and kept (adopted) when it matches.
+/// - Loose files ([`Observed::loose`]) and files of the scanned folders with the size of a
+///   declared file that is not kept: hashed, and moved (loose) or hard-linked (another model's
+///   folder) into place instead of downloaded when they match.
+/// - A file the record vouches for whose mtime is not the recorded `mtime_ns` (touched or
+///   rewritten in place with the same size), and with `verify` every file the record vouches
+///   for: hashed, and replaced (`tampered`) when its bytes differ.
+pub fn hash_requests(
+    models_dir: &Path,
+    desired: &[DesiredModel],
+    observed: &Observed,
+    verify: bool,
+) -> Vec<(PathBuf, HashKind)> {
+    let mut requests = Vec::new();
+    let mut sizes: HashMap<u64, BTreeSet<HashKind>> = HashMap::new();
+    let on_disk = |dir: Option<&ObservedDir>, path: &str, size: u64| {
+        dir.and_then(|d| d.files.get(path))
+            .is_some_and(|seen| seen.size == size)
+    };
+    for model in desired {
+        let record = observed.registry.models.get(&model.id);
+        let previous = record.and_then(|r| recorded_install_dir(models_dir, r));
+        // Looked up once per model: path keys compare component by component.
+        let previous_seen = previous.as_deref().and_then(|dir| observed.dirs.get(dir));
+        let target_seen = observed.dirs.get(&model.install_dir);
+        let recorded: HashMap<&str, &RecordFile> = record
+            .map(|r| r.files.iter().map(|f| (f.path.as_str(), f)).collect())
+            .unwrap_or_default();
+        for file in &model.files {
+            let kind = HashKind::of(&file.hash);
+            let old = recorded.get(file.path.as_str()).copied();
+            let vouched = old.is_some_and(|old| recorded_hash(old).as_ref() == Some(&file.hash));
+            let in_previous = on_disk(previous_seen, &file.path, file.size);
+            if vouched && in_previous {
+                let dir = previous.as_deref().expect("in_previous implies a folder");
+                // Same size, but touched since kmm recorded it: only its bytes can tell.
+                let touched = old.and_then(|old| old.mtime_ns).is_some_and(|recorded| {
+                    let seen = previous_seen.and_then(|d| d.files.get(&file.path));
+                    seen.and_then(|seen| seen.modified)
+                        .and_then(crate::store::unix_nanos)
+                        != Some(recorded)
+                });
+                if verify || touched {
+                    requests.push((dir.join(&file.path), kind));
+                }
+                continue;
+            }
+            for (dir, seen) in [
+                (previous.as_deref(), previous_seen),
+                (Some(model.install_dir.as_path()), target_seen),
+            ] {
+                if let Some(dir) = dir
+                    && on_disk(seen, &file.path, file.size)
+                {
+                    requests.push((dir.join(&file.path), kind));
+                }
+            }
+            sizes.entry(file.size).or_default().insert(kind);
+        }
+    }
+    if !sizes.is_empty() {
+        for (path, seen) in &observed.loose {
+            for kind in sizes.get(&seen.size).into_iter().flatten() {
+                requests.push((path.clone(), *kind));
+            }
+        }
+        // Other models' folders may hold the same bytes (see `plan_twice`).
+        for (dir, found) in observed
+            .dirs
+            .iter()
+            .filter(|(dir, _)| !is_shared_folder(dir))
+        {
+            for (path, seen) in &found.files {
+                for kind in sizes.get(&seen.size).into_iter().flatten() {
+                    requests.push((dir.join(path), *kind));
+                }
+            }
+        }
+    }
+    requests.sort();
+    requests.dedup();
+    requests
 }
 
 /// True for a non-empty relative path made only of normal components (nothing that could
@@ -343,7 +465,44 @@ pub fn compute(input: PlanInput<'_>) -> Plan {
 /// installed by this plan). Pinned models are never removed; naming one only adds a note.
 pub fn compute_with_evictions(input: PlanInput<'_>, evict: &[String]) -> Plan {
     let evict: BTreeSet<&str> = evict.iter().map(String::as_str).collect();
+    plan_twice(input, &evict, false)
+}
+
+/// The plan of `kmm migrate`: only what needs no download. Declared models whose bytes are all
+/// in the store (in place, in a wrong folder, loose, under an old record) are moved and
+/// registered; strays are deleted; config mirrors are written. Models that need a file from
+/// the hub are left as they are (with a note), nothing is removed (`prune` is ignored).
+pub fn compute_layout_only(input: PlanInput<'_>) -> Plan {
+    let input = PlanInput {
+        prune: false,
+        ..input
+    };
+    plan_twice(input, &BTreeSet::new(), true)
+}
+
+/// Plans once; when something is fetched that another model's folder already holds (hashed by
+/// `hash_requests`) and that folder is left untouched by the plan, plans again hard-linking it
+/// from there. Two passes because only a finished plan knows which folders it touches, and
+/// linking from a folder that is being replaced or removed would race with it. The second
+/// pass touches the same folders: a model that fetched something was installed already.
+fn plan_twice(input: PlanInput<'_>, evict: &BTreeSet<&str>, layout_only: bool) -> Plan {
+    let first = plan_once(input, evict, layout_only, HashMap::new());
+    let linkable = linkable_sources(input, &first, layout_only);
+    if linkable.is_empty() {
+        return first;
+    }
+    plan_once(input, evict, layout_only, linkable)
+}
+
+fn plan_once<'a>(
+    input: PlanInput<'a>,
+    evict: &BTreeSet<&str>,
+    layout_only: bool,
+    linkable: HashMap<&'a FileHash, &'a Path>,
+) -> Plan {
     let mut planner = Planner::new(input);
+    planner.layout_only = layout_only;
+    planner.linkable = linkable;
     let mut desired: Vec<&DesiredModel> = input.desired.iter().collect();
     desired.sort_by(|a, b| a.id.cmp(&b.id));
     for model in desired {
@@ -361,21 +520,79 @@ pub fn compute_with_evictions(input: PlanInput<'_>, evict: &[String]) -> Plan {
             planner.plan_undeclared(id, record);
         }
     }
-    let mut strays: Vec<PathBuf> = input
-        .observed
-        .strays
-        .iter()
-        .filter(|p| is_safe_relative(p))
-        .cloned()
-        .collect();
-    strays.sort();
-    strays.dedup();
-    for path in &strays {
-        planner
-            .actions
-            .push(Action::DeleteStray { path: path.clone() });
-    }
+    let strays = planner.plan_strays();
     planner.finish(strays)
+}
+
+/// Files in scanned folders that `plan` leaves alone and whose (hashed) bytes `plan` fetches:
+/// upstream hash -> path relative to the models directory (the first by path).
+///
+/// `layout_only` (`kmm migrate`) drops the fetches of models it leaves alone, and the second
+/// pass may install them after all: every declared file counts as wanted, and every declared
+/// model's folders as touched.
+fn linkable_sources<'a>(
+    input: PlanInput<'a>,
+    plan: &Plan,
+    layout_only: bool,
+) -> HashMap<&'a FileHash, &'a Path> {
+    let mut fetched: HashSet<&FileHash> = plan
+        .actions
+        .iter()
+        .filter_map(|planned| match &planned.action {
+            Action::Fetch { file, .. } => Some(&file.hash),
+            _ => None,
+        })
+        .collect();
+    let mut touched: HashSet<&Path> = HashSet::new();
+    if layout_only {
+        for model in input.desired {
+            fetched.extend(model.files.iter().map(|f| &f.hash));
+            touched.insert(&model.install_dir);
+            if let Some(record) = input.observed.registry.models.get(&model.id)
+                && let Ok(dir) = Path::new(&record.install_path).strip_prefix(input.models_dir)
+            {
+                touched.insert(dir);
+            }
+        }
+    }
+    let mut sources = HashMap::new();
+    if fetched.is_empty() {
+        return sources;
+    }
+    for planned in &plan.actions {
+        match &planned.action {
+            Action::InstallModel {
+                install_dir,
+                previous_install_dir,
+                ..
+            } => {
+                touched.insert(install_dir);
+                if let Some(previous) = previous_install_dir {
+                    touched.insert(previous);
+                }
+            }
+            Action::RemoveModel { install_dir, .. } => {
+                touched.insert(install_dir);
+            }
+            _ => {}
+        }
+    }
+    for ((path, _), hash) in &input.observed.hashes {
+        if !fetched.contains(hash) || input.observed.loose.contains_key(path) {
+            continue;
+        }
+        // The nearest scanned folder holding the file (folders may nest).
+        let folder = path
+            .ancestors()
+            .skip(1)
+            .find(|folder| input.observed.dirs.contains_key(*folder));
+        // Not from `configs/`: mirrors are kmm's own derived copies, rewritten whenever their
+        // model is, so only model folders count as holding a model's bytes.
+        if folder.is_some_and(|folder| !touched.contains(folder) && !is_shared_folder(folder)) {
+            sources.entry(hash).or_insert(path.as_path());
+        }
+    }
+    sources
 }
 
 struct Planner<'a> {
@@ -386,6 +603,14 @@ struct Planner<'a> {
     /// Upstream hash -> id of the fetch action that downloads it (one per hash). Only looked
     /// up, never iterated, so a hash map keeps the output deterministic.
     fetch_by_hash: HashMap<FileHash, String>,
+    /// Upstream hash -> the first loose file (by path) with those bytes.
+    loose_by_hash: HashMap<&'a FileHash, &'a Path>,
+    /// Loose files an install takes (each gets one `DeleteMoved`).
+    moved_loose: BTreeSet<PathBuf>,
+    /// `kmm migrate`: nothing is downloaded (see `plan_desired`).
+    layout_only: bool,
+    /// Files of untouched model folders to hard-link instead of fetching (see [`plan_twice`]).
+    linkable: HashMap<&'a FileHash, &'a Path>,
 }
 
 impl<'a> Planner<'a> {
@@ -396,7 +621,66 @@ impl<'a> Planner<'a> {
             notes: Vec::new(),
             actions: Vec::new(),
             fetch_by_hash: HashMap::new(),
+            loose_by_hash: input
+                .observed
+                .hashes
+                .iter()
+                .filter(|((path, _), _)| input.observed.loose.contains_key(path))
+                .fold(HashMap::new(), |mut index, ((path, _), hash)| {
+                    index.entry(hash).or_insert(path.as_path());
+                    index
+                }),
+            moved_loose: BTreeSet::new(),
+            layout_only: false,
+            linkable: HashMap::new(),
         }
+    }
+
+    fn plan_strays(&mut self) -> Vec<PathBuf> {
+        let mut strays: Vec<PathBuf> = self
+            .input
+            .observed
+            .strays
+            .iter()
+            .filter(|p| is_safe_relative(p))
+            .cloned()
+            .collect();
+        strays.sort();
+        strays.dedup();
+        for path in &strays {
+            self.actions
+                .push(Action::DeleteStray { path: path.clone() });
+        }
+        strays
+    }
+
+    /// The hash `store::hash_files` computed for `path`, if it was asked to.
+    fn hash_of(&self, path: &Path, kind: HashKind) -> Option<&'a FileHash> {
+        self.input.observed.hashes.get(&(path.to_path_buf(), kind))
+    }
+
+    /// A file in the store with exactly `file`'s bytes (by its upstream hash): in the current
+    /// folder, in the target folder, or loose.
+    fn local_copy(
+        &self,
+        model: &DesiredModel,
+        previous_dir: Option<&Path>,
+        file: &UpstreamFile,
+    ) -> Option<PathBuf> {
+        let kind = HashKind::of(&file.hash);
+        for dir in previous_dir
+            .into_iter()
+            .chain([model.install_dir.as_path()])
+        {
+            let path = dir.join(&file.path);
+            if self.hash_of(&path, kind) == Some(&file.hash) {
+                return Some(path);
+            }
+        }
+        self.loose_by_hash
+            .get(&file.hash)
+            .or_else(|| self.linkable.get(&file.hash))
+            .map(|path| path.to_path_buf())
     }
 
     fn observed_dir(&self, dir: &Path) -> Option<&'a ObservedDir> {
@@ -419,14 +703,21 @@ impl<'a> Planner<'a> {
         let mut kept_files = 0;
         let mut download_bytes = 0;
         let mut free_bytes = 0;
+        // Files whose bytes come from elsewhere in the store: the folder must be assembled.
+        let mut gathered = false;
+        let mut unhashed = false;
+        let mut fetches = 0;
         for file in &model.files {
+            let kind = HashKind::of(&file.hash);
             let keep_from = match (recorded.get(file.path.as_str()), &previous_dir) {
                 (None, _) => Err((FileChangeKind::Add, None)),
                 (Some(old), Some(dir)) => {
                     let same_bytes =
                         recorded_hash(old).as_ref() == Some(&file.hash) && old.size == file.size;
                     let on_disk = current.and_then(|d| d.files.get(&file.path));
+                    let in_place = dir.join(&file.path);
                     if recorded_hash(old).is_none() {
+                        unhashed = true;
                         Err((FileChangeKind::Replace, Some("no hash recorded")))
                     } else if !same_bytes {
                         Err((FileChangeKind::Replace, Some("changed upstream")))
@@ -436,19 +727,62 @@ impl<'a> Planner<'a> {
                             Some(seen) if seen.size != file.size => {
                                 Err((FileChangeKind::Replace, Some("size mismatch on disk")))
                             }
-                            Some(_) => Ok(dir.join(&file.path)),
+                            Some(_) => match self.hash_of(&in_place, kind) {
+                                Some(seen) if *seen != file.hash => {
+                                    Err((FileChangeKind::Replace, Some("tampered")))
+                                }
+                                _ => Ok((in_place, true)),
+                            },
                         }
                     }
                 }
-                // Recorded, but its folder is outside the models directory: nothing to keep.
+                // Recorded, but not in a folder of its own: nothing to keep in place.
                 (Some(_), None) => Err((FileChangeKind::Replace, Some("missing on disk"))),
             };
+            // Not kept as recorded: the same bytes may still be on disk, in place (a record
+            // without hashes, an unrecorded folder) or elsewhere in the store.
+            let keep_from = keep_from.or_else(|(kind, reason)| {
+                if reason == Some("tampered") {
+                    return Err((kind, reason));
+                }
+                match self.local_copy(model, previous_dir.as_deref(), file) {
+                    Some(path) => {
+                        let in_place = previous_dir
+                            .as_deref()
+                            .is_some_and(|dir| path == dir.join(&file.path));
+                        Ok((path, in_place))
+                    }
+                    None => Err((kind, reason)),
+                }
+            });
             let source = match keep_from {
-                Ok(path) => {
-                    kept_files += 1;
+                Ok((path, in_place)) => {
+                    if in_place {
+                        kept_files += 1;
+                    } else {
+                        gathered = true;
+                        let kind = if recorded.contains_key(file.path.as_str()) {
+                            FileChangeKind::Replace
+                        } else {
+                            FileChangeKind::Add
+                        };
+                        files.push(FileChange {
+                            path: file.path.clone(),
+                            kind,
+                            size: file.size,
+                            reason: Some(format!("found at {}, no download", slash_path(&path))),
+                        });
+                        if self.input.observed.loose.contains_key(&path)
+                            && self.moved_loose.insert(path.clone())
+                        {
+                            self.actions
+                                .push(Action::DeleteMoved { path: path.clone() });
+                        }
+                    }
                     FileSource::Keep { path }
                 }
                 Err((kind, reason)) => {
+                    fetches += 1;
                     download_bytes += file.size;
                     files.push(FileChange {
                         path: file.path.clone(),
@@ -480,9 +814,66 @@ impl<'a> Planner<'a> {
                 });
             }
         }
+        // The user's files in the folder: neither selected nor ever installed by kmm.
+        let mut carry = Vec::new();
+        let mut extras_dir = previous_dir.clone();
+        if extras_dir.is_none() && self.observed_dir(&model.install_dir).is_some() {
+            extras_dir = Some(model.install_dir.clone());
+        }
+        if let Some(dir) = &extras_dir
+            && let Some(seen) = self.observed_dir(dir)
+        {
+            for (path, found) in &seen.files {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                if !selected.contains(path.as_str())
+                    && !recorded.contains_key(path.as_str())
+                    && !crate::store::is_stray(name)
+                {
+                    carry.push(CarriedFile {
+                        path: path.clone(),
+                        from: dir.join(path),
+                        size: found.size,
+                    });
+                }
+            }
+        }
         files.sort_by(|a, b| a.path.cmp(&b.path));
 
         let moved = record.is_some() && previous_dir.as_ref() != Some(&model.install_dir);
+        // `kmm migrate` downloads nothing: it moves the files that are there (a partial folder
+        // whose record lists only them; `kmm apply` adds the rest) and leaves the model alone
+        // when nothing of it moves. Fetches no install uses are dropped in `finish`.
+        let mut only: Option<BTreeSet<String>> = None;
+        if self.layout_only && fetches > 0 {
+            self.notes.push(Note {
+                model: model.id.clone(),
+                message: format!("needs {fetches} file(s) from the hub; left for `kmm apply`"),
+            });
+            if !(gathered || moved) {
+                self.models.push(ModelChange {
+                    id: model.id.clone(),
+                    change: ChangeKind::Unchanged,
+                    revision: Some(model.revision.clone()),
+                    from_commit: record.and_then(|r| r.commit.clone()),
+                    to_commit: record.and_then(|r| r.commit.clone()),
+                    install_dir: previous_dir.clone(),
+                    previous_install_dir: None,
+                    reasons: Vec::new(),
+                    files: Vec::new(),
+                    kept_files,
+                    download_bytes: 0,
+                    free_bytes: 0,
+                });
+                return;
+            }
+            install_files.retain(|file| matches!(file.source, FileSource::Keep { .. }));
+            let present: BTreeSet<String> = install_files.iter().map(|f| f.path.clone()).collect();
+            files.retain(|change| {
+                present.contains(&change.path) || change.kind == FileChangeKind::Remove
+            });
+            download_bytes = 0;
+            only = Some(present);
+        }
         let mut reasons = Vec::new();
         if let Some(record) = record {
             if moved {
@@ -515,8 +906,28 @@ impl<'a> Planner<'a> {
             if record.install_path != self.install_path(&model.install_dir) && !moved {
                 reasons.push("install path changes".to_string());
             }
+            if unhashed {
+                reasons.push("record gains the upstream hashes".to_string());
+            }
         }
-        let needs_install = record.is_none() || moved || !files.is_empty();
+        let prune_carried = self.input.prune && !carry.is_empty();
+        if prune_carried {
+            reasons.push(format!(
+                "removes {} file(s) not selected (prune)",
+                carry.len()
+            ));
+            carry.clear();
+        } else if !carry.is_empty() {
+            self.notes.push(Note {
+                model: model.id.clone(),
+                message: format!(
+                    "{} file(s) in its folder are not selected (kept; prune = true removes them)",
+                    carry.len()
+                ),
+            });
+        }
+        let needs_install =
+            record.is_none() || moved || !files.is_empty() || gathered || prune_carried;
         let mirror_missing = match &model.config_mirror {
             Some(mirror) => !needs_install && !self.mirror_present(model, mirror),
             None => false,
@@ -541,10 +952,15 @@ impl<'a> Planner<'a> {
                         .clone()
                         .filter(|dir| *dir != model.install_dir),
                     files: install_files,
+                    carry,
                 });
             }
+            let config_present = only
+                .as_ref()
+                .is_none_or(|only| only.contains("config.json"));
             if let Some(mirror) = &model.config_mirror
                 && (needs_install || mirror_missing)
+                && config_present
             {
                 self.actions.push(Action::MirrorConfig {
                     model: model.id.clone(),
@@ -554,7 +970,7 @@ impl<'a> Planner<'a> {
             }
             self.actions.push(Action::Register {
                 model: model.id.clone(),
-                record: self.record_plan(model),
+                record: self.record_plan(model, only.as_ref()),
             });
         }
         self.models.push(ModelChange {
@@ -609,15 +1025,20 @@ impl<'a> Planner<'a> {
             .into_owned()
     }
 
-    fn record_plan(&self, model: &DesiredModel) -> RecordPlan {
+    /// The record after install; `only`: the files a `kmm migrate` put in place.
+    fn record_plan(&self, model: &DesiredModel, only: Option<&BTreeSet<String>>) -> RecordPlan {
+        let files: Vec<&UpstreamFile> = model
+            .files
+            .iter()
+            .filter(|f| only.is_none_or(|only| only.contains(&f.path)))
+            .collect();
         RecordPlan {
             model_id: model.id.clone(),
             library: model.library,
             revision: model.revision.clone(),
             commit: model.commit.clone(),
             install_path: self.install_path(&model.install_dir),
-            files: model
-                .files
+            files: files
                 .iter()
                 .map(|f| RecordPlanFile {
                     path: f.path.clone(),
@@ -625,10 +1046,11 @@ impl<'a> Planner<'a> {
                     hash: f.hash.clone(),
                 })
                 .collect(),
-            total_size: model.files.iter().map(|f| f.size).sum(),
+            total_size: files.iter().map(|f| f.size).sum(),
             pinned: model.pinned,
             license_accepted: model.license_accepted.clone(),
             selection: model.selection.clone(),
+            partial: only.is_some(),
         }
     }
 
@@ -646,6 +1068,14 @@ impl<'a> Planner<'a> {
     fn plan_undeclared(&mut self, id: &str, record: &Record) {
         let pinned = record.pinned.unwrap_or(false);
         if !self.input.prune || pinned {
+            if let Some(dir) = recorded_install_dir(self.input.models_dir, record)
+                && self.observed_dir(&dir).is_none()
+            {
+                self.notes.push(Note {
+                    model: id.to_string(),
+                    message: format!("recorded folder {} is missing", slash_path(&dir)),
+                });
+            }
             let message = if pinned && self.input.prune {
                 "not declared but pinned (kept even with prune = true)"
             } else {
@@ -703,6 +1133,84 @@ impl<'a> Planner<'a> {
     }
 
     fn finish(mut self, strays: Vec<PathBuf>) -> Plan {
+        // `layout_only` installs take no download: drop the fetches (and loose-file deletions)
+        // that no remaining install uses.
+        if self.layout_only {
+            let mut needed_fetches = BTreeSet::new();
+            let mut needed_paths = BTreeSet::new();
+            for action in &self.actions {
+                if let Action::InstallModel { files, .. } = action {
+                    for file in files {
+                        match &file.source {
+                            FileSource::Fetch { action } => needed_fetches.insert(action.clone()),
+                            FileSource::Keep { path } => needed_paths.insert(path.clone()),
+                        };
+                    }
+                }
+            }
+            self.actions.retain(|action| match action {
+                Action::Fetch { .. } => needed_fetches.contains(&action.id()),
+                Action::DeleteMoved { path } => needed_paths.contains(path),
+                _ => true,
+            });
+        }
+        // Loose files nothing takes: reported, never deleted (kmm cannot tell whose they are).
+        let taken: BTreeSet<&Path> = self
+            .actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::DeleteMoved { path } => Some(path.as_path()),
+                _ => None,
+            })
+            .collect();
+        // Files that a record of the old flat layout (its `install_path` a shared folder such
+        // as `llama-cpp/`) lists: they are that model's, but it is not declared.
+        let mut flat_owner: HashMap<PathBuf, &str> = HashMap::new();
+        for (id, record) in &self.input.observed.registry.models {
+            let Ok(dir) = Path::new(&record.install_path).strip_prefix(self.input.models_dir)
+            else {
+                continue;
+            };
+            if dir.as_os_str().is_empty() || is_shared_folder(dir) {
+                for file in &record.files {
+                    flat_owner.insert(dir.join(&file.path), id);
+                }
+            }
+        }
+        let mut left: BTreeMap<PathBuf, usize> = BTreeMap::new();
+        let mut owned: BTreeMap<&str, usize> = BTreeMap::new();
+        for path in self.input.observed.loose.keys() {
+            if taken.contains(path.as_path()) {
+                continue;
+            }
+            if let Some(id) = flat_owner.get(path) {
+                *owned.entry(id).or_default() += 1;
+                continue;
+            }
+            let group = match path.parent() {
+                Some(parent) if is_safe_relative(parent) && !is_shared_folder(parent) => {
+                    parent.to_path_buf()
+                }
+                _ => path.clone(),
+            };
+            *left.entry(group).or_default() += 1;
+        }
+        for (group, count) in left {
+            self.notes.push(Note {
+                model: slash_path(&group),
+                message: format!(
+                    "{count} file(s) no registry record or declared model accounts for (left in place)"
+                ),
+            });
+        }
+        for (id, count) in owned {
+            self.notes.push(Note {
+                model: id.to_string(),
+                message: format!(
+                    "{count} file(s) of its record lie in the old flat layout; declare it to move them"
+                ),
+            });
+        }
         self.models.sort_by(|a, b| a.id.cmp(&b.id));
         self.notes
             .sort_by(|a, b| (&a.model, &a.message).cmp(&(&b.model, &b.message)));
@@ -869,6 +1377,7 @@ mod tests {
                     size: f.size,
                     sha256: f.hash.is_lfs().then(|| f.hash.hex().to_string()),
                     git_sha1: (!f.hash.is_lfs()).then(|| f.hash.hex().to_string()),
+                    mtime_ns: None,
                     extra: Default::default(),
                 })
                 .collect(),
@@ -1287,6 +1796,172 @@ mod tests {
                 .iter()
                 .all(|f| f.reason.as_deref() == Some("no hash recorded"))
         );
+    }
+
+    #[test]
+    fn records_without_hashes_are_kept_when_their_bytes_match() {
+        let desired = bert_model(C1);
+        let mut observed = installed(std::slice::from_ref(&desired));
+        let record = observed.registry.models.get_mut("acme/tiny-bert").unwrap();
+        for file in &mut record.files {
+            file.sha256 = None;
+            file.git_sha1 = None;
+        }
+        let requests = hash_requests(
+            Path::new(ROOT),
+            std::slice::from_ref(&desired),
+            &observed,
+            false,
+        );
+        assert_eq!(requests.len(), 4, "{requests:?}");
+        for file in &desired.files {
+            // One file changed on disk: its hash does not match.
+            let hash = if file.path == "old.bin" {
+                FileHash::GitSha1("0".repeat(40))
+            } else {
+                file.hash.clone()
+            };
+            let path = desired.install_dir.join(&file.path);
+            observed
+                .hashes
+                .insert((path, HashKind::of(&file.hash)), hash);
+        }
+        let plan = plan(&[desired], &observed, false);
+        assert_eq!(plan.summary.download_files, 1);
+        let model = &plan.models[0];
+        assert_eq!(model.kept_files, 3);
+        assert_eq!(model.files.len(), 1);
+        assert_eq!(model.files[0].path, "old.bin");
+        assert!(
+            model
+                .reasons
+                .iter()
+                .any(|r| r == "record gains the upstream hashes")
+        );
+    }
+
+    #[test]
+    fn a_vouched_file_whose_hash_differs_is_tampered() {
+        let desired = bert_model(C1);
+        let mut observed = installed(std::slice::from_ref(&desired));
+        assert!(
+            hash_requests(
+                Path::new(ROOT),
+                std::slice::from_ref(&desired),
+                &observed,
+                false
+            )
+            .is_empty()
+        );
+        let verify = hash_requests(
+            Path::new(ROOT),
+            std::slice::from_ref(&desired),
+            &observed,
+            true,
+        );
+        assert_eq!(verify.len(), 4);
+        let path = desired.install_dir.join("model.safetensors");
+        observed
+            .hashes
+            .insert((path, HashKind::Sha256), FileHash::Sha256("e".repeat(64)));
+        let plan = plan(&[desired], &observed, false);
+        assert_eq!(ids(&plan)[0], "fetch:acme/tiny-bert:model.safetensors");
+        assert_eq!(plan.models[0].files[0].reason.as_deref(), Some("tampered"));
+    }
+
+    #[test]
+    fn a_loose_file_with_the_right_bytes_is_moved_instead_of_fetched() {
+        let desired = gguf_model();
+        let gguf = &desired.files[1];
+        let loose = PathBuf::from("llama-cpp/tinyllama.gguf");
+        let mut observed = Observed::default();
+        observed.loose.insert(loose.clone(), seen(gguf.size));
+        observed.loose.insert("llama-cpp/mine.gguf".into(), seen(7));
+        let requests = hash_requests(
+            Path::new(ROOT),
+            std::slice::from_ref(&desired),
+            &observed,
+            false,
+        );
+        assert_eq!(requests, [(loose.clone(), HashKind::Sha256)]);
+        observed
+            .hashes
+            .insert((loose.clone(), HashKind::Sha256), gguf.hash.clone());
+
+        let full = plan(std::slice::from_ref(&desired), &observed, false);
+        assert_eq!(
+            full.summary.download_files, 1,
+            "only config.json is fetched"
+        );
+        let delete = "delete-moved:llama-cpp/tinyllama.gguf";
+        assert_eq!(deps(&full, delete), [format!("install:{}", desired.id)]);
+        assert!(full.notes.iter().any(|n| n.model == "llama-cpp/mine.gguf"));
+
+        // `kmm migrate`: no download; the model gets the file that is there, its record only
+        // that file.
+        let migrate = compute_layout_only(PlanInput {
+            models_dir: Path::new(ROOT),
+            desired: std::slice::from_ref(&desired),
+            observed: &observed,
+            prune: true,
+        });
+        assert_eq!(migrate.summary.download_files, 0);
+        let record = migrate
+            .actions
+            .iter()
+            .find_map(|a| match &a.action {
+                Action::Register { record, .. } => Some(record),
+                _ => None,
+            })
+            .unwrap();
+        assert!(record.partial);
+        assert_eq!(record.files.len(), 1);
+        assert!(ids(&migrate).contains(&delete));
+        assert!(
+            !ids(&migrate)
+                .iter()
+                .any(|id| id.starts_with("mirror-config"))
+        );
+    }
+
+    #[test]
+    fn flat_files_of_an_undeclared_record_are_named_not_moved() {
+        let mut observed = Observed::default();
+        let mut record = record_from(&{
+            let plan = compute(PlanInput {
+                models_dir: Path::new(ROOT),
+                desired: &[gguf_model()],
+                observed: &Observed::default(),
+                prune: false,
+            });
+            plan.actions
+                .iter()
+                .find_map(|a| match &a.action {
+                    Action::Register { record, .. } => Some(record.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        });
+        record.install_path = format!("{ROOT}/llama-cpp");
+        record.pinned = None;
+        observed
+            .registry
+            .models
+            .insert("old/flat".to_string(), record);
+        observed.loose.insert(
+            "llama-cpp/tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf".into(),
+            seen(1),
+        );
+        let plan = plan(&[], &observed, true);
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.model == "old/flat" && n.message.contains("old flat layout")),
+            "{:?}",
+            plan.notes
+        );
+        // Pruned: only the record goes; the shared folder is never removed.
+        assert_eq!(ids(&plan), ["unregister:old/flat"]);
     }
 
     #[test]

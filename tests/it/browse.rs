@@ -88,14 +88,7 @@ fn browse_picks_confirms_and_installs_in_a_real_terminal() {
         "cd {} && env",
         shell_quote(&ws.path().display().to_string())
     );
-    for name in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_TOKEN_PATH",
-        "HF_HUB_OFFLINE",
-        "KMM_MANIFEST",
-        "KMM_MODELS_DIR",
-    ] {
+    for name in crate::support::SCRUBBED_ENV {
         script.push_str(&format!(" -u {name}"));
     }
     for (name, value) in ws.env() {

@@ -3,10 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, Fault, FileSpec, GatedMode, LoggedRequest, RepoSpec, ServerKind};
+use crate::support::{Run, kmm_command};
 
 const TOKEN: &str = "hf_SECRET_cli_token_0123456789";
 
@@ -14,28 +14,6 @@ const TOKEN: &str = "hf_SECRET_cli_token_0123456789";
 struct Workspace {
     dir: tempfile::TempDir,
     endpoint: String,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        let mut docs = serde_json::Deserializer::from_str(&self.stdout).into_iter::<Value>();
-        let doc = docs
-            .next()
-            .unwrap_or_else(|| panic!("no JSON on stdout; stderr:\n{}", self.stderr))
-            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}):\n{}", self.stdout));
-        assert!(
-            docs.next().is_none(),
-            "more than one JSON document:\n{}",
-            self.stdout
-        );
-        doc
-    }
 }
 
 impl Workspace {
@@ -56,41 +34,16 @@ impl Workspace {
         self.path().join("models")
     }
 
-    fn command(&self) -> Command {
-        let mut cmd = Command::cargo_bin("kmm").unwrap();
-        cmd.current_dir(self.path());
-        for var in [
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_TOKEN_PATH",
-            "HF_HUB_OFFLINE",
-            "KMM_MANIFEST",
-            "KMM_MODELS_DIR",
-            "KMM_MAX_WORKERS",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("HF_HOME", self.path().join("hf-home"));
-        cmd.env("HF_ENDPOINT", &self.endpoint);
-        cmd
-    }
-
     fn run(&self, args: &[&str]) -> Run {
         self.run_with(args, &[])
     }
 
     fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = self.command();
+        let mut cmd = kmm_command(self.path(), &self.endpoint);
         for (name, value) in env {
             cmd.env(name, value);
         }
-        let output = cmd.args(args).output().unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Run::from_output(cmd.args(args).output().unwrap())
     }
 
     fn registry(&self) -> Value {

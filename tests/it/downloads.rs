@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, Fault, FileSpec, RepoSpec, sha256_hex};
+use crate::support::{Run, kmm_command};
 
 const REPO: &str = "acme/big-model";
 const BIG: &str = "model.safetensors";
@@ -48,27 +49,6 @@ struct Workspace {
     env: Vec<(String, String)>,
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|error| {
-            panic!(
-                "stdout is not one JSON document ({error}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
-
-    fn error_code(&self) -> String {
-        self.json()["error_code"].as_str().unwrap_or("").to_string()
-    }
-}
-
 impl Workspace {
     fn new(hub: &FakeHub, models: &[&str]) -> Workspace {
         let dir = tempfile::tempdir().unwrap();
@@ -97,39 +77,14 @@ impl Workspace {
     }
 
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("kmm"));
-        cmd.current_dir(self.dir.path());
-        for var in [
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_TOKEN_PATH",
-            "HF_HUB_OFFLINE",
-            "HF_HUB_CACHE",
-            "KMM_MANIFEST",
-            "KMM_MODELS_DIR",
-            "KMM_MAX_WORKERS",
-            "KMM_CONNECTIONS_PER_FILE",
-            "KMM_PROGRESS_JSON",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("HF_HOME", self.dir.path().join("hf-home"));
-        cmd.env("HF_ENDPOINT", &self.endpoint);
-        for (name, value) in &self.env {
-            cmd.env(name, value);
-        }
+        let mut cmd = kmm_command(self.dir.path(), &self.endpoint);
+        cmd.envs(self.env.iter().map(|(name, value)| (name, value)));
         cmd.args(args);
         cmd
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let output = self.command(args).output().unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Run::from_output(self.command(args).output().unwrap())
     }
 
     fn installed(&self, path: &str) -> PathBuf {

@@ -13,27 +13,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, Fault, FileSpec, RepoSpec};
+use crate::support::{Run, clean_env, kmm_command};
 
 struct Workspace {
     dir: tempfile::TempDir,
     endpoint: String,
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim_end()).unwrap_or_else(|e| {
-            panic!(
-                "not one JSON document ({e}):\n{}\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
 }
 
 impl Workspace {
@@ -63,32 +47,16 @@ impl Workspace {
     }
 
     fn env(&self, cmd: &mut std::process::Command) {
-        cmd.current_dir(self.path());
-        for var in [
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_TOKEN_PATH",
-            "HF_HUB_OFFLINE",
-            "KMM_MANIFEST",
-            "KMM_MODELS_DIR",
-            "KMM_MAX_WORKERS",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("HF_HOME", self.path().join("hf-home"));
-        cmd.env("HF_ENDPOINT", &self.endpoint);
+        clean_env(cmd, self.path(), &self.endpoint);
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kmm"));
-        self.env(&mut cmd);
-        let output = cmd.args(args).output().unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Run::from_output(
+            kmm_command(self.path(), &self.endpoint)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
     }
 
     fn ok(&self, args: &[&str]) -> Run {
@@ -432,8 +400,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 
 impl Watcher {
     fn start(ws: &Workspace, extra: &[&str]) -> Watcher {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("kmm"));
-        ws.env(&mut cmd);
+        let mut cmd = kmm_command(ws.path(), &ws.endpoint);
         cmd.args([
             "watch",
             "--json",

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command as Process;
 
-use assert_cmd::Command;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -21,6 +20,7 @@ use kmm::resolve::{ResolveContext, resolve_model};
 use kmm::sys::{Gpu, MachineFacts};
 
 use crate::fake_hub::{FakeHub, FileSpec, RepoSpec, ServerKind};
+use crate::support::{Run, kmm_command};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -30,21 +30,7 @@ struct Workspace {
     endpoint: String,
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 impl Run {
-    fn json(&self) -> Value {
-        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not one JSON document ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
-    }
     fn ok(&self) -> Value {
         assert_eq!(
             self.code, 0,
@@ -79,23 +65,7 @@ impl Workspace {
         self.run_with(args, &[])
     }
     fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::cargo_bin("kmm").unwrap();
-        cmd.current_dir(self.path());
-        for var in [
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_TOKEN_PATH",
-            "HF_HUB_OFFLINE",
-            "KMM_MANIFEST",
-            "KMM_MODELS_DIR",
-            "KMM_MAX_WORKERS",
-            "KMM_PYTHON",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("HF_HOME", self.path().join("hf-home"));
-        cmd.env("HF_ENDPOINT", &self.endpoint);
+        let mut cmd = kmm_command(self.path(), &self.endpoint);
         // The workspace's scripts first (a fake nvidia-smi, fake pythons), then the system's.
         cmd.env(
             "PATH",
@@ -104,12 +74,7 @@ impl Workspace {
         for (name, value) in env {
             cmd.env(name, value);
         }
-        let output = cmd.args(args).output().unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
+        Run::from_output(cmd.args(args).output().unwrap())
     }
     fn registry(&self) -> Value {
         let text = fs_err::read_to_string(self.models().join("model_registry.json")).unwrap();
@@ -896,6 +861,9 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
     fs_err::create_dir_all(&downloads).unwrap();
     let stale = format!("{}.part", "ab".repeat(32));
     fs_err::write(downloads.join(&stale), vec![1u8; 5_000]).unwrap();
+    // Its record of completed chunks goes with it.
+    let stale_state = format!("{stale}.state");
+    fs_err::write(downloads.join(&stale_state), b"{}").unwrap();
     let kept_hash = ws.registry()["acme/c"]["files"]
         .as_array()
         .unwrap()
@@ -911,11 +879,12 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
         .run(&["gc", "--dry-run", "--quota-gb", &quota, "--json"])
         .ok();
     assert_eq!(dry["data"]["downloads"][0]["name"], stale.as_str());
-    assert_eq!(dry["data"]["downloads"].as_array().unwrap().len(), 1);
+    assert_eq!(dry["data"]["downloads"][1]["name"], stale_state.as_str());
+    assert_eq!(dry["data"]["downloads"].as_array().unwrap().len(), 2);
 
     let doc = ws.run(&["gc", "--quota-gb", &quota, "--json"]).ok();
     assert_eq!(evicted(&doc), ["acme/b"]);
-    assert_eq!(doc["data"]["download_bytes_freed"], 5_000);
+    assert_eq!(doc["data"]["download_bytes_freed"], 5_002);
     let after = tree(&models);
 
     let registry = ws.registry();
@@ -924,6 +893,7 @@ fn gc_removes_folders_mirrors_records_and_stale_downloads_and_nothing_else() {
     let removed: Vec<&String> = before.keys().filter(|p| !after.contains_key(*p)).collect();
     let expected_removed = [
         format!(".kmm/downloads/{stale}"),
+        format!(".kmm/downloads/{stale_state}"),
         "configs/b.json".to_string(),
         "transformers/acme/b/".to_string(),
         "transformers/acme/b/config.json".to_string(),

@@ -15,5 +15,7 @@ mod hostile_hub;
 mod hub_client;
 mod interop;
 mod machine;
+mod migrate;
 mod reliability;
+mod support;
 mod verbs;

@@ -5,10 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, FileSpec, GatedMode, PageSizes, RepoSpec};
+use crate::support::{Run, kmm_command};
 
 const TOKEN: &str = "hf_verbs_token_0123456789";
 
@@ -18,24 +18,7 @@ pub(crate) struct Workspace {
     pub(crate) endpoint: String,
 }
 
-pub(crate) struct Run {
-    pub(crate) code: i32,
-    pub(crate) stdout: String,
-    pub(crate) stderr: String,
-}
-
 impl Run {
-    /// The one JSON envelope on stdout.
-    fn json(&self) -> Value {
-        let mut docs = serde_json::Deserializer::from_str(&self.stdout).into_iter::<Value>();
-        let doc = docs
-            .next()
-            .unwrap_or_else(|| panic!("no JSON on stdout; stderr:\n{}", self.stderr))
-            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}):\n{}", self.stdout));
-        assert!(docs.next().is_none(), "more than one JSON document");
-        doc
-    }
-
     /// The envelope of a success, its `data` checked against the verb's schema.
     fn data(&self, verb: &str) -> Value {
         let doc = self.json();
@@ -49,12 +32,6 @@ impl Run {
             );
         }
         doc["data"].clone()
-    }
-
-    fn error_code(&self) -> String {
-        let doc = self.json();
-        assert_eq!(doc["success"], false);
-        doc["error_code"].as_str().unwrap().to_string()
     }
 }
 
@@ -95,32 +72,14 @@ impl Workspace {
     }
 
     fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = Command::cargo_bin("kmm").unwrap();
-        cmd.current_dir(self.path());
-        for var in [
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_TOKEN_PATH",
-            "HF_HUB_OFFLINE",
-            "KMM_MANIFEST",
-            "KMM_MODELS_DIR",
-            "KMM_MAX_WORKERS",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
+        let mut cmd = kmm_command(self.path(), &self.endpoint);
         for (name, value) in self.env() {
             cmd.env(name, value);
         }
         for (name, value) in env {
             cmd.env(name, value);
         }
-        let output = cmd.args(args).output().unwrap();
-        let run = Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        };
+        let run = Run::from_output(cmd.args(args).output().unwrap());
         assert!(
             !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
             "the token leaked"
@@ -615,7 +574,15 @@ fn download_refuses_bad_arguments_quota_and_unknown_models_before_any_file_reque
         "--json",
     ]);
     assert_eq!((quota.code, quota.error_code().as_str()), (17, "E_QUOTA"));
-    assert!(quota.json()["message"].as_str().unwrap().contains("quota"));
+    // The error names the flag the user gave, not the manifest setting.
+    assert!(
+        quota.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("over --max-quota-gb = 0.0003"),
+        "{}",
+        quota.stdout
+    );
     assert!(
         !hub.requests()
             .iter()

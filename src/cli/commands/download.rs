@@ -83,6 +83,7 @@ pub async fn run(
     }
     if let Some(quota) = args.max_quota_gb {
         session.settings.quota_gb = Some(quota);
+        session.settings.quota_origin = "--max-quota-gb";
     }
     let code = install(&mut session, spec, args.force_compat, out).await?;
     if args.save {
@@ -116,6 +117,7 @@ pub(crate) async fn install(
             plan: reconcile::PlanOptions {
                 evict_declared: false,
                 only_desired: true,
+                ..Default::default()
             },
             force_compat,
             frozen: false,
@@ -129,17 +131,7 @@ pub(crate) async fn install(
 
 /// The flags over the manifest's declaration of the same id.
 fn spec_for(session: &Session, args: &DownloadArgs) -> Result<ModelSpec> {
-    let mut spec = session
-        .manifest
-        .models
-        .get(&args.model)
-        .cloned()
-        .unwrap_or_else(|| ModelSpec::new(&args.model));
-    if let Some(revision) = &args.revision {
-        crate::manifest::check_revision(revision)
-            .map_err(|why| Error::args(format!("--revision `{revision}` {why}")))?;
-        spec.revision = revision.clone();
-    }
+    let mut spec = session.declared_spec(&args.model, args.revision.as_deref())?;
     if !args.include.is_empty() {
         spec.include = args.include.clone();
     }

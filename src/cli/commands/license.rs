@@ -16,7 +16,6 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::hub::Gated;
 use crate::registry::{self, Registry};
-use crate::store::StoreLock;
 
 use super::super::args::GlobalArgs;
 use super::super::output::Output;
@@ -79,9 +78,7 @@ pub async fn run(
             "license_type": args.license_type.clone().unwrap_or_default(),
             "accepted_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         });
-        let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
-            out.status("Waiting for another kmm process to release the store lock...")
-        })?;
+        let _lock = session.lock_store(out)?;
         let registry_path = session.paths.registry_file();
         let mut registry = Registry::load(&registry_path)?;
         match registry.models.get_mut(&args.model) {

@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::registry::Registry;
-use crate::store::StoreLock;
 
 use super::super::args::GlobalArgs;
 use super::super::output::Output;
@@ -47,9 +46,7 @@ pub async fn run(
 ) -> Result<i32> {
     super::check_model_arg(&args.model)?;
     let session = Session::open_lenient(global, env, cwd).await?;
-    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
-        out.status("Waiting for another kmm process to release the store lock...")
-    })?;
+    let _lock = session.lock_store(out)?;
     let path = session.paths.registry_file();
     let mut registry = Registry::load(&path)?;
     let record = registry.models.get_mut(&args.model).ok_or_else(|| {

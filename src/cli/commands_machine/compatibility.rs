@@ -8,7 +8,6 @@ use futures_util::StreamExt as _;
 
 use crate::compat::{self, Verdict};
 use crate::error::{Error, ErrorCode, Result};
-use crate::manifest::ModelSpec;
 use crate::plan::{ChangeKind, DesiredModel, Note, Plan};
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
@@ -36,8 +35,7 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    crate::layout::check_repo_id(&args.model)
-        .map_err(|reason| Error::args(format!("`{}` is not a repo id: {reason}", args.model)))?;
+    super::super::commands::check_model_arg(&args.model)?;
     let session = Session::open_lenient(global, env, cwd).await?;
     let Some(hub) = session.hub.as_ref() else {
         return Err(Error::net(
@@ -45,16 +43,7 @@ pub async fn run(
         )
         .with_hint("drop --offline (and unset HF_HUB_OFFLINE)"));
     };
-    let mut spec = session
-        .manifest
-        .models
-        .get(&args.model)
-        .cloned()
-        .unwrap_or_else(|| ModelSpec::new(&args.model));
-    if let Some(revision) = &args.revision {
-        crate::manifest::check_revision(revision).map_err(Error::args)?;
-        spec.revision = revision.clone();
-    }
+    let spec = session.declared_spec(&args.model, args.revision.as_deref())?;
     let registry = Registry::load(&session.paths.registry_file())?;
     let desired = resolve::resolve_model(
         &spec,

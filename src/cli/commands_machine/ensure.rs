@@ -15,7 +15,6 @@ use crate::error::{Error, Result};
 use crate::plan::{ChangeKind, Note, Plan};
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
-use crate::store::StoreLock;
 
 use super::super::args::GlobalArgs;
 use super::super::output::Output;
@@ -94,9 +93,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
-        out.status("Waiting for another kmm process to release the store lock...")
-    })?;
+    let _lock = session.lock_store(out)?;
     if let Some(model) = desired.first() {
         // Only this model is desired here: other models are left alone (no prune).
         let mut narrow = session.plan_with(
@@ -104,6 +101,7 @@ pub async fn run(
             PlanOptions {
                 evict_declared: false,
                 only_desired: true,
+                ..Default::default()
             },
         )?;
         narrow.notes.clear();

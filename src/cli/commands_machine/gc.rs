@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::gc::{self, Candidate, Eviction};
 use crate::plan::{self, ChangeKind, DesiredModel, Plan, PlanInput, format_bytes};
 use crate::registry::Registry;
-use crate::store::{self, StoreLock};
+use crate::store;
 
 use super::super::args::GlobalArgs;
 use super::super::output::Output;
@@ -141,11 +141,7 @@ pub async fn run(
     let _lock = if args.dry_run {
         None
     } else {
-        Some(StoreLock::acquire(
-            paths,
-            session.settings.lock_timeout,
-            &mut || out.status("Waiting for another kmm process to release the store lock..."),
-        )?)
+        Some(session.lock_store(out)?)
     };
     let registry = Registry::load(&paths.registry_file())?;
     let store_bytes: u64 = registry.models.values().map(|r| r.total_size).sum();

@@ -7,7 +7,6 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::store::StoreLock;
 
 use super::super::args::GlobalArgs;
 use super::super::output::Output;
@@ -39,9 +38,7 @@ pub async fn run(
     // Like every verb taking --model: a hostile id is refused before the store is touched.
     super::super::commands::check_model_arg(&args.model)?;
     let session = Session::open_lenient(global, env, cwd).await?;
-    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
-        out.status("Waiting for another kmm process to release the store lock...")
-    })?;
+    let _lock = session.lock_store(out)?;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let record = crate::apply::record_access(&session.paths, &args.model, now)?;
     let data = PathOutput {
