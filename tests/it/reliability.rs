@@ -1387,9 +1387,40 @@ fn the_token_appears_in_no_output_log_or_file_of_any_verb() {
             vec!["browse", "--owner", "secret"],
             vec!["ensure", "--distilbert"],
             vec!["registry", "repair"],
+            vec!["migrate", "--dry-run"],
+            vec!["migrate"],
+            vec!["verify"],
+            vec!["apply", "--verify"],
             vec!["plan", "--mirror", &cred_mirror],
             vec!["generate-schemas", "schemas"],
         ];
+        // Every verb `kmm --help` lists is run here: a new verb fails this until it is added.
+        let help = ws.run(&["--help"]);
+        let listed: Vec<String> = help
+            .stdout
+            .lines()
+            .skip_while(|line| !line.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|line| !line.trim().is_empty())
+            .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+            .filter_map(|line| line.split_whitespace().next().map(str::to_string))
+            .filter(|verb| verb != "help")
+            .collect();
+        assert!(
+            listed.len() >= 15,
+            "could not read the verbs: {}",
+            help.stdout
+        );
+        for verb in &listed {
+            // `watch` runs until stopped: it has its own run below.
+            assert!(
+                verb == "watch"
+                    || verbs
+                        .iter()
+                        .any(|args| args.first() == Some(&verb.as_str())),
+                "`kmm {verb}` is not covered by the secrets test"
+            );
+        }
         let mut outputs = String::new();
         for verb in &verbs {
             for json in [false, true] {
