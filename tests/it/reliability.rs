@@ -1829,3 +1829,159 @@ fn hostile_lock_and_plan_files_are_e_schema_and_write_nothing() {
         check_nothing_escaped(&ws, case);
     }
 }
+
+/// A temp copy of `tests/fixtures/legacy/cases/<case>/` (registry `@MODELS@` made absolute), as
+/// `migrate.rs` builds it.
+fn legacy_case(hub: &FakeHub, case: &str) -> Workspace {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy/cases");
+    let dir = tempfile::tempdir().unwrap();
+    for (relative, content) in read_tree(&fixtures.join(case)) {
+        let target = dir.path().join(&relative);
+        fs_err::create_dir_all(target.parent().unwrap()).unwrap();
+        fs_err::write(&target, content).unwrap();
+    }
+    let ws = Workspace {
+        endpoint: hub.url(),
+        models: dir.path().join("models"),
+        dir,
+        env: Vec::new(),
+    };
+    if let Some(text) = ws.registry_text() {
+        let models = ws.models.to_string_lossy().into_owned();
+        fs_err::write(ws.registry_path(), text.replace("@MODELS@", &models)).unwrap();
+    }
+    ws
+}
+
+/// The store's files outside `.kmm/`, with contents; the registry as its ids and each record's
+/// files (path, size, hashes), without what differs between two stores (absolute paths, times).
+fn store_files(ws: &Workspace) -> BTreeMap<String, Vec<u8>> {
+    read_tree(&ws.models)
+        .into_iter()
+        .filter(|(path, _)| !path.starts_with(".kmm/"))
+        .map(|(path, content)| {
+            if path != "model_registry.json" {
+                return (path, content);
+            }
+            let Ok(registry) = serde_json::from_slice::<BTreeMap<String, Value>>(&content) else {
+                return (path, content);
+            };
+            let summary: BTreeMap<&String, Vec<(Value, Value, Value, Value)>> = registry
+                .iter()
+                .map(|(id, record)| {
+                    let files = record["files"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|f| {
+                            (
+                                f["path"].clone(),
+                                f["size"].clone(),
+                                f["sha256"].clone(),
+                                f["git_sha1"].clone(),
+                            )
+                        })
+                        .collect();
+                    (id, files)
+                })
+                .collect();
+            (
+                path,
+                serde_json::to_vec(&serde_json::json!(summary)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "finds data loss in kmm migrate (src/plan, not this branch's to fix): after a SIGKILL \
+            and a re-run the user's NOTES.txt is deleted; see docs/reliability.md. Run with \
+            `cargo test --test it -- --ignored sigkill_during_migrate`"]
+fn sigkill_during_migrate_then_migrate_again_loses_nothing() {
+    // `kmm migrate` moves a hand-made store into the layout. Killed at random points and run
+    // again, it must end with every file (and content) of an uninterrupted migrate, download
+    // nothing, and leave a registry that parses.
+    const TRIALS: u64 = 30;
+    let hub = FakeHub::start(crate::fake_hub::fixtures::load_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/legacy/hub"),
+    ));
+    let mut expected = BTreeMap::new();
+    let mut window = Duration::ZERO;
+    for case in ["wrong-folders", "flat-gguf"] {
+        let ws = legacy_case(&hub, case);
+        let started = Instant::now();
+        ws.run(&["migrate", "--quiet"]).ok();
+        window = window.max(started.elapsed());
+        expected.insert(case, store_files(&ws));
+    }
+    let mut rng = Rng(0xC0FFEE ^ window.as_nanos() as u64);
+    let mut changed_at_kill = 0;
+    let mut leftovers = Vec::new();
+    for trial in 0..TRIALS {
+        let case = if trial % 2 == 0 {
+            "wrong-folders"
+        } else {
+            "flat-gguf"
+        };
+        let ws = legacy_case(&hub, case);
+        let before = store_files(&ws);
+        hub.clear_requests();
+        let mut child = ws
+            .command(&["migrate", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(window.as_micros() as u64)));
+        sigkill(&mut child);
+        if store_files(&ws) != before {
+            changed_at_kill += 1;
+        }
+        if let Some(text) = ws.registry_text() {
+            serde_json::from_str::<Value>(&text)
+                .unwrap_or_else(|error| panic!("trial {trial}: torn registry ({error})"));
+        }
+        let run = ws.run(&["migrate", "--json", "--lock-timeout", "20s"]);
+        assert_eq!(
+            run.code, 0,
+            "trial {trial} ({case}): {}\n{}",
+            run.stdout, run.stderr
+        );
+        let files = store_files(&ws);
+        // Nothing lost: every file of the uninterrupted result, with its content.
+        for (path, content) in &expected[case] {
+            assert_eq!(
+                files.get(path),
+                Some(content),
+                "trial {trial} ({case}): `{path}` missing or different after the re-run; the \
+                 store holds {:?}",
+                list_paths(&ws.models)
+            );
+        }
+        // Leftovers (files an uninterrupted migrate would have moved away) are counted, not
+        // failed: see docs/reliability.md, "Found, not fixed".
+        let extra: Vec<&String> = files
+            .keys()
+            .filter(|path| !expected[case].contains_key(*path))
+            .collect();
+        if !extra.is_empty() {
+            leftovers.push(format!("trial {trial} ({case}): {extra:?}"));
+        }
+        let file_requests: Vec<String> = hub
+            .requests()
+            .iter()
+            .filter(|request| request.is_file_request())
+            .map(|request| request.path.clone())
+            .collect();
+        assert!(
+            file_requests.is_empty(),
+            "trial {trial}: downloaded {file_requests:?}"
+        );
+    }
+    eprintln!(
+        "{TRIALS} kills of kmm migrate ({changed_at_kill} after it had changed the store): \
+         nothing lost, nothing downloaded; {} re-runs left files an uninterrupted migrate \
+         removes: {leftovers:#?}",
+        leftovers.len()
+    );
+}
