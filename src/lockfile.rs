@@ -10,7 +10,8 @@
 //! The format is TOML written by hand rather than by `toml`'s serializer, so that it is
 //! diff-friendly: one table per model, models sorted by id, files sorted by path, one line per
 //! file. A revision bump of one model changes only that model's lines. It is read back with
-//! serde (unknown keys are `E_SCHEMA`).
+//! serde (unknown keys are `E_SCHEMA`), after a one-pass reader for exactly that spelling
+//! (`fast`) which a large lock needs.
 //!
 //! Edges: reads and writes only the lock file (atomically: temp file, fsync, rename). Deciding
 //! when to write it is the CLI's job; resolving is `resolve`'s.
@@ -27,6 +28,8 @@ use crate::layout::{self, Library};
 use crate::manifest::{Manifest, ModelSpec};
 use crate::plan::DesiredModel;
 use crate::upstream::{FileHash, UpstreamFile, is_commit_sha};
+
+mod fast;
 
 /// The lock's file name, beside the manifest.
 pub const LOCK_FILE_NAME: &str = "kari-models.lock";
@@ -227,7 +230,9 @@ impl Lockfile {
 
     /// Parses lock text; `path` is for messages.
     pub fn parse(path: &Path, text: &str) -> Result<Lockfile> {
-        let lock: Lockfile = toml::from_str(text).map_err(|error| {
+        // kmm's own spelling is read in one pass; anything else goes through TOML.
+        let parsed = fast::parse(text).map_or_else(|| toml::from_str(text), Ok);
+        let lock: Lockfile = parsed.map_err(|error: toml::de::Error| {
             let position = error
                 .span()
                 .map(|span| {
@@ -340,9 +345,26 @@ impl Lockfile {
     }
 }
 
-/// A TOML basic string (TOML's own escaping).
+/// A single-line TOML basic string. Written by hand: `toml`'s display picks other spellings
+/// (multi-line strings for text with a newline, which TOML does not allow as a table key).
 fn quote(text: &str) -> String {
-    toml::Value::String(text.to_string()).to_string()
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn string_array(items: &[String]) -> String {
