@@ -225,7 +225,9 @@ impl Lockfile {
                 ));
             }
         };
-        Lockfile::parse(path, &text).map(Some)
+        let lock = Lockfile::parse(path, &text)?;
+        lock.check_values(path, &text)?;
+        Ok(Some(lock))
     }
 
     /// Parses lock text; `path` is for messages.
@@ -255,12 +257,12 @@ impl Lockfile {
             ))
             .with_hint("run `kmm lock` with this kmm to write it again"));
         }
-        lock.check_values(path, text)?;
         Ok(lock)
     }
 
     /// Ids, revisions and commits become URLs and cache paths: a hand-edited lock with a
-    /// hostile one is `E_SCHEMA` before any use (a commit of `../../x` reached the hub; found by
+    /// hostile one is `E_SCHEMA` when the file is loaded, before any use ([`Self::parse`] stays
+    /// a faithful reader of any text kmm writes) (a commit of `../../x` reached the hub; found by
     /// `reliability::hostile_lock_and_plan_files_are_e_schema_and_write_nothing`). File paths
     /// and hashes are checked where they are used ([`LockedModel::upstream_files`]).
     fn check_values(&self, path: &Path, text: &str) -> Result<()> {
@@ -415,21 +417,20 @@ mod tests {
     #[test]
     fn hostile_ids_revisions_and_commits_are_schema_errors_with_positions() {
         let good = "version = 1\n\n[models.\"o/m\"]\nrevision = \"main\"\ncommit = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\nfiles = []\n";
-        let path = Path::new("/x/kari-models.lock");
-        Lockfile::parse(path, good).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kari-models.lock");
+        fs_err::write(&path, good).unwrap();
+        Lockfile::load(&path).unwrap().unwrap();
         for (from, to, line) in [
             ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "../../etc", 5),
             ("\"main\"", "\"../../etc\"", 4),
             ("o/m", "../m", 3),
         ] {
-            let error = Lockfile::parse(path, &good.replace(from, to)).unwrap_err();
+            fs_err::write(&path, good.replace(from, to)).unwrap();
+            let error = Lockfile::load(&path).unwrap_err();
             assert_eq!(error.code(), crate::error::ErrorCode::Schema, "{error}");
-            assert!(
-                error
-                    .message()
-                    .starts_with(&format!("/x/kari-models.lock:{line}:")),
-                "{error}"
-            );
+            let at = format!("{}:{line}:", path.display());
+            assert!(error.message().starts_with(&at), "{error}");
         }
     }
 
