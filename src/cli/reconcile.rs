@@ -358,10 +358,12 @@ fn check_layout_conflicts(
     desired: &[DesiredModel],
     registry: &Registry,
 ) -> Result<()> {
+    let declared: std::collections::HashSet<&str> =
+        desired.iter().map(|model| model.id.as_str()).collect();
     let recorded: Vec<(&str, std::path::PathBuf)> = registry
         .models
         .iter()
-        .filter(|(id, _)| !desired.iter().any(|model| &model.id == *id))
+        .filter(|(id, _)| !declared.contains(id.as_str()))
         .filter_map(|(id, record)| Some((id.as_str(), plan::recorded_install_dir(root, record)?)))
         .collect();
     let installs: Vec<(&str, &Path)> = desired

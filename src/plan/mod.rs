@@ -814,20 +814,24 @@ impl<'a> Planner<'a> {
                 });
             }
         }
-        // The user's files in the folder: neither selected nor ever installed by kmm.
-        let mut carry = Vec::new();
-        let mut extras_dir = previous_dir.clone();
-        if extras_dir.is_none() && self.observed_dir(&model.install_dir).is_some() {
-            extras_dir = Some(model.install_dir.clone());
-        }
-        if let Some(dir) = &extras_dir
-            && let Some(seen) = self.observed_dir(dir)
-        {
+        // The user's files: neither selected nor ever installed by kmm. They are looked for in
+        // the recorded folder and also in the target folder when that already exists apart
+        // from it (a `kmm migrate` killed between its move and the registry save, a hand
+        // copy): the install replaces both, so both are carried; the recorded folder's copy of
+        // a path wins.
+        let mut carry: Vec<CarriedFile> = Vec::new();
+        let mut carried: BTreeSet<&str> = BTreeSet::new();
+        let target = Some(&model.install_dir).filter(|dir| previous_dir.as_ref() != Some(*dir));
+        for dir in previous_dir.iter().chain(target) {
+            let Some(seen) = self.observed_dir(dir) else {
+                continue;
+            };
             for (path, found) in &seen.files {
                 let name = path.rsplit('/').next().unwrap_or(path);
                 if !selected.contains(path.as_str())
                     && !recorded.contains_key(path.as_str())
                     && !crate::store::is_stray(name)
+                    && carried.insert(path.as_str())
                 {
                     carry.push(CarriedFile {
                         path: path.clone(),

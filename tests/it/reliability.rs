@@ -1894,9 +1894,6 @@ fn store_files(ws: &Workspace) -> BTreeMap<String, Vec<u8>> {
 }
 
 #[test]
-#[ignore = "finds data loss in kmm migrate (src/plan, not this branch's to fix): after a SIGKILL \
-            and a re-run the user's NOTES.txt is deleted; see docs/reliability.md. Run with \
-            `cargo test --test it -- --ignored sigkill_during_migrate`"]
 fn sigkill_during_migrate_then_migrate_again_loses_nothing() {
     // `kmm migrate` moves a hand-made store into the layout. Killed at random points and run
     // again, it must end with every file (and content) of an uninterrupted migrate, download
