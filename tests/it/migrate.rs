@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 use crate::fake_hub::fixtures::load_dir;
@@ -90,24 +89,10 @@ impl Store {
     }
 
     fn run(&self, args: &[&str]) -> Run {
-        let mut cmd = Command::cargo_bin("kmm").unwrap();
-        cmd.current_dir(self.dir.path());
-        for var in [
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_TOKEN_PATH",
-            "HF_HUB_OFFLINE",
-            "HF_HUB_CACHE",
-            "KMM_MANIFEST",
-            "KMM_MODELS_DIR",
-            "KMM_MAX_WORKERS",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("HF_HOME", self.dir.path().join("hf-home"));
-        cmd.env("HF_ENDPOINT", &self.endpoint);
-        let output = cmd.args(args).output().unwrap();
+        let output = crate::support::kmm_command(self.dir.path(), &self.endpoint)
+            .args(args)
+            .output()
+            .unwrap();
         Run {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -133,25 +133,7 @@ impl Workspace {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("kmm"));
-        cmd.current_dir(self.dir.path());
-        for var in [
-            "HF_TOKEN",
-            "HUGGING_FACE_HUB_TOKEN",
-            "HF_TOKEN_PATH",
-            "HF_HUB_OFFLINE",
-            "HF_HUB_CACHE",
-            "KMM_MANIFEST",
-            "KMM_MODELS_DIR",
-            "KMM_MAX_WORKERS",
-            "KMM_CONNECTIONS_PER_FILE",
-            "KMM_PROGRESS_JSON",
-            "RUST_LOG",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd.env("HF_HOME", self.dir.path().join("hf-home"));
-        cmd.env("HF_ENDPOINT", &self.endpoint);
+        let mut cmd = crate::support::kmm_command(self.dir.path(), &self.endpoint);
         for (name, value) in &self.env {
             cmd.env(name, value);
         }

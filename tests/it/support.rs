@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Variables a developer's shell may set that would change what kmm does (a token, another
 /// manifest or store, offline mode, tuning, logs). Tests start without them and set what they
 /// test.
-pub(crate) const SCRUBBED_ENV: [&str; 13] = [
+pub(crate) const SCRUBBED_ENV: [&str; 17] = [
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
     "HF_TOKEN_PATH",
@@ -23,6 +23,10 @@ pub(crate) const SCRUBBED_ENV: [&str; 13] = [
     "KMM_CONNECTIONS_PER_FILE",
     "KMM_PROGRESS_JSON",
     "KMM_PYTHON",
+    "KMM_HUB_MAX_RETRIES",
+    "KMM_HUB_RETRY_DELAY",
+    "KMM_HUB_CONNECT_TIMEOUT",
+    "KMM_HUB_READ_TIMEOUT",
     "RUST_LOG",
 ];
 
