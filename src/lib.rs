@@ -56,6 +56,7 @@
 
 pub mod api;
 pub mod apply;
+mod atomic_file;
 pub mod baselines;
 pub mod cli;
 pub mod compat;

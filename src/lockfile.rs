@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -342,7 +341,7 @@ impl Lockfile {
         if fs_err::read_to_string(path).is_ok_and(|old| old == text) {
             return Ok(false);
         }
-        write_atomic(path, text.as_bytes())?;
+        crate::atomic_file::write(path, text.as_bytes(), "the lock file")?;
         Ok(true)
     }
 }
@@ -374,42 +373,6 @@ fn string_array(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
-/// Writes `bytes` to `path` atomically and durably: a temp file in the same folder, fsync,
-/// rename, fsync the folder. A failure leaves the old file as it was. The file keeps the
-/// permissions of the one it replaces, and a new one gets `0644` like any file an editor
-/// writes: the temp file's private `0600` would make a lock meant for git and for other users
-/// unreadable to them (found by the permission test in `tests/it/reliability.rs`).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let failed = |error: &std::io::Error| Error::io(format!("writing `{}`", path.display()), error);
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map_or_else(|| "file".into(), |name| name.to_string_lossy());
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(folder)
-        .map_err(|error| failed(&error))?;
-    temp.write_all(bytes).map_err(|error| failed(&error))?;
-    let permissions = match fs_err::metadata(path) {
-        Ok(metadata) if metadata.is_file() => metadata.permissions(),
-        _ => std::fs::Permissions::from_mode(0o644),
-    };
-    temp.as_file()
-        .set_permissions(permissions)
-        .map_err(|error| failed(&error))?;
-    temp.as_file().sync_all().map_err(|error| failed(&error))?;
-    temp.persist(path).map_err(|error| failed(&error.error))?;
-    fs_err::File::open(folder)
-        .and_then(|folder| folder.sync_all())
-        .map_err(|error| failed(&error))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,20 +395,6 @@ mod tests {
             let at = format!("{}:{line}:", path.display());
             assert!(error.message().starts_with(&at), "{error}");
         }
-    }
-
-    #[test]
-    fn atomic_writes_are_readable_by_others_and_keep_permissions() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("kari-models.lock");
-        write_atomic(&path, b"one\n").unwrap();
-        let mode = |path: &Path| fs_err::metadata(path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode(&path), 0o644);
-        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        write_atomic(&path, b"two\n").unwrap();
-        assert_eq!(mode(&path), 0o600);
-        assert_eq!(fs_err::read(&path).unwrap(), b"two\n");
     }
 
     const C1: &str = "1111111111111111111111111111111111111111";

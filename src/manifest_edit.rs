@@ -9,7 +9,6 @@
 //!
 //! Edges: writes only the manifest file it is given; never called by `plan`/`apply`.
 
-use std::io::Write as _;
 use std::path::Path;
 
 use toml_edit::{Array, DocumentMut, Item, Table, value};
@@ -43,7 +42,7 @@ pub fn save_model(path: &Path, entry: &ModelEntry) -> Result<bool> {
     let updated = edit(&text, entry)
         .map_err(|error| error.context(format!("updating the manifest `{}`", path.display())))?;
     Manifest::parse(path, &updated)?;
-    write_atomic(path, &updated)?;
+    crate::atomic_file::write(path, updated.as_bytes(), "the manifest")?;
     Ok(created)
 }
 
@@ -97,31 +96,6 @@ fn set(table: &mut dyn toml_edit::TableLike, key: &str, mut item: Item) {
 
 fn array(items: &[String]) -> Array {
     items.iter().map(String::as_str).collect()
-}
-
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let failed = |error: &std::io::Error| {
-        Error::io(format!("writing the manifest `{}`", path.display()), error)
-    };
-    let folder = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let mut temp = tempfile::Builder::new()
-        .prefix(".kari-models.")
-        .suffix(".tmp")
-        .tempfile_in(folder)
-        .map_err(|error| failed(&error))?;
-    temp.write_all(text.as_bytes())
-        .map_err(|error| failed(&error))?;
-    if let Ok(metadata) = fs_err::metadata(path) {
-        temp.as_file()
-            .set_permissions(metadata.permissions())
-            .map_err(|error| failed(&error))?;
-    }
-    temp.as_file().sync_all().map_err(|error| failed(&error))?;
-    temp.persist(path).map_err(|error| failed(&error.error))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -146,7 +146,7 @@ impl PlanFile {
 
     /// Writes the plan file atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        crate::lockfile::write_atomic(path, self.to_text().as_bytes())
+        crate::atomic_file::write(path, self.to_text().as_bytes(), "the plan file")
     }
 
     /// Reads a plan file: `E_NOT_FOUND` when missing, `E_SCHEMA` when it is not a plan file

@@ -9,8 +9,6 @@
 //! Edges: reads and writes only the registry file; callers hold the store lock while saving.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use serde::de::{Error as _, MapAccess, Visitor};
@@ -159,40 +157,11 @@ impl Registry {
     /// folder is fsynced so the rename survives a crash. A failure at any step leaves the old
     /// file as it was. An existing file's permissions are kept.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let failed = |error: &std::io::Error| {
-            Error::io(format!("writing the registry `{}`", path.display()), error)
-        };
         let mut text = serde_json::to_string_pretty(&self.models)
             .map_err(|error| Error::internal(format!("serializing the registry: {error}")))?;
         text.push('\n');
 
-        let folder = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent,
-            _ => Path::new("."),
-        };
-        let name = path
-            .file_name()
-            .map_or_else(|| "registry".into(), |name| name.to_string_lossy());
-        let mut temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".tmp")
-            .tempfile_in(folder)
-            .map_err(|error| failed(&error))?;
-        temp.write_all(text.as_bytes())
-            .map_err(|error| failed(&error))?;
-        let permissions = match fs_err::metadata(path) {
-            Ok(metadata) if metadata.is_file() => metadata.permissions(),
-            _ => std::fs::Permissions::from_mode(0o644),
-        };
-        temp.as_file()
-            .set_permissions(permissions)
-            .map_err(|error| failed(&error))?;
-        temp.as_file().sync_all().map_err(|error| failed(&error))?;
-        temp.persist(path).map_err(|error| failed(&error.error))?;
-        fs_err::File::open(folder)
-            .and_then(|folder| folder.sync_all())
-            .map_err(|error| failed(&error))?;
-        Ok(())
+        crate::atomic_file::write(path, text.as_bytes(), "the registry")
     }
 }
 
@@ -230,19 +199,7 @@ pub fn save_pending_licenses(
     let mut text = serde_json::to_string_pretty(pending)
         .map_err(|error| Error::internal(format!("serializing license acceptances: {error}")))?;
     text.push('\n');
-    let mut temp = tempfile::Builder::new()
-        .prefix(".licenses.json.")
-        .tempfile_in(folder)
-        .map_err(|error| failed(&error))?;
-    temp.write_all(text.as_bytes())
-        .map_err(|error| failed(&error))?;
-    temp.as_file().sync_all().map_err(|error| failed(&error))?;
-    temp.persist(path).map_err(|error| failed(&error.error))?;
-    // Without this the rename itself may not survive a power loss (the registry's save does it).
-    fs_err::File::open(folder)
-        .and_then(|folder| folder.sync_all())
-        .map_err(|error| failed(&error))?;
-    Ok(())
+    crate::atomic_file::write(path, text.as_bytes(), "the license acceptances")
 }
 
 impl Registry {
@@ -478,6 +435,7 @@ mod tests {
             .map(|entry| entry.unwrap().file_name())
             .collect();
         assert_eq!(names, ["model_registry.json"]);
+        use std::os::unix::fs::PermissionsExt as _;
         let mode = fs_err::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o644);
     }
@@ -489,6 +447,7 @@ mod tests {
         fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         Registry::default().save(&path).unwrap();
         assert_eq!(fs_err::read_to_string(&path).unwrap(), "{}\n");
+        use std::os::unix::fs::PermissionsExt as _;
         let mode = fs_err::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
     }

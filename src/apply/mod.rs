@@ -410,6 +410,9 @@ impl<'a> Engine<'a> {
         let relative = install_dir.to_path_buf();
         let mirror = config_mirror.map(|m| root.join(m));
         spawn_blocking(move || {
+            let _layout = LAYOUT_FOLDERS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             fsops::remove_via_trash(&dir, &trash)?;
             remove_empty_owner_folders(&root, &relative);
             if let Some(mirror) = mirror {
@@ -456,6 +459,9 @@ impl<'a> Engine<'a> {
         let root = self.root.clone();
         let relative = path.to_path_buf();
         spawn_blocking(move || {
+            let _layout = LAYOUT_FOLDERS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             let full = root.join(&relative);
             match fs_err::remove_file(&full) {
                 Ok(()) => {}
@@ -547,6 +553,12 @@ impl InstallJob {
             }
         }
         let target = self.root.join(&self.install_dir);
+        // Installs run in parallel: one may remove an owner folder (`transformers/acme/`) it
+        // just emptied between another's creating it and renaming its model into it (found by
+        // the SIGKILL-migrate test). Changes to the layout's folders take turns.
+        let _layout = LAYOUT_FOLDERS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         fsops::swap_in(&staged.keep(), &target, &self.trash)?;
         if let Some(previous) = &self.previous
             && *previous != self.install_dir
@@ -570,6 +582,10 @@ fn record_mtimes(record: &mut Record) {
             .and_then(crate::store::unix_nanos);
     }
 }
+
+/// Held while an install, a removal or a moved file's deletion changes the layout's folders
+/// (see [`InstallJob::run`]).
+static LAYOUT_FOLDERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// After a model folder went away, removes its now-empty owner folders (`transformers/acme/`)
 /// but never the layout's top-level folders (`transformers/`, `llama-cpp/`).

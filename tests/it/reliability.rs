@@ -1922,9 +1922,13 @@ fn sigkill_during_migrate_then_migrate_again_loses_nothing() {
         }
         let run = ws.run(&["migrate", "--json", "--lock-timeout", "20s"]);
         assert_eq!(
-            run.code, 0,
-            "trial {trial} ({case}): {}\n{}",
-            run.stdout, run.stderr
+            run.code,
+            0,
+            "trial {trial} ({case}): {}\n{}\nFILES {:?}\nREG {:?}",
+            run.stdout,
+            run.stderr,
+            list_paths(&ws.models),
+            ws.registry_text()
         );
         let files = store_files(&ws);
         // Nothing lost: every file of the uninterrupted result, with its content.

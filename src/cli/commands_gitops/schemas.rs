@@ -53,7 +53,7 @@ pub(in crate::cli) fn run(args: &GenerateSchemasArgs, cwd: &Path, out: Output) -
         .map_err(|error| Error::io(format!("creating `{}`", dir.display()), &error))?;
     let mut written = Vec::new();
     for (name, text) in all() {
-        crate::lockfile::write_atomic(&dir.join(name), text.as_bytes())?;
+        crate::atomic_file::write(&dir.join(name), text.as_bytes(), "the schema")?;
         written.push(name);
     }
     let message = format!("Wrote {} schemas into {}", written.len(), dir.display());
