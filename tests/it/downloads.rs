@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, Fault, FileSpec, RepoSpec, sha256_hex};
-use crate::support::{Run, kmm_command};
+use crate::support::{Run, Tmpfs, kmm_command};
 
 const REPO: &str = "acme/big-model";
 const BIG: &str = "model.safetensors";
@@ -365,28 +365,6 @@ fn state_path_of(part: &Path) -> PathBuf {
     let mut name = part.as_os_str().to_owned();
     name.push(".state");
     PathBuf::from(name)
-}
-
-/// A tmpfs of `size` mounted on `dir`, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        fs_err::create_dir_all(dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

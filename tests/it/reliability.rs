@@ -1632,35 +1632,13 @@ fn sigkill_during_small_registry_writes_never_tears_the_registry() {
     );
 }
 
-/// A size-limited tmpfs mounted on a folder, unmounted on drop (`None` where `mount` fails).
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
-        fs_err::create_dir_all(dir).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| SmallFs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_registry_writes_with_e_disk_and_keeps_the_old_registry() {
     let (repo0, _, new0) = crash_repo(0);
     let (repo1, _, _) = crash_repo(1);
     let hub = FakeHub::start(vec![repo0, repo1]);
     let ws = Workspace::new(&hub, &[(CRASH_MODELS[0], "main")]);
-    let Some(_fs) = SmallFs::mount(&ws.models, "4m") else {
+    let Some(_fs) = crate::support::Tmpfs::mount(&ws.models, "4m") else {
         eprintln!(
             "skipped: cannot mount a tmpfs here (needs root); full-disk registry writes not tested"
         );

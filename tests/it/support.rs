@@ -2,8 +2,8 @@
 //! what it printed. Each test module keeps its own workspace type (what it needs differs); they
 //! all start kmm through [`kmm_command`] so that a developer's shell settings never leak in.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
@@ -90,5 +90,28 @@ impl Run {
         let doc = self.json();
         assert_eq!(doc["success"], false, "{doc}");
         doc["error_code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+/// A size-limited tmpfs mounted on a folder, unmounted on drop: a real filesystem that fills
+/// up. `None` where `mount` fails (not root, no tmpfs); callers then skip with a message.
+pub(crate) struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub(crate) fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        fs_err::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
