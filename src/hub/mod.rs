@@ -375,6 +375,36 @@ impl HubClient {
         download::download_resumable(self, repo_id, commit, file, part, on_progress).await
     }
 
+    /// An answer that is neither a success nor handled by the caller: a retryable status gives
+    /// what to retry on (and any `Retry-After`); any other is the error it means (`E_NOT_FOUND`,
+    /// `E_LICENSE`, ...), with the final URL redacted.
+    async fn unsuccessful(
+        &self,
+        response: reqwest::Response,
+        target: &Target<'_>,
+    ) -> Result<(Transient, Option<std::time::Duration>)> {
+        let status = response.status().as_u16();
+        if retry::is_retryable_status(status) {
+            return Ok((
+                Transient::Status(status),
+                retry::parse_retry_after(response.headers()),
+            ));
+        }
+        let final_url = redact_url(response.url().as_str());
+        let headers = response.headers().clone();
+        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        Err(errors::error_from_status(
+            status,
+            &headers,
+            &body,
+            target,
+            &final_url,
+            self.secret(),
+        ))
+    }
+
     /// Bytes `start .. start + len` of `path` in `repo_id` at `commit` (fewer at the end of the
     /// file, none past it), for reading file headers without downloading the file. Goes through
     /// `/resolve/` and follows the CDN redirect like [`Self::download`] (the token stays on the
@@ -418,29 +448,7 @@ impl HubClient {
                     }
                 }
                 Ok(response) if response.status().as_u16() == 416 => return Ok(Vec::new()),
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    if retry::is_retryable_status(status) {
-                        (
-                            Transient::Status(status),
-                            retry::parse_retry_after(response.headers()),
-                        )
-                    } else {
-                        let final_url = redact_url(response.url().as_str());
-                        let headers = response.headers().clone();
-                        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
-                            .await
-                            .unwrap_or_default();
-                        return Err(errors::error_from_status(
-                            status,
-                            &headers,
-                            &body,
-                            &target,
-                            &final_url,
-                            self.secret(),
-                        ));
-                    }
-                }
+                Ok(response) => self.unsuccessful(response, &target).await?,
             };
             if attempts > self.config.max_retries
                 || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
@@ -628,29 +636,7 @@ impl HubClient {
                         Err(ReadError::Transport(transient)) => (transient, None),
                     }
                 }
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    if retry::is_retryable_status(status) {
-                        (
-                            Transient::Status(status),
-                            retry::parse_retry_after(response.headers()),
-                        )
-                    } else {
-                        let final_url = redact_url(response.url().as_str());
-                        let headers = response.headers().clone();
-                        let body = read_capped(response, MAX_ERROR_BODY_BYTES)
-                            .await
-                            .unwrap_or_default();
-                        return Err(errors::error_from_status(
-                            status,
-                            &headers,
-                            &body,
-                            target,
-                            &final_url,
-                            self.secret(),
-                        ));
-                    }
-                }
+                Ok(response) => self.unsuccessful(response, target).await?,
             };
             if attempts > self.config.max_retries
                 || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
