@@ -389,12 +389,8 @@ pub fn update_registry(
             install_path: install_dir.display().to_string(),
             total_size: files.iter().map(|file| file.size).sum(),
             files: record_files,
-            commit: None,
-            pinned: None,
-            license_accepted: None,
-            last_accessed: None,
             selection: Some(Selection::default()),
-            extra: serde_json::Map::new(),
+            ..Record::default()
         },
     };
     registry.models.insert(model_id.to_string(), record.clone());

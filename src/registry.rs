@@ -24,7 +24,7 @@ pub struct Registry {
 }
 
 /// One installed model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub model_id: String,
     pub library: String,
@@ -213,18 +213,7 @@ impl Registry {
         for (id, acceptance) in pending {
             let record = self.models.entry(id.clone()).or_insert_with(|| Record {
                 model_id: id.clone(),
-                library: String::new(),
-                revision: None,
-                installed_at: None,
-                install_path: String::new(),
-                files: Vec::new(),
-                total_size: 0,
-                commit: None,
-                pinned: None,
-                license_accepted: None,
-                last_accessed: None,
-                selection: None,
-                extra: serde_json::Map::new(),
+                ..Record::default()
             });
             if record.license_accepted.is_none() {
                 record.license_accepted = Some(acceptance.clone());

@@ -640,21 +640,7 @@ pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: Str
                     && (unhashed || (a.sha256 == b.sha256 && a.git_sha1 == b.git_sha1))
             })
     });
-    let mut record = existing.unwrap_or_else(|| Record {
-        model_id: String::new(),
-        library: String::new(),
-        revision: None,
-        installed_at: None,
-        install_path: String::new(),
-        files: Vec::new(),
-        total_size: 0,
-        commit: None,
-        pinned: None,
-        license_accepted: None,
-        last_accessed: None,
-        selection: None,
-        extra: serde_json::Map::new(),
-    });
+    let mut record = existing.unwrap_or_default();
     if !(same_bytes && record.installed_at.is_some()) {
         // A fresh install counts as a use, so gc does not evict what was just installed.
         record.last_accessed = Some(now.clone());
