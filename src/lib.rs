@@ -60,6 +60,7 @@ mod atomic_file;
 pub mod baselines;
 pub mod cli;
 pub mod compat;
+pub mod durability;
 pub mod error;
 pub mod gc;
 pub mod hf_cache;

@@ -18,7 +18,7 @@
 //! Edges: [`observe`] only reads. It decides nothing: comparing what it saw with what is wanted
 //! is `plan`'s job, changing anything is `apply`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -221,6 +221,9 @@ pub struct Observed {
     /// Content hashes computed on request by [`hash_files`], keyed by path relative to the
     /// models directory and the kind of hash.
     pub hashes: BTreeMap<(PathBuf, HashKind), FileHash>,
+    /// Content hashes (hex) whose bytes were written in an earlier boot and never confirmed on
+    /// disk ([`crate::durability::unconfirmed`]): the planner hashes files recorded with them.
+    pub unconfirmed: BTreeSet<String>,
 }
 
 /// `time` as nanoseconds since the Unix epoch (the registry's `mtime_ns`); `None` before 1970
@@ -358,6 +361,7 @@ pub fn observe_with(
             return Err(Error::io("reading the models directory", &error));
         }
     }
+    observed.unconfirmed = crate::durability::unconfirmed(paths);
     observed.registry = match registry {
         Some(registry) => registry,
         None => Registry::load(&paths.registry_file())?,

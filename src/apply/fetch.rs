@@ -161,17 +161,38 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// A store download written in a boot that may have ended in a crash: hashed again, and
+    /// deleted (so that it is downloaded again) when its bytes are not what its name says.
+    async fn still_intact(&self, download: &Path, file: &UpstreamFile) -> Result<bool> {
+        let (download, file) = (download.to_path_buf(), file.clone());
+        spawn_blocking(move || {
+            if hash_file(&download, &file).is_ok_and(|hash| hash == file.hash) {
+                return Ok(true);
+            }
+            tracing::warn!(
+                "`{}` was damaged before it reached the disk; downloading it again",
+                download.display()
+            );
+            fs_err::remove_file(&download)
+                .map_err(|e| Error::io(format!("removing {}", download.display()), &e))?;
+            Ok(false)
+        })
+        .await
+    }
+
     fn cached_blob(&self, model: &str, file: &UpstreamFile) -> Option<PathBuf> {
         self.sources.hf_cache.as_ref()?.blob(model, file)
     }
 
     pub(super) async fn fetch(&self, model: &str, commit: &str, file: &UpstreamFile) -> Result<()> {
         let reporter = self.ctx.reporter;
-        if self.have_download(file) {
-            reporter.step(&format!("{model}: {} already downloaded", file.path));
-            return Ok(());
-        }
         let dest = self.download_path(&file.hash);
+        if self.have_download(file) {
+            if !self.unconfirmed.contains(file.hash.hex()) || self.still_intact(&dest, file).await? {
+                reporter.step(&format!("{model}: {} already downloaded", file.path));
+                return Ok(());
+            }
+        }
         if let Some(blob) = self.cached_blob(model, file) {
             let span = tracing::info_span!("hf_cache", model, path = %file.path);
             let taken = take_from_cache(blob, dest.clone(), file.clone())
@@ -212,10 +233,13 @@ impl Engine<'_> {
                     file.path, file.size
                 )));
             }
-            // The client leaves durability to us: the bytes reach the disk before the name.
-            fs_err::File::open(&part)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
+            // The client leaves durability to us: either the journal names these bytes (see
+            // `crate::durability`) or they reach the disk before the name.
+            if !self.defer_sync {
+                fs_err::File::open(&part)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
+            }
             fs_err::rename(&part, &dest)
                 .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
         }

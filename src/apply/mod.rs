@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::durability;
 use crate::error::{Error, Result};
 use crate::hub::HubClient;
 use crate::plan::{
@@ -97,9 +98,19 @@ pub async fn apply_with(
         .with_hint("run `kmm plan` again for this models directory"));
     }
     let deps = dependency_indices(plan)?;
-    let engine = Engine::new(plan, ctx, sources)?;
+    let mut engine = Engine::new(plan, ctx, sources)?;
     engine.check_offline()?;
     engine.prepare()?;
+    engine.unconfirmed = durability::unconfirmed(ctx.paths);
+    let fetched: BTreeSet<&str> = plan
+        .actions
+        .iter()
+        .filter_map(|planned| match &planned.action {
+            Action::Fetch { file, .. } => Some(file.hash.hex()),
+            _ => None,
+        })
+        .collect();
+    engine.defer_sync = durability::record(ctx.paths, fetched)?;
     if sources.remove_stale_partials {
         engine.remove_stale_partials()?;
     }
@@ -169,6 +180,12 @@ struct Engine<'a> {
     change_of: BTreeMap<&'a str, ChangeKind>,
     report: Mutex<ApplyReport>,
     sources: &'a FetchSources,
+    /// Downloads are renamed into place without an fsync: [`crate::durability`] recorded their
+    /// hashes first. `false` where it cannot (no boot id), and each download is fsynced.
+    defer_sync: bool,
+    /// Hashes whose bytes an earlier boot wrote without confirming them on disk: a store
+    /// download with such a hash is hashed again before it is trusted.
+    unconfirmed: BTreeSet<String>,
 }
 
 impl<'a> Engine<'a> {
@@ -207,6 +224,8 @@ impl<'a> Engine<'a> {
                 .collect(),
             report: Mutex::new(ApplyReport::default()),
             sources,
+            defer_sync: false,
+            unconfirmed: BTreeSet::new(),
         })
     }
 

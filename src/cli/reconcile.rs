@@ -656,6 +656,7 @@ pub(super) async fn apply_manifest(
         &session,
         plan,
         options,
+        PlanAge::MadeNow,
         out,
         "No changes. The models directory matches kari-models.toml.",
     )
@@ -680,6 +681,7 @@ async fn apply_saved(
         &session,
         saved.plan,
         options,
+        PlanAge::Saved,
         out,
         "No changes. The models directory matches kari-models.toml.",
     )
@@ -698,7 +700,15 @@ pub(crate) async fn apply_desired(
 ) -> Result<i32> {
     let _lock = session.lock_store(out)?;
     let plan = plan_checked(session, desired, &options).await?;
-    let (message, plan, report) = execute(session, plan, &options, out, no_changes_message).await?;
+    let (message, plan, report) = execute(
+        session,
+        plan,
+        &options,
+        PlanAge::MadeNow,
+        out,
+        no_changes_message,
+    )
+    .await?;
     print_applied(out, &message, &plan, report);
     Ok(0)
 }
@@ -721,16 +731,27 @@ async fn plan_checked(
     Ok(plan)
 }
 
-/// Carries out `plan` (the caller holds the store lock), then the Python baselines when
-/// `options` asks for them.
+/// Whether the plan [`execute`] carries out was made by this run (so its observation hashed
+/// the files an earlier boot left unconfirmed, see [`crate::durability`]) or loaded from a file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PlanAge {
+    MadeNow,
+    Saved,
+}
+
+/// Carries out `plan` (the caller holds the store lock), settles the durability journal, then
+/// runs the Python baselines when `options` asks for them.
 async fn execute(
     session: &Session,
     plan: Plan,
     options: &ApplyOptions<'_>,
+    age: PlanAge,
     out: Output,
     no_changes_message: &str,
 ) -> Result<(String, Plan, ApplyReport)> {
+    let checked_other_boots = age == PlanAge::MadeNow && options.whole_manifest_env.is_some();
     if plan.is_empty() {
+        crate::durability::settle(&session.paths, checked_other_boots)?;
         if let Some(env) = options.whole_manifest_env {
             super::commands_machine::ensure::after_apply(session, env, out)?;
         }
@@ -760,6 +781,7 @@ async fn execute(
     .await;
     reporter.finish();
     let report = report?;
+    crate::durability::settle(&session.paths, checked_other_boots)?;
     if let Some(env) = options.whole_manifest_env {
         super::commands_machine::ensure::after_apply(session, env, out)?;
     }

@@ -289,28 +289,6 @@ pub(super) async fn fetch(
     Ok(true)
 }
 
-/// Asks the kernel to start writing a completed chunk to disk now (without waiting), so the
-/// fsync `apply` does before the rename finds little left to flush.
-fn start_writeback(file: &std::fs::File, index: u64, chunk_size: u64, size: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let (start, end) = chunk_range(index, chunk_size, size);
-        // SAFETY: a valid open descriptor and a range inside the file; the call only schedules
-        // writeback and its failure is harmless (the later fsync still flushes everything).
-        unsafe {
-            libc::sync_file_range(
-                file.as_raw_fd(),
-                start as libc::off64_t,
-                (end - start + 1) as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (file, index, chunk_size, size);
-}
-
 /// Sends the hasher the new end of the completed prefix, if it grew.
 fn advance_prefix(shared: &Mutex<Shared>, prefix_tx: &mpsc::Sender<u64>) {
     let mut shared = shared.lock().expect("chunk state lock");
@@ -437,7 +415,6 @@ impl ChunkContext<'_> {
                 tracing::debug!(file = %self.file.path, rate, "slow connections: adding more");
                 self.changed.notify_waiters();
             }
-            start_writeback(self.handle, index, self.chunk_size, self.file.size);
             {
                 let mut shared = self.shared.lock().expect("chunk state lock");
                 shared.done[index as usize] = true;

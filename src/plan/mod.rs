@@ -347,8 +347,9 @@ fn is_shared_folder(relative: &Path) -> bool {
 ///   declared file that is not kept: hashed, and moved (loose) or hard-linked (another model's
 ///   folder) into place instead of downloaded when they match.
 /// - A file the record vouches for whose mtime is not the recorded `mtime_ns` (touched or
-///   rewritten in place with the same size), and with `verify` every file the record vouches
-///   for: hashed, and replaced (`tampered`) when its bytes differ.
+///   rewritten in place with the same size), whose bytes an earlier boot wrote without
+///   confirming them on disk ([`Observed::unconfirmed`]), and with `verify` every file the
+///   record vouches for: hashed, and replaced (`tampered`) when its bytes differ.
 pub fn hash_requests(
     models_dir: &Path,
     desired: &[DesiredModel],
@@ -384,7 +385,9 @@ pub fn hash_requests(
                         .and_then(crate::store::unix_nanos)
                         != Some(recorded)
                 });
-                if verify || touched {
+                // Written in a boot that may have ended in a crash (see `crate::durability`).
+                let unconfirmed = observed.unconfirmed.contains(file.hash.hex());
+                if verify || touched || unconfirmed {
                     requests.push((dir.join(&file.path), kind));
                 }
                 continue;

@@ -598,3 +598,96 @@ fn progress_goes_to_stderr_as_lines_or_json_events_only_when_asked() {
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(!run.stderr.contains("downloaded"), "{}", run.stderr);
 }
+
+fn journal_path(ws: &Workspace) -> PathBuf {
+    ws.models.join(".kmm").join("unsynced.json")
+}
+
+/// Rewrites the durability journal as if every entry had been written in an earlier boot that
+/// ended in a crash (power loss) before the kernel wrote the bytes back.
+fn pretend_a_reboot(ws: &Workspace) {
+    let mut journal: Value =
+        serde_json::from_slice(&fs_err::read(journal_path(ws)).unwrap()).unwrap();
+    for boots in journal["entries"].as_object_mut().unwrap().values_mut() {
+        let at = boots.as_object().unwrap().values().next().unwrap().clone();
+        *boots = serde_json::json!({ "an-earlier-boot": at });
+    }
+    fs_err::write(journal_path(ws), journal.to_string()).unwrap();
+}
+
+/// What a power loss can leave of bytes that never reached the disk: the same size and
+/// modification time, other bytes.
+fn damage_keeping_size_and_mtime(path: &Path, good: &[u8]) {
+    let modified = fs_err::metadata(path).unwrap().modified().unwrap();
+    let mut damaged = good.to_vec();
+    let middle = damaged.len() / 2;
+    damaged[middle..middle + 4096].fill(0);
+    fs_err::write(path, &damaged).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+}
+
+#[test]
+fn bytes_written_before_a_crash_are_hashed_in_the_next_boot_and_fetched_again() {
+    if !Path::new("/proc/sys/kernel/random/boot_id").exists() {
+        return; // without a boot id every download is fsynced; nothing is deferred
+    }
+    let size = 2 << 20;
+    let (repo, big) = big_repo(size);
+    let hub = FakeHub::start(vec![repo]);
+    let ws = Workspace::new(&hub, &[REPO]);
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap();
+    assert!(journal.contains(&sha256_hex(&big)), "{journal}");
+
+    damage_keeping_size_and_mtime(&ws.installed(BIG), &big);
+    // In the same boot the page cache holds what was written: the record is trusted and
+    // nothing is hashed (this damage is only a stand-in for what a crash can do).
+    let run = ws.run(&["plan", "--json", "--detailed-exitcode"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+
+    pretend_a_reboot(&ws);
+    let run = ws.run(&["plan", "--json", "--detailed-exitcode"]);
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains(BIG), "{}", run.stdout);
+    let served = hub.body_bytes_served();
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(hub.body_bytes_served() - served, size as u64, "only the damaged file");
+    assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
+    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap_or_default();
+    assert!(!journal.contains("an-earlier-boot"), "checked: {journal}");
+    assert_eq!(ws.run(&["plan", "--json", "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn a_store_download_from_a_crashed_boot_is_hashed_before_it_is_installed() {
+    if !Path::new("/proc/sys/kernel/random/boot_id").exists() {
+        return;
+    }
+    let size = 2 << 20;
+    let (repo, big) = big_repo(size);
+    let hub = FakeHub::start(vec![repo]);
+    let ws = Workspace::new(&hub, &[REPO]);
+    // A finished download of the earlier boot, renamed into the store, lost in the crash.
+    fs_err::create_dir_all(ws.downloads()).unwrap();
+    let download = ws.downloads().join(sha256_hex(&big));
+    fs_err::write(&download, &big).unwrap();
+    damage_keeping_size_and_mtime(&download, &big);
+    let journal = serde_json::json!({
+        "version": 1,
+        "entries": { sha256_hex(&big): { "an-earlier-boot": 1_700_000_000u64 } }
+    });
+    fs_err::write(journal_path(&ws), journal.to_string()).unwrap();
+
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
+    let config = br#"{"model_type":"bert"}"#.len() as u64;
+    assert_eq!(hub.body_bytes_served(), size as u64 + config);
+}
