@@ -77,7 +77,10 @@ fn load(paths: &StorePaths) -> Journal {
     match serde_json::from_str::<Journal>(&text) {
         Ok(journal) if journal.version == FORMAT_VERSION => journal,
         _ => {
-            tracing::warn!("ignoring `{}`: not a journal this kmm reads", file.display());
+            tracing::warn!(
+                "ignoring `{}`: not a journal this kmm reads",
+                file.display()
+            );
             Journal::default()
         }
     }
@@ -249,10 +252,17 @@ mod tests {
         age_entries(&paths, Some("an-earlier-boot"), 0);
         assert_eq!(unconfirmed(&paths), BTreeSet::from(["aa".to_string()]));
         settle(&paths, false).unwrap();
-        assert_eq!(unconfirmed(&paths).len(), 1, "a narrow apply checked nothing");
+        assert_eq!(
+            unconfirmed(&paths).len(),
+            1,
+            "a narrow apply checked nothing"
+        );
         settle(&paths, true).unwrap();
         assert!(unconfirmed(&paths).is_empty());
-        assert!(!journal_file(&paths).exists(), "an empty journal is removed");
+        assert!(
+            !journal_file(&paths).exists(),
+            "an empty journal is removed"
+        );
     }
 
     #[test]
@@ -268,7 +278,11 @@ mod tests {
 
         settle(&paths, true).unwrap();
         let left: Vec<String> = journal_of(&paths).entries.into_keys().collect();
-        assert_eq!(left, ["aa"], "young entries stay; a hash no file holds goes");
+        assert_eq!(
+            left,
+            ["aa"],
+            "young entries stay; a hash no file holds goes"
+        );
 
         age_entries(&paths, None, SETTLED_AFTER.as_secs());
         settle(&paths, false).unwrap();

@@ -188,7 +188,8 @@ impl Engine<'_> {
         let reporter = self.ctx.reporter;
         let dest = self.download_path(&file.hash);
         if self.have_download(file) {
-            if !self.unconfirmed.contains(file.hash.hex()) || self.still_intact(&dest, file).await? {
+            if !self.unconfirmed.contains(file.hash.hex()) || self.still_intact(&dest, file).await?
+            {
                 reporter.step(&format!("{model}: {} already downloaded", file.path));
                 return Ok(());
             }

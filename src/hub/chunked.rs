@@ -55,8 +55,10 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 const START_CONNECTIONS: usize = 4;
 /// A chunk that arrived slower than this per connection lets the extra connections join.
 const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 60e6;
-/// Bytes a connection gathers before one positioned write; also the hasher's read size.
+/// Bytes a connection gathers before one positioned write.
 const WRITE_BUFFER_BYTES: usize = 512 << 10;
+/// Bytes the hasher maps (or reads) at a time.
+const HASH_WINDOW_BYTES: u64 = 8 << 20;
 const STATE_VERSION: u32 = 1;
 
 /// `<part>.state`.
@@ -316,15 +318,34 @@ fn hash_prefix(
 ) -> std::io::Result<(u64, crate::upstream::FileHash)> {
     let mut hasher = ContentHasher::for_hash(expected, size);
     let mut hashed = 0u64;
-    let mut buffer = vec![0u8; WRITE_BUFFER_BYTES];
+    let mut buffer = Vec::new();
     while let Ok(mut target) = prefixes.recv() {
         while let Ok(newer) = prefixes.try_recv() {
             target = newer;
         }
         while hashed < target {
-            let want = buffer.len().min((target - hashed) as usize);
-            file.read_exact_at(&mut buffer[..want], hashed)?;
-            hasher.update(&buffer[..want]);
+            let want = HASH_WINDOW_BYTES.min(target - hashed) as usize;
+            // Mapped, the hasher reads the page cache where it is instead of copying it out
+            // first (that copy was 6% of a 2 GiB download's CPU time); the window bounds what
+            // the mapping adds to the resident set. Reading is the fallback where mapping fails.
+            // SAFETY: the part file is kmm's own, created at its full length and never
+            // truncated while the download runs (the store lock keeps other kmm processes out),
+            // and this range was written by completed chunks that nothing writes again.
+            let mapped = unsafe {
+                memmap2::MmapOptions::new()
+                    .offset(hashed)
+                    .len(want)
+                    .populate()
+                    .map(file)
+            };
+            match mapped {
+                Ok(window) => hasher.update(&window),
+                Err(_) => {
+                    buffer.resize(want, 0);
+                    file.read_exact_at(&mut buffer, hashed)?;
+                    hasher.update(&buffer);
+                }
+            }
             hashed += want as u64;
         }
     }
@@ -541,19 +562,20 @@ impl ChunkContext<'_> {
             self.shared.lock().expect("chunk state lock").url = response.url().clone();
         }
         let length = end - start + 1;
-        let mut buffer: Vec<u8> = Vec::with_capacity(WRITE_BUFFER_BYTES);
+        // The frames as they came (no copy): written together once they add up.
+        let mut buffer = Frames::default();
         let result = loop {
             match response.chunk().await {
                 Ok(Some(bytes)) => {
-                    if *written + (buffer.len() + bytes.len()) as u64 > length {
+                    if *written + (buffer.len + bytes.len()) as u64 > length {
                         break Err(Step::Fatal(Error::verify(format!(
                             "`{}`: the server sent more bytes than the range asked for",
                             self.file.path
                         ))));
                     }
                     (self.on_progress)(bytes.len() as u64);
-                    buffer.extend_from_slice(&bytes);
-                    if buffer.len() >= WRITE_BUFFER_BYTES {
+                    buffer.push(bytes);
+                    if buffer.len >= WRITE_BUFFER_BYTES || buffer.frames.len() >= MAX_FRAMES {
                         self.flush(&mut buffer, start, written)?;
                     }
                 }
@@ -576,17 +598,90 @@ impl ChunkContext<'_> {
         Ok(())
     }
 
-    fn flush(&self, buffer: &mut Vec<u8>, start: u64, written: &mut u64) -> Result<()> {
-        if buffer.is_empty() {
+    fn flush(&self, buffer: &mut Frames, start: u64, written: &mut u64) -> Result<()> {
+        if buffer.len == 0 {
             return Ok(());
         }
-        self.handle
-            .write_all_at(buffer, start + *written)
+        write_all_vectored_at(self.handle, &buffer.frames, start + *written)
             .map_err(|err| Error::io(format!("writing `{}`", self.part.display()), &err))?;
-        *written += buffer.len() as u64;
-        buffer.clear();
+        *written += buffer.len as u64;
+        buffer.frames.clear();
+        buffer.len = 0;
         Ok(())
     }
+}
+
+/// Most frames gathered into one positioned write, and most given to one `pwritev` (Linux and
+/// macOS take 1024, more is `EINVAL`).
+const MAX_FRAMES: usize = 256;
+
+/// Body frames waiting to be written, and how many bytes they hold.
+#[derive(Default)]
+struct Frames {
+    frames: Vec<bytes::Bytes>,
+    len: usize,
+}
+
+impl Frames {
+    fn push(&mut self, frame: bytes::Bytes) {
+        self.len += frame.len();
+        self.frames.push(frame);
+    }
+}
+
+/// Writes `frames` back to back at `offset` with positioned vectored writes (`pwritev`): one
+/// system call for many frames, without first copying them into one buffer (that copy was 7%
+/// of a 2 GiB download's CPU time).
+fn write_all_vectored_at(
+    file: &std::fs::File,
+    frames: &[bytes::Bytes],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<&[u8]> = frames.iter().map(|frame| &frame[..]).collect();
+    let mut first = 0;
+    while first < slices.len() {
+        let iovecs: Vec<libc::iovec> = slices[first..]
+            .iter()
+            .take(MAX_FRAMES)
+            .map(|slice| libc::iovec {
+                iov_base: slice.as_ptr() as *mut libc::c_void,
+                iov_len: slice.len(),
+            })
+            .collect();
+        let count = iovecs.len() as libc::c_int;
+        // SAFETY: every iovec points into a live slice of `frames` (borrowed for the call) and
+        // the descriptor is open; pwritev only reads that memory.
+        let wrote = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iovecs.as_ptr(),
+                count,
+                offset as libc::off_t,
+            )
+        };
+        if wrote < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if wrote == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut left = wrote as usize;
+        offset += left as u64;
+        // Skip what was written; a short write resumes inside a frame.
+        while first < slices.len() && left >= slices[first].len() {
+            left -= slices[first].len();
+            first += 1;
+        }
+        if left > 0 {
+            slices[first] = &slices[first][left..];
+        }
+    }
+    Ok(())
 }
 
 enum Step {
@@ -678,6 +773,29 @@ mod tests {
         remove_state(&part);
         // Without a state file, a sequential partial counts by its length.
         assert_eq!(partial_bytes(&part, &wanted), 30);
+    }
+
+    #[test]
+    fn vectored_writes_land_every_frame_in_order_at_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        file.set_len(10).unwrap();
+        // More frames than one call takes on some systems, of uneven sizes, some empty.
+        let frames: Vec<bytes::Bytes> = (0..3000u32)
+            .map(|i| bytes::Bytes::from(vec![(i % 251) as u8; (i % 7) as usize]))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        write_all_vectored_at(&file, &frames, 10).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(&written[..10], &[0u8; 10]);
+        assert_eq!(&written[10..], &expected[..]);
     }
 
     #[test]

@@ -658,7 +658,11 @@ fn bytes_written_before_a_crash_are_hashed_in_the_next_boot_and_fetched_again() 
     let served = hub.body_bytes_served();
     let run = ws.run(&["apply", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert_eq!(hub.body_bytes_served() - served, size as u64, "only the damaged file");
+    assert_eq!(
+        hub.body_bytes_served() - served,
+        size as u64,
+        "only the damaged file"
+    );
     assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
     let journal = fs_err::read_to_string(journal_path(&ws)).unwrap_or_default();
     assert!(!journal.contains("an-earlier-boot"), "checked: {journal}");
