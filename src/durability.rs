@@ -165,7 +165,7 @@ pub fn settle(paths: &StorePaths, checked_other_boots: bool) -> Result<()> {
             return false;
         };
         boots.retain(|written_in, written_at| {
-            if Some(&*written_in) != boot.as_ref() {
+            if Some(written_in) != boot.as_ref() {
                 return !checked_other_boots;
             }
             if now.saturating_sub(*written_at) < SETTLED_AFTER.as_secs() {

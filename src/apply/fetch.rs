@@ -187,12 +187,12 @@ impl Engine<'_> {
     pub(super) async fn fetch(&self, model: &str, commit: &str, file: &UpstreamFile) -> Result<()> {
         let reporter = self.ctx.reporter;
         let dest = self.download_path(&file.hash);
-        if self.have_download(file) {
-            if !self.unconfirmed.contains(file.hash.hex()) || self.still_intact(&dest, file).await?
-            {
-                reporter.step(&format!("{model}: {} already downloaded", file.path));
-                return Ok(());
-            }
+        if self.have_download(file)
+            && (!self.unconfirmed.contains(file.hash.hex())
+                || self.still_intact(&dest, file).await?)
+        {
+            reporter.step(&format!("{model}: {} already downloaded", file.path));
+            return Ok(());
         }
         if let Some(blob) = self.cached_blob(model, file) {
             let span = tracing::info_span!("hf_cache", model, path = %file.path);
