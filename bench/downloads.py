@@ -141,8 +141,16 @@ def drop(path: Path):
     subprocess.run(["sync"])
 
 
-def case(name, size, rounds, runners, work: Path):
+def case(name, size, rounds, runners, work: Path, warmup=0):
     results = {tool: [] for tool in runners}
+    # Untimed first runs (as hyperfine --warmup): the first transfer after a hub starts pays
+    # for the machine settling (page cache, memory the hub just loaded), whichever tool runs it.
+    for round_ in range(warmup):
+        for tool, run in runners.items():
+            target = work / f"{name}-{tool}-warmup-{round_}"
+            seconds, _ = run(target)
+            drop(target)
+            log(f"  {name} warm-up {tool}: {size / seconds / 1e6:8.1f} MB/s (not counted)")
     for round_ in range(rounds):
         for tool, run in runners.items():
             target = work / f"{name}-{tool}-{round_}"
@@ -220,6 +228,8 @@ def main():
     parser.add_argument("--capped-mib", type=int, default=512)
     parser.add_argument("--small-count", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs of every tool before each case's timed rounds")
     parser.add_argument("--capped-rounds", type=int, default=1)
     parser.add_argument("--cap-mbps", type=int, default=50)
     parser.add_argument("--capped-connections", type=int, default=4,
@@ -245,7 +255,7 @@ def main():
             "kmm": lambda w: run_kmm(args.kmm, hub, "bench/big", w),
             "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/big", w, "model.safetensors"),
             "curl": lambda w: run_curl([big_url], w),
-        }, runs)
+        }, runs, args.warmup)
         print_case(f"one {args.big_mib} MiB LFS file (kmm and huggingface_hub verify sha256)", summary,
                    ["kmm >= 1.5x curl, >= 3x huggingface_hub, peak RSS <= 64 MiB"])
 
@@ -256,7 +266,7 @@ def main():
             "kmm": lambda w: run_kmm(args.kmm, hub, "bench/small", w),
             "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/small", w, None),
             "curl": lambda w: run_curl(small_urls, w),
-        }, runs)
+        }, runs, args.warmup)
         print_case(f"{args.small_count} files of 256 KiB (+ config.json for kmm/hf)", summary,
                    ["kmm >= curl's sequential throughput (~7x huggingface_hub)"])
 

@@ -29,6 +29,7 @@
 //! | [`gc`] | LRU eviction selection (pins, declared models, quotas) |
 //! | [`baselines`] | `kmm ensure`: distilbert, the spaCy pipeline, the basic classifier |
 //! | [`apply`] | executes a `Plan` |
+//! | [`durability`] | deferred fsync of downloads: a boot-keyed journal, re-hashing after a crash |
 //! | [`api`] | the library API: the older tool's helpers as thin faces over the engine |
 //! | [`plan_file`] | saved plans (`plan --out`): inputs' fingerprints, staleness |
 //! | [`repair`] | `kmm registry repair`: back up an unreadable registry, rebuild it from disk |
@@ -47,6 +48,7 @@
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
 //! | `models/.kmm/downloads/<hash>.part(.state)` | resumable partial downloads ([`hub`], cleaned by [`apply`]) |
+//! | `models/.kmm/unsynced.json` | hashes of downloads not yet confirmed on disk, by boot ([`durability`], written by [`apply`]) |
 //! | `models/.kmm/licenses.json` | license acceptances of models not installed yet (`kmm license --accept`, [`registry`]) |
 //! | `kari-models.toml` edits | only `kmm download --save`, through `manifest_edit` (comments kept) |
 //! | `models/.kmm/trees/` | tree-listing cache written by [`resolve`] (immutable upstream data) |
