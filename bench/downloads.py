@@ -77,7 +77,7 @@ class Hub:
 
 
 def timed(args, env, cwd=None):
-    """Runs args under /usr/bin/time -v; returns (seconds, peak RSS bytes)."""
+    """Runs args under /usr/bin/time -v; returns (seconds, peak RSS bytes, CPU seconds)."""
     started = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-v"] + args, env=env, cwd=cwd,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -85,7 +85,9 @@ def timed(args, env, cwd=None):
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(args)}\n{proc.stderr[-3000:]}")
     rss_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
-    return elapsed, rss_kib * 1024
+    cpu = sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr).group(1))
+              for kind in ["User", "System"])
+    return elapsed, rss_kib * 1024, cpu
 
 
 def clean_env(extra):
@@ -136,42 +138,49 @@ def run_curl(urls, work: Path):
     return timed(args, clean_env({}))
 
 
-def drop(path: Path):
+def drop(path: Path, settle: float = 0):
+    """Deletes a run's files, flushes, and waits `settle` seconds: on a VM the gigabytes just
+    freed are handed back to the host for a few seconds, and whichever tool runs meanwhile pays
+    for it (measured: kmm 4.5 s right after curl, 2.7 s after a pause), so every run starts from
+    a settled machine."""
     shutil.rmtree(path, ignore_errors=True)
     subprocess.run(["sync"])
+    time.sleep(settle)
 
 
-def case(name, size, rounds, runners, work: Path, warmup=0):
+def case(name, size, rounds, runners, work: Path, warmup=0, settle=0.0):
     results = {tool: [] for tool in runners}
     # Untimed first runs (as hyperfine --warmup): the first transfer after a hub starts pays
     # for the machine settling (page cache, memory the hub just loaded), whichever tool runs it.
     for round_ in range(warmup):
         for tool, run in runners.items():
             target = work / f"{name}-{tool}-warmup-{round_}"
-            seconds, _ = run(target)
-            drop(target)
+            seconds, _, _ = run(target)
+            drop(target, settle)
             log(f"  {name} warm-up {tool}: {size / seconds / 1e6:8.1f} MB/s (not counted)")
     for round_ in range(rounds):
         for tool, run in runners.items():
             target = work / f"{name}-{tool}-{round_}"
-            seconds, rss = run(target)
-            drop(target)
-            results[tool].append((seconds, rss))
+            seconds, rss, cpu = run(target)
+            drop(target, settle)
+            results[tool].append((seconds, rss, cpu))
             log(f"  {name} round {round_ + 1}/{rounds} {tool}: {size / seconds / 1e6:8.1f} MB/s, "
-                f"peak RSS {rss / 2**20:6.1f} MiB")
+                f"peak RSS {rss / 2**20:6.1f} MiB, CPU {cpu:5.2f} s")
     summary = {}
     for tool, runs in results.items():
-        seconds = statistics.median(s for s, _ in runs)
+        seconds = statistics.median(s for s, _, _ in runs)
         summary[tool] = {"mb_per_s": size / seconds / 1e6, "seconds": seconds,
-                         "peak_rss_mib": max(r for _, r in runs) / 2**20}
+                         "peak_rss_mib": max(r for _, r, _ in runs) / 2**20,
+                         "cpu_seconds": statistics.median(c for _, _, c in runs)}
     return summary
 
 
 def print_case(title, summary, targets):
     print(f"\n== {title}")
-    print(f"{'tool':<18}{'median MB/s':>12}{'median s':>10}{'peak RSS MiB':>14}")
+    print(f"{'tool':<18}{'median MB/s':>12}{'median s':>10}{'peak RSS MiB':>14}{'median CPU s':>14}")
     for tool, row in summary.items():
-        print(f"{tool:<18}{row['mb_per_s']:>12.1f}{row['seconds']:>10.2f}{row['peak_rss_mib']:>14.1f}")
+        print(f"{tool:<18}{row['mb_per_s']:>12.1f}{row['seconds']:>10.2f}{row['peak_rss_mib']:>14.1f}"
+              f"{row['cpu_seconds']:>14.2f}")
     kmm = summary["kmm"]["mb_per_s"]
     for other in summary:
         if other != "kmm":
@@ -228,6 +237,8 @@ def main():
     parser.add_argument("--capped-mib", type=int, default=512)
     parser.add_argument("--small-count", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=6.0,
+                        help="seconds to wait after deleting a large case's files (see drop())")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs of every tool before each case's timed rounds")
     parser.add_argument("--capped-rounds", type=int, default=1)
@@ -255,7 +266,7 @@ def main():
             "kmm": lambda w: run_kmm(args.kmm, hub, "bench/big", w),
             "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/big", w, "model.safetensors"),
             "curl": lambda w: run_curl([big_url], w),
-        }, runs, args.warmup)
+        }, runs, args.warmup, args.settle)
         print_case(f"one {args.big_mib} MiB LFS file (kmm and huggingface_hub verify sha256)", summary,
                    ["kmm >= 1.5x curl, >= 3x huggingface_hub, peak RSS <= 64 MiB"])
 
@@ -266,7 +277,7 @@ def main():
             "kmm": lambda w: run_kmm(args.kmm, hub, "bench/small", w),
             "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/small", w, None),
             "curl": lambda w: run_curl(small_urls, w),
-        }, runs, args.warmup)
+        }, runs, args.warmup, min(args.settle, 1.0))
         print_case(f"{args.small_count} files of 256 KiB (+ config.json for kmm/hf)", summary,
                    ["kmm >= curl's sequential throughput (~7x huggingface_hub)"])
 
@@ -279,7 +290,7 @@ def main():
                 {"KMM_CONNECTIONS_PER_FILE": str(args.capped_connections)}),
             "huggingface_hub": lambda w: run_hf(args.python, capped, "bench/capped", w, "model.safetensors"),
             "curl": lambda w: run_curl([capped_url], w),
-        }, runs)
+        }, runs, 0, args.settle)
         print_case(f"one {args.capped_mib} MiB LFS file, each connection capped at {args.cap_mbps} MB/s",
                    summary, ["kmm >= 8x huggingface_hub"])
 

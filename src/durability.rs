@@ -16,7 +16,7 @@
 //! 3. After a successful apply, [`settle`] drops what needs no more care: entries of this boot
 //!    older than [`SETTLED_AFTER`] (the kernel writes dirty pages back within ~30 s; their
 //!    files are fsynced first, which by then costs next to nothing), entries of other boots
-//!    once a plan of the whole manifest has checked them, and hashes no file holds any more.
+//!    whose files the apply's own plan hashed, and hashes no file holds any more.
 //!
 //! Where no boot id can be read (not Linux), [`record`] says so and downloads are fsynced
 //! before their rename as before.
@@ -147,10 +147,10 @@ pub fn unconfirmed(paths: &StorePaths) -> BTreeSet<String> {
 }
 
 /// After a successful apply (under the store lock): fsyncs and drops this boot's entries older
-/// than [`SETTLED_AFTER`], drops other boots' entries when `checked_other_boots` (the apply
-/// planned the whole manifest in this run, so its plan hashed them), and drops hashes no
+/// than [`SETTLED_AFTER`], drops other boots' entries of the `checked` hashes (those of the
+/// models the apply planned in this run: its plan hashed their files), and drops hashes no
 /// installed file or store download holds.
-pub fn settle(paths: &StorePaths, checked_other_boots: bool) -> Result<()> {
+pub fn settle(paths: &StorePaths, checked: &BTreeSet<String>) -> Result<()> {
     let mut journal = load(paths);
     if journal.entries.is_empty() {
         return Ok(());
@@ -166,7 +166,7 @@ pub fn settle(paths: &StorePaths, checked_other_boots: bool) -> Result<()> {
         };
         boots.retain(|written_in, written_at| {
             if Some(written_in) != boot.as_ref() {
-                return !checked_other_boots;
+                return !checked.contains(hash);
             }
             if now.saturating_sub(*written_at) < SETTLED_AFTER.as_secs() {
                 return true;
@@ -251,13 +251,13 @@ mod tests {
 
         age_entries(&paths, Some("an-earlier-boot"), 0);
         assert_eq!(unconfirmed(&paths), BTreeSet::from(["aa".to_string()]));
-        settle(&paths, false).unwrap();
+        settle(&paths, &BTreeSet::from(["bb".to_string()])).unwrap();
         assert_eq!(
             unconfirmed(&paths).len(),
             1,
-            "a narrow apply checked nothing"
+            "an apply of other models checked nothing"
         );
-        settle(&paths, true).unwrap();
+        settle(&paths, &BTreeSet::from(["aa".to_string()])).unwrap();
         assert!(unconfirmed(&paths).is_empty());
         assert!(
             !journal_file(&paths).exists(),
@@ -276,7 +276,7 @@ mod tests {
         std::fs::write(paths.downloads_dir().join("aa"), b"bytes").unwrap();
         record(&paths, ["aa", "gone"]).unwrap();
 
-        settle(&paths, true).unwrap();
+        settle(&paths, &BTreeSet::from(["aa".to_string()])).unwrap();
         let left: Vec<String> = journal_of(&paths).entries.into_keys().collect();
         assert_eq!(
             left,
@@ -285,7 +285,7 @@ mod tests {
         );
 
         age_entries(&paths, None, SETTLED_AFTER.as_secs());
-        settle(&paths, false).unwrap();
+        settle(&paths, &BTreeSet::new()).unwrap();
         assert!(journal_of(&paths).entries.is_empty());
     }
 

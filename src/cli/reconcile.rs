@@ -8,6 +8,7 @@
 //! Saved plans (`plan --out`, `apply FILE`) carry fingerprints of their inputs, checked under
 //! the store lock before anything changes.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::Serialize;
@@ -656,7 +657,7 @@ pub(super) async fn apply_manifest(
         &session,
         plan,
         options,
-        PlanAge::MadeNow,
+        Checked::Desired(&desired),
         out,
         "No changes. The models directory matches kari-models.toml.",
     )
@@ -681,7 +682,7 @@ async fn apply_saved(
         &session,
         saved.plan,
         options,
-        PlanAge::Saved,
+        Checked::Nothing,
         out,
         "No changes. The models directory matches kari-models.toml.",
     )
@@ -704,7 +705,7 @@ pub(crate) async fn apply_desired(
         session,
         plan,
         &options,
-        PlanAge::MadeNow,
+        Checked::Desired(desired),
         out,
         no_changes_message,
     )
@@ -731,12 +732,25 @@ async fn plan_checked(
     Ok(plan)
 }
 
-/// Whether the plan [`execute`] carries out was made by this run (so its observation hashed
-/// the files an earlier boot left unconfirmed, see [`crate::durability`]) or loaded from a file.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum PlanAge {
-    MadeNow,
-    Saved,
+/// What the observation behind the plan [`execute`] carries out hashed among the files an
+/// earlier boot left unconfirmed (see [`crate::durability`]): every file of the desired models
+/// when the plan was made in this run, nothing when it was loaded from a file.
+#[derive(Clone, Copy)]
+enum Checked<'a> {
+    Desired(&'a [DesiredModel]),
+    Nothing,
+}
+
+impl Checked<'_> {
+    fn hashes(self) -> BTreeSet<String> {
+        match self {
+            Checked::Desired(desired) => desired
+                .iter()
+                .flat_map(|model| model.files.iter().map(|file| file.hash.hex().to_string()))
+                .collect(),
+            Checked::Nothing => BTreeSet::new(),
+        }
+    }
 }
 
 /// Carries out `plan` (the caller holds the store lock), settles the durability journal, then
@@ -745,13 +759,12 @@ async fn execute(
     session: &Session,
     plan: Plan,
     options: &ApplyOptions<'_>,
-    age: PlanAge,
+    checked: Checked<'_>,
     out: Output,
     no_changes_message: &str,
 ) -> Result<(String, Plan, ApplyReport)> {
-    let checked_other_boots = age == PlanAge::MadeNow && options.whole_manifest_env.is_some();
     if plan.is_empty() {
-        crate::durability::settle(&session.paths, checked_other_boots)?;
+        crate::durability::settle(&session.paths, &checked.hashes())?;
         if let Some(env) = options.whole_manifest_env {
             super::commands_machine::ensure::after_apply(session, env, out)?;
         }
@@ -781,7 +794,7 @@ async fn execute(
     .await;
     reporter.finish();
     let report = report?;
-    crate::durability::settle(&session.paths, checked_other_boots)?;
+    crate::durability::settle(&session.paths, &checked.hashes())?;
     if let Some(env) = options.whole_manifest_env {
         super::commands_machine::ensure::after_apply(session, env, out)?;
     }

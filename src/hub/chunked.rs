@@ -4,8 +4,11 @@
 //! for `Range: bytes={start}-{end}` and write what arrives in place (`FileExt::write_at`) into `part`, which is created at its final length. Each connection
 //! holds at most one [`WRITE_BUFFER_BYTES`] buffer, so memory does not grow with the file.
 //! Four connections start; up to `connections_per_file` join once a chunk arrives slower than
-//! 60 MB/s, the sign of a per-connection cap (CDNs on long links). On a fast link more
-//! connections only cost CPU.
+//! 60 MB/s, the sign of a per-connection cap (CDNs on long links). That is a probe: if the
+//! aggregate rate over the next [`PROBE_WINDOW`] is not 25% above the rate before, the extra
+//! connections stop after their current chunk. A busy machine (CPU, memory) also makes chunks
+//! slow, and there more connections only cost more CPU: on a loaded 2-core machine, keeping
+//! 16 connections doubled the CPU time of a 2 GiB download.
 //!
 //! Verification without a second download: a hashing thread follows the contiguous prefix of
 //! completed chunks and reads those bytes back (from the page cache, moments after they were
@@ -30,7 +33,7 @@
 use std::collections::VecDeque;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
@@ -55,6 +58,10 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 const START_CONNECTIONS: usize = 4;
 /// A chunk that arrived slower than this per connection lets the extra connections join.
 const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 60e6;
+/// How long the extra connections run before the aggregate rate decides whether they stay.
+const PROBE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+/// The aggregate rate with the extra connections must beat the rate before by this factor.
+const PROBE_GAIN: f64 = 1.25;
 /// Bytes a connection gathers before one positioned write.
 const WRITE_BUFFER_BYTES: usize = 512 << 10;
 /// Bytes the hasher maps (or reads) at a time.
@@ -252,10 +259,15 @@ pub(super) async fn fetch(
         chunk_size,
         prefix_tx: &prefix_tx,
         on_progress,
-        widen: AtomicBool::new(false),
+        start_connections,
+        connections,
+        allowed: AtomicUsize::new(start_connections),
+        received: AtomicU64::new(0),
+        started: Instant::now(),
+        probe: Mutex::new(Probe::NotYet),
         changed: tokio::sync::Notify::new(),
     };
-    let workers = (0..connections).map(|number| context.worker(number >= start_connections));
+    let workers = (0..connections).map(|number| context.worker(number));
     let outcome = futures_util::future::try_join_all(workers).await;
     drop(prefix_tx);
     let hashed = hasher
@@ -374,37 +386,55 @@ struct ChunkContext<'a> {
     chunk_size: u64,
     prefix_tx: &'a mpsc::Sender<u64>,
     on_progress: &'a (dyn Fn(u64) + Send + Sync),
-    /// Set once a chunk arrived slowly: the extra connections may start.
-    widen: AtomicBool,
-    /// Wakes extra connections waiting for `widen` (or for the work to run out).
+    start_connections: usize,
+    connections: usize,
+    /// Connections numbered below this may take chunks; the others wait (or stop).
+    allowed: AtomicUsize,
+    /// Body bytes received by all connections, for the aggregate rate.
+    received: AtomicU64,
+    started: Instant,
+    probe: Mutex<Probe>,
+    /// Wakes connections waiting for `allowed` to grow (or for the work to run out).
     changed: tokio::sync::Notify,
 }
 
+/// Whether more connections were tried (see the module docs).
+#[derive(Clone, Copy)]
+enum Probe {
+    NotYet,
+    Running {
+        since: Instant,
+        received_before: u64,
+        rate_before: f64,
+    },
+    Decided,
+}
+
 impl ChunkContext<'_> {
-    /// Takes missing chunks until none is left. An `extra` connection first waits until a slow
-    /// chunk says that more connections help (or until no work is left).
-    async fn worker(&self, extra: bool) -> std::result::Result<(), ChunkError> {
-        if extra {
-            loop {
-                let notified = self.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.widen.load(Ordering::Relaxed) {
-                    break;
-                }
-                if self
+    /// Takes missing chunks until none is left. Connection `number` first waits until it is
+    /// allowed (a slow chunk says that more connections may help, or the work runs out), and
+    /// stops when it no longer is.
+    async fn worker(&self, number: usize) -> std::result::Result<(), ChunkError> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if number < self.allowed.load(Ordering::Relaxed) {
+                break;
+            }
+            if matches!(*self.probe.lock().expect("probe lock"), Probe::Decided)
+                || self
                     .shared
                     .lock()
                     .expect("chunk state lock")
                     .pending
                     .is_empty()
-                {
-                    return Ok(());
-                }
-                notified.await;
+            {
+                return Ok(());
             }
+            notified.await;
         }
-        let result = self.take_chunks().await;
+        let result = self.take_chunks(number).await;
         // Waiting connections re-check: the work may have run out (or failed).
         if result.is_err() {
             self.shared
@@ -417,8 +447,8 @@ impl ChunkContext<'_> {
         result
     }
 
-    async fn take_chunks(&self) -> std::result::Result<(), ChunkError> {
-        loop {
+    async fn take_chunks(&self, number: usize) -> std::result::Result<(), ChunkError> {
+        while number < self.allowed.load(Ordering::Relaxed) {
             let next = self
                 .shared
                 .lock()
@@ -432,10 +462,7 @@ impl ChunkContext<'_> {
             self.fetch_chunk(index).await?;
             let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
             let rate = (end - start + 1) as f64 / started.elapsed().as_secs_f64().max(1e-6);
-            if rate < SLOW_CONNECTION_BYTES_PER_SEC && !self.widen.swap(true, Ordering::Relaxed) {
-                tracing::debug!(file = %self.file.path, rate, "slow connections: adding more");
-                self.changed.notify_waiters();
-            }
+            self.adapt(rate);
             {
                 let mut shared = self.shared.lock().expect("chunk state lock");
                 shared.done[index as usize] = true;
@@ -443,6 +470,51 @@ impl ChunkContext<'_> {
                 shared.state.save(self.part)?;
             }
             advance_prefix(self.shared, self.prefix_tx);
+        }
+        Ok(())
+    }
+
+    /// After each chunk: starts the probe when the chunk was slow, and once the probe has run
+    /// [`PROBE_WINDOW`], keeps the extra connections only if the aggregate rate rose.
+    fn adapt(&self, chunk_rate: f64) {
+        let mut probe = self.probe.lock().expect("probe lock");
+        let received = self.received.load(Ordering::Relaxed);
+        match *probe {
+            Probe::NotYet => {
+                if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC
+                    || self.connections <= self.start_connections
+                {
+                    return;
+                }
+                let elapsed = self.started.elapsed().as_secs_f64().max(1e-6);
+                *probe = Probe::Running {
+                    since: Instant::now(),
+                    received_before: received,
+                    rate_before: received as f64 / elapsed,
+                };
+                tracing::debug!(file = %self.file.path, chunk_rate, "slow connections: trying more");
+                self.allowed.store(self.connections, Ordering::Relaxed);
+                self.changed.notify_waiters();
+            }
+            Probe::Running {
+                since,
+                received_before,
+                rate_before,
+            } => {
+                let elapsed = since.elapsed();
+                if elapsed < PROBE_WINDOW {
+                    return;
+                }
+                let rate = (received - received_before) as f64 / elapsed.as_secs_f64();
+                *probe = Probe::Decided;
+                if rate < rate_before * PROBE_GAIN {
+                    tracing::debug!(file = %self.file.path, rate, rate_before, "more connections did not help");
+                    self.allowed
+                        .store(self.start_connections, Ordering::Relaxed);
+                }
+                self.changed.notify_waiters();
+            }
+            Probe::Decided => {}
         }
     }
 
@@ -574,6 +646,8 @@ impl ChunkContext<'_> {
                         ))));
                     }
                     (self.on_progress)(bytes.len() as u64);
+                    self.received
+                        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     buffer.push(bytes);
                     if buffer.len >= WRITE_BUFFER_BYTES || buffer.frames.len() >= MAX_FRAMES {
                         self.flush(&mut buffer, start, written)?;

@@ -5,7 +5,9 @@
 //! `WrongBytes` are only used up by responses that carry file content (a resolve GET of a regular
 //! file, a CDN GET), so a fault on `model.safetensors` survives the 302 and hits the CDN download.
 //! `BandwidthCap` throttles every file body until cleared; it is applied per response, which for
-//! HTTP/1.1 (one response at a time per connection) is a per-connection cap.
+//! HTTP/1.1 (one response at a time per connection) is a per-connection cap. `LinkCap` is one
+//! rate shared by all file bodies at once: a slow link or a busy machine, where more
+//! connections cannot help.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,8 @@ pub enum Fault {
     },
     /// Throttle every file body to `bytes_per_sec` until the faults are cleared.
     BandwidthCap { bytes_per_sec: u64 },
+    /// Throttle all file bodies together to `bytes_per_sec` until the faults are cleared.
+    LinkCap { bytes_per_sec: u64 },
     /// Answer a matching request (either server) with exactly this status, these headers and
     /// this body: crafted tree listings, malformed or gigantic JSON, hostile redirects. A
     /// `Location` value may contain `{api}` or `{cdn}`, replaced by the origins' URLs.
@@ -61,17 +65,74 @@ pub(crate) struct RawAnswer {
 }
 
 /// What a file response must do to its body, decided once when the response starts.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct BodyFaults {
     pub drop_after: Option<u64>,
     pub wrong_bytes: bool,
     pub bytes_per_sec: Option<u64>,
+    /// `LinkCap`: the shared rate and the link.
+    pub link: Option<(u64, Arc<SharedLink>)>,
+}
+
+/// A link every capped file body shares: when it is next free.
+#[derive(Debug)]
+pub(crate) struct SharedLink {
+    next_free: std::sync::Mutex<Instant>,
+}
+
+impl SharedLink {
+    /// Books `bytes` at `rate` after whatever was booked before; returns how long to wait
+    /// until they have gone through.
+    fn book(&self, bytes: usize, rate: u64) -> Duration {
+        let now = Instant::now();
+        let mut next_free = self.next_free.lock().unwrap();
+        let start = (*next_free).max(now);
+        *next_free = start + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        *next_free - now
+    }
+}
+
+/// File bodies being sent right now, and how many were being sent (counting itself) when each
+/// one started: what a test reads to see how many connections a client kept busy.
+#[derive(Debug, Default)]
+pub(crate) struct Concurrency {
+    now: std::sync::atomic::AtomicUsize,
+    pub at_start: std::sync::Mutex<Vec<usize>>,
+}
+
+/// Counts one body as in flight until dropped.
+struct InFlight(Arc<Concurrency>);
+
+impl InFlight {
+    fn start(concurrency: Arc<Concurrency>) -> InFlight {
+        let now = concurrency.now.fetch_add(1, Ordering::SeqCst) + 1;
+        concurrency.at_start.lock().unwrap().push(now);
+        InFlight(concurrency)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The armed faults, each with its remaining uses.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct FaultSet {
     armed: Vec<Fault>,
+    link: Arc<SharedLink>,
+}
+
+impl Default for FaultSet {
+    fn default() -> Self {
+        FaultSet {
+            armed: Vec::new(),
+            link: Arc::new(SharedLink {
+                next_free: std::sync::Mutex::new(Instant::now()),
+            }),
+        }
+    }
 }
 
 impl FaultSet {
@@ -135,10 +196,15 @@ impl FaultSet {
             Fault::BandwidthCap { bytes_per_sec } => Some(*bytes_per_sec),
             _ => None,
         });
+        let link = self.armed.iter().find_map(|fault| match fault {
+            Fault::LinkCap { bytes_per_sec } => Some((*bytes_per_sec, self.link.clone())),
+            _ => None,
+        });
         BodyFaults {
             drop_after,
             wrong_bytes,
             bytes_per_sec,
+            link,
         }
     }
 
@@ -171,7 +237,7 @@ impl FaultSet {
                     times,
                     ..
                 } => *times > 0 && path.contains(path_contains.as_str()),
-                Fault::BandwidthCap { .. } => false,
+                Fault::BandwidthCap { .. } | Fault::LinkCap { .. } => false,
             };
             matches && pick(fault).is_some()
         })?;
@@ -185,7 +251,7 @@ impl FaultSet {
                 *times -= 1;
                 *times == 0
             }
-            Fault::BandwidthCap { .. } => false,
+            Fault::BandwidthCap { .. } | Fault::LinkCap { .. } => false,
         };
         if exhausted {
             self.armed.remove(position);
@@ -196,13 +262,22 @@ impl FaultSet {
 
 /// Streams `data` in chunks, applying `faults`, counting sent bytes into both `served`
 /// counters (the hub's total and the request's own).
-pub(crate) fn file_body(data: Bytes, faults: BodyFaults, served: [Arc<AtomicU64>; 2]) -> Body {
+pub(crate) fn file_body(
+    data: Bytes,
+    faults: BodyFaults,
+    served: [Arc<AtomicU64>; 2],
+    concurrency: Arc<Concurrency>,
+) -> Body {
     let data = if faults.wrong_bytes {
         Bytes::from(data.iter().map(|b| b ^ 0xFF).collect::<Vec<u8>>())
     } else {
         data
     };
-    let chunk_size = match faults.bytes_per_sec {
+    let capped = match (faults.bytes_per_sec, &faults.link) {
+        (Some(rate), Some((link, _))) => Some(rate.min(*link)),
+        (rate, link) => rate.or(link.as_ref().map(|(rate, _)| *rate)),
+    };
+    let chunk_size = match capped {
         // Ten chunks a second keeps the cap smooth without a syscall per byte.
         Some(rate) => (rate / 10).clamp(1, 64 * 1024) as usize,
         // Unthrottled: 1 MiB slices of the shared buffer (no copy) keep the server fast
@@ -216,9 +291,11 @@ pub(crate) fn file_body(data: Bytes, faults: BodyFaults, served: [Arc<AtomicU64>
         limit,
         chunk_size,
         rate: faults.bytes_per_sec,
+        link: faults.link,
         started: Instant::now(),
         served,
         done: false,
+        _in_flight: InFlight::start(concurrency),
     };
     Body::from_stream(futures_util::stream::unfold(state, next_chunk))
 }
@@ -229,9 +306,11 @@ struct StreamState {
     limit: Option<usize>,
     chunk_size: usize,
     rate: Option<u64>,
+    link: Option<(u64, Arc<SharedLink>)>,
     started: Instant,
     served: [Arc<AtomicU64>; 2],
     done: bool,
+    _in_flight: InFlight,
 }
 
 async fn next_chunk(
@@ -265,6 +344,9 @@ async fn next_chunk(
         }
     }
     let end = (state.sent + state.chunk_size).min(end_of_body);
+    if let Some((rate, link)) = &state.link {
+        tokio::time::sleep(link.book(end - state.sent, *rate)).await;
+    }
     let chunk = state.data.slice(state.sent..end);
     state.sent = end;
     for counter in &state.served {

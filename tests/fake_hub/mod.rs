@@ -185,6 +185,12 @@ impl FakeHub {
         self.state.served.load(Ordering::Relaxed)
     }
 
+    /// For each file body sent so far, in the order they started: how many file bodies were
+    /// being sent (itself included) when it started.
+    pub fn file_bodies_in_flight_at_start(&self) -> Vec<usize> {
+        self.state.concurrency.at_start.lock().unwrap().clone()
+    }
+
     /// File-content bytes sent for the requests logged at index `first` and later (take
     /// `requests().len()` before a run), whenever the bytes were sent.
     pub fn body_bytes_served_since(&self, first: usize) -> u64 {

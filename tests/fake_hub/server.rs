@@ -47,6 +47,7 @@ pub(crate) struct HubState {
     pub log: Mutex<Vec<LoggedRequest>>,
     pub faults: Mutex<FaultSet>,
     pub served: Arc<AtomicU64>,
+    pub concurrency: Arc<super::faults::Concurrency>,
     pub page_sizes: Mutex<PageSizes>,
     request_counter: AtomicU64,
 }
@@ -69,6 +70,7 @@ impl HubState {
             log: Mutex::new(Vec::new()),
             faults: Mutex::new(FaultSet::default()),
             served: Arc::new(AtomicU64::new(0)),
+            concurrency: Arc::default(),
             page_sizes: Mutex::new(PageSizes::default()),
             request_counter: AtomicU64::new(0),
         }
@@ -1091,6 +1093,7 @@ fn serve_content(state: &HubState, ctx: &Ctx, content: Bytes, mut headers: Heade
             slice,
             faults,
             [state.served.clone(), ctx.body_bytes.clone()],
+            state.concurrency.clone(),
         )
     };
     let mut response = Response::new(body);

@@ -695,3 +695,44 @@ fn a_store_download_from_a_crashed_boot_is_hashed_before_it_is_installed() {
     let config = br#"{"model_type":"bert"}"#.len() as u64;
     assert_eq!(hub.body_bytes_served(), size as u64 + config);
 }
+
+/// File bodies the hub was sending when each of the last `n` began (itself included).
+fn last_in_flight(hub: &FakeHub, n: usize) -> Vec<usize> {
+    let seen = hub.file_bodies_in_flight_at_start();
+    seen[seen.len().saturating_sub(n)..].to_vec()
+}
+
+#[test]
+fn extra_connections_stay_only_when_they_raise_the_rate() {
+    // Each connection capped (a CDN on a long link): more connections multiply the rate.
+    let (repo, big) = big_repo(16 << 20);
+    let hub = FakeHub::start(vec![repo]);
+    let ws = Workspace::new(&hub, &[REPO]);
+    hub.add_fault(Fault::BandwidthCap {
+        bytes_per_sec: 1 << 20,
+    });
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
+    let tail = last_in_flight(&hub, 16);
+    assert!(tail.iter().any(|&n| n > 4), "kept 4 connections: {tail:?}");
+
+    // One link shared by every connection (or a busy machine): more connections cannot help,
+    // so after the probe only the first four keep fetching.
+    let (repo, big) = big_repo(24 << 20);
+    let hub = FakeHub::start(vec![repo]);
+    let ws = Workspace::new(&hub, &[REPO]);
+    hub.add_fault(Fault::LinkCap {
+        bytes_per_sec: 8 << 20,
+    });
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
+    let seen = hub.file_bodies_in_flight_at_start();
+    assert!(seen.iter().any(|&n| n > 4), "never probed: {seen:?}");
+    let tail = last_in_flight(&hub, 10);
+    assert!(
+        tail.iter().all(|&n| n <= 4),
+        "kept the extra connections: {tail:?}"
+    );
+}
