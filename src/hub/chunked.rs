@@ -1,8 +1,9 @@
 //! Large files in parallel Range chunks, resumable across runs.
 //!
 //! The file is cut into `chunk_size` chunks; connections each take the next missing chunk, ask
-//! for `Range: bytes={start}-{end}` and write what arrives in place (`FileExt::write_at`) into `part`, which is created at its final length. Each connection
-//! holds at most one [`WRITE_BUFFER_BYTES`] buffer, so memory does not grow with the file.
+//! for `Range: bytes={start}-{end}` and write what arrives in place (positioned `pwritev` of the
+//! body frames as they came) into `part`, which is created at its final length. Each connection
+//! holds at most about [`WRITE_BUFFER_BYTES`] of frames, so memory does not grow with the file.
 //! Four connections start; up to `connections_per_file` join once a chunk arrives slower than
 //! 60 MB/s, the sign of a per-connection cap (CDNs on long links). That is a probe: if the
 //! aggregate rate over the next [`PROBE_WINDOW`] is not 25% above the rate before, the extra
@@ -11,8 +12,9 @@
 //! 16 connections doubled the CPU time of a 2 GiB download.
 //!
 //! Verification without a second download: a hashing thread follows the contiguous prefix of
-//! completed chunks and reads those bytes back (from the page cache, moments after they were
-//! written) through the file's [`ContentHasher`], so sha256 / git sha1 see the bytes in order
+//! completed chunks and maps those bytes (from the page cache, moments after they were written;
+//! [`HASH_WINDOW_BYTES`] at a time) through the file's [`ContentHasher`], so sha256 / git sha1
+//! see the bytes in order
 //! while later chunks are still arriving. The hash is checked once the last chunk lands.
 //!
 //! Resume across runs: after each completed chunk, `<part>.state` is rewritten atomically
