@@ -5,11 +5,11 @@
 //! body frames as they came) into `part`, which is created at its final length. Each connection
 //! holds at most about [`WRITE_BUFFER_BYTES`] of frames, so memory does not grow with the file.
 //! Four connections start; up to `connections_per_file` join once a chunk arrives slower than
-//! 60 MB/s, the sign of a per-connection cap (CDNs on long links). That is a probe: if the
-//! aggregate rate over the next [`PROBE_WINDOW`] is not 25% above the rate before, the extra
-//! connections stop after their current chunk. A busy machine (CPU, memory) also makes chunks
-//! slow, and there more connections only cost more CPU: on a loaded 2-core machine, keeping
-//! 16 connections doubled the CPU time of a 2 GiB download.
+//! 60 MB/s, the sign of a per-connection cap (CDNs on long links). That is a probe: once an
+//! extra connection has finished a chunk, the aggregate rate over the next [`PROBE_WINDOW`]
+//! must be 25% above the rate before, or the extra connections stop after their current chunk.
+//! A link shared by every connection, or a busy machine, also makes chunks slow, and there more
+//! connections only cost CPU and memory.
 //!
 //! Verification without a second download: a hashing thread follows the contiguous prefix of
 //! completed chunks and maps those bytes (from the page cache, moments after they were written;
@@ -404,6 +404,10 @@ struct ChunkContext<'a> {
 #[derive(Clone, Copy)]
 enum Probe {
     NotYet,
+    /// The extra connections are starting; `rate_before` is the rate the first ones reached.
+    Joining {
+        rate_before: f64,
+    },
     Running {
         since: Instant,
         received_before: u64,
@@ -464,7 +468,7 @@ impl ChunkContext<'_> {
             self.fetch_chunk(index).await?;
             let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
             let rate = (end - start + 1) as f64 / started.elapsed().as_secs_f64().max(1e-6);
-            self.adapt(rate);
+            self.adapt(number, rate);
             {
                 let mut shared = self.shared.lock().expect("chunk state lock");
                 shared.done[index as usize] = true;
@@ -478,7 +482,7 @@ impl ChunkContext<'_> {
 
     /// After each chunk: starts the probe when the chunk was slow, and once the probe has run
     /// [`PROBE_WINDOW`], keeps the extra connections only if the aggregate rate rose.
-    fn adapt(&self, chunk_rate: f64) {
+    fn adapt(&self, number: usize, chunk_rate: f64) {
         let mut probe = self.probe.lock().expect("probe lock");
         let received = self.received.load(Ordering::Relaxed);
         match *probe {
@@ -489,14 +493,23 @@ impl ChunkContext<'_> {
                     return;
                 }
                 let elapsed = self.started.elapsed().as_secs_f64().max(1e-6);
-                *probe = Probe::Running {
-                    since: Instant::now(),
-                    received_before: received,
+                *probe = Probe::Joining {
                     rate_before: received as f64 / elapsed,
                 };
                 tracing::debug!(file = %self.file.path, chunk_rate, "slow connections: trying more");
                 self.allowed.store(self.connections, Ordering::Relaxed);
                 self.changed.notify_waiters();
+            }
+            // The window opens once an extra connection has finished a whole chunk, so that
+            // connecting and starting the new requests are not counted against them.
+            Probe::Joining { rate_before } => {
+                if number >= self.start_connections {
+                    *probe = Probe::Running {
+                        since: Instant::now(),
+                        received_before: received,
+                        rate_before,
+                    };
+                }
             }
             Probe::Running {
                 since,
