@@ -241,7 +241,9 @@ def main():
                         help="seconds to wait after deleting a large case's files (see drop())")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs of every tool before each case's timed rounds")
-    parser.add_argument("--capped-rounds", type=int, default=1)
+    parser.add_argument("--capped-rounds", type=int, default=3)
+    parser.add_argument("--cases", default="big,small,capped,resume",
+                        help="comma-separated subset of big,small,capped,resume")
     parser.add_argument("--cap-mbps", type=int, default=50)
     parser.add_argument("--capped-connections", type=int, default=4,
                         help="a second kmm run in the capped case with at most this many connections")
@@ -260,48 +262,79 @@ def main():
         print(f"kmm download benchmark: huggingface_hub {version}, curl single stream, "
               f"{os.cpu_count()} CPUs, fake hub (release) on loopback")
 
+        cases = set(args.cases.split(","))
         big = args.big_mib << 20
         big_url = resolve_cdn(hub, "bench/big", "model.safetensors")
-        summary = case("big", big, args.rounds, {
-            "kmm": lambda w: run_kmm(args.kmm, hub, "bench/big", w),
-            "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/big", w, "model.safetensors"),
-            "curl": lambda w: run_curl([big_url], w),
-        }, runs, args.warmup, args.settle)
-        print_case(f"one {args.big_mib} MiB LFS file (kmm and huggingface_hub verify sha256)", summary,
-                   ["kmm >= 1.5x curl, >= 3x huggingface_hub, peak RSS <= 64 MiB"])
-
-        small_size = args.small_count * (256 << 10)
-        small_urls = [f"{hub.endpoint}/bench/small/resolve/main/shard-{i:03}.txt"
-                      for i in range(args.small_count)]
-        summary = case("small", small_size, args.rounds, {
-            "kmm": lambda w: run_kmm(args.kmm, hub, "bench/small", w),
-            "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/small", w, None),
-            "curl": lambda w: run_curl(small_urls, w),
-        }, runs, args.warmup, min(args.settle, 1.0))
-        print_case(f"{args.small_count} files of 256 KiB (+ config.json for kmm/hf)", summary,
-                   ["kmm >= curl's sequential throughput (~7x huggingface_hub)"])
-
-        # Started only now: a second hub holds every fixture in memory too, and memory pressure
-        # makes page-cache writes (every tool's main cost) slower for everyone.
-        capped = Hub(args.fake_hub, data, args.work / "stats-capped", cap=args.cap_mbps * 1_000_000)
-        capped_size = args.capped_mib << 20
-        capped_url = resolve_cdn(capped, "bench/capped", "model.safetensors")
-        summary = case("capped", capped_size, args.capped_rounds, {
-            "kmm": lambda w: run_kmm(args.kmm, capped, "bench/capped", w),
-            f"kmm (max {args.capped_connections} conn)": lambda w: run_kmm(
-                args.kmm, capped, "bench/capped", w,
-                {"KMM_CONNECTIONS_PER_FILE": str(args.capped_connections)}),
-            "huggingface_hub": lambda w: run_hf(args.python, capped, "bench/capped", w, "model.safetensors"),
-            "curl": lambda w: run_curl([capped_url], w),
-        }, runs, 0, args.settle)
-        print_case(f"one {args.capped_mib} MiB LFS file, each connection capped at {args.cap_mbps} MB/s",
-                   summary, ["kmm >= 8x huggingface_hub"])
-
-        resume_case(args.kmm, capped, capped_size, runs, {})
-    finally:
+        if "big" in cases:
+            run_big_case(args, hub, big, big_url, runs)
+        if "small" in cases:
+            run_small_case(args, hub, runs)
+        # The capped hub holds only its repo, and starts once the first hub is gone: each hub
+        # holds its fixtures in memory, and memory pressure makes page-cache writes (every
+        # tool's main cost) slower for everyone.
         hub.stop()
+        hub = None
+        capped_root = args.work / "hub-capped"
+        link_repo(data, capped_root, "bench/capped")
+        capped = Hub(args.fake_hub, capped_root, args.work / "stats-capped", cap=args.cap_mbps * 1_000_000)
+        time.sleep(args.settle)
+        capped_size = args.capped_mib << 20
+        if "capped" in cases:
+            run_capped_case(args, capped, capped_size, runs)
+        if "resume" in cases:
+            resume_case(args.kmm, capped, capped_size, runs, {})
+    finally:
+        if hub:
+            hub.stop()
         if capped:
             capped.stop()
+
+
+def link_repo(data: Path, root: Path, repo: str):
+    """A fixture root holding only `repo`, hard-linked to the generated files."""
+    shutil.rmtree(root, ignore_errors=True)
+    for path in (data / repo).rglob("*"):
+        if path.is_file():
+            target = root / path.relative_to(data)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(path, target)
+
+
+def run_big_case(args, hub, big, big_url, runs):
+    summary = case("big", big, args.rounds, {
+        "kmm": lambda w: run_kmm(args.kmm, hub, "bench/big", w),
+        "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/big", w, "model.safetensors"),
+        "curl": lambda w: run_curl([big_url], w),
+    }, runs, args.warmup, args.settle)
+    print_case(f"one {args.big_mib} MiB LFS file (kmm and huggingface_hub verify sha256)", summary,
+               ["kmm >= 1.5x curl, >= 3x huggingface_hub, peak RSS <= 64 MiB"])
+
+
+def run_small_case(args, hub, runs):
+    small_size = args.small_count * (256 << 10)
+    small_urls = [f"{hub.endpoint}/bench/small/resolve/main/shard-{i:03}.txt"
+                  for i in range(args.small_count)]
+    summary = case("small", small_size, args.rounds, {
+        "kmm": lambda w: run_kmm(args.kmm, hub, "bench/small", w),
+        "huggingface_hub": lambda w: run_hf(args.python, hub, "bench/small", w, None),
+        "curl": lambda w: run_curl(small_urls, w),
+    }, runs, args.warmup, min(args.settle, 1.0))
+    print_case(f"{args.small_count} files of 256 KiB (+ config.json for kmm/hf)", summary,
+               ["kmm >= curl's sequential throughput (~7x huggingface_hub)"])
+
+
+def run_capped_case(args, capped, capped_size, runs):
+    capped_url = resolve_cdn(capped, "bench/capped", "model.safetensors")
+    summary = case("capped", capped_size, args.capped_rounds, {
+        "kmm": lambda w: run_kmm(args.kmm, capped, "bench/capped", w),
+        f"kmm (max {args.capped_connections} conn)": lambda w: run_kmm(
+            args.kmm, capped, "bench/capped", w,
+            {"KMM_CONNECTIONS_PER_FILE": str(args.capped_connections)}),
+        "huggingface_hub": lambda w: run_hf(args.python, capped, "bench/capped", w, "model.safetensors"),
+        "curl": lambda w: run_curl([capped_url], w),
+    }, runs, args.warmup, args.settle)
+    print_case(f"one {args.capped_mib} MiB LFS file, each connection capped at {args.cap_mbps} MB/s",
+               summary, ["kmm >= 8x huggingface_hub"])
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 # project's fake hub (release build, LFS bytes from its own CDN port). Prints medians, peak RSS,
 # ratios, a per-connection bandwidth-cap case and a SIGKILL-at-50% resume case.
 #
-#   bench/downloads.sh [--big-mib 2048] [--small-count 200] [--rounds 3] [--warmup 1] [--capped-mib 512] ...
+#   bench/downloads.sh [--big-mib 2048] [--small-count 200] [--rounds 3] [--warmup 1] [--capped-mib 512]
+#                       [--cases big,small,capped,resume] ...
 #
 # Arguments are passed to bench/downloads.py. Work files (generated data, venv, runs) live in
 # $KMM_BENCH_DIR (default: target/bench). Needs: cargo, python3 with venv, curl, /usr/bin/time.
