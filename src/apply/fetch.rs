@@ -125,17 +125,21 @@ impl Engine<'_> {
         ))
     }
 
-    /// Deletes partial downloads (and their state files) whose hash this plan does not fetch.
-    pub(super) fn remove_stale_partials(&self) -> Result<()> {
-        let needed: BTreeSet<&str> = self
-            .plan
+    /// The content hashes (hex) of the files this plan fetches.
+    pub(super) fn fetched_hashes(&self) -> BTreeSet<&str> {
+        self.plan
             .actions
             .iter()
             .filter_map(|planned| match &planned.action {
                 Action::Fetch { file, .. } => Some(file.hash.hex()),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Deletes partial downloads (and their state files) whose hash this plan does not fetch.
+    pub(super) fn remove_stale_partials(&self) -> Result<()> {
+        let needed = self.fetched_hashes();
         let entries = fs_err::read_dir(&self.downloads)
             .map_err(|e| Error::io(format!("listing {}", self.downloads.display()), &e))?;
         for entry in entries.flatten() {

@@ -102,15 +102,7 @@ pub async fn apply_with(
     engine.check_offline()?;
     engine.prepare()?;
     engine.unconfirmed = durability::unconfirmed(ctx.paths);
-    let fetched: BTreeSet<&str> = plan
-        .actions
-        .iter()
-        .filter_map(|planned| match &planned.action {
-            Action::Fetch { file, .. } => Some(file.hash.hex()),
-            _ => None,
-        })
-        .collect();
-    engine.defer_sync = durability::record(ctx.paths, fetched)?;
+    engine.defer_sync = durability::record(ctx.paths, engine.fetched_hashes())?;
     if sources.remove_stale_partials {
         engine.remove_stale_partials()?;
     }
