@@ -45,9 +45,10 @@ pub(super) const PARTIAL_SUFFIXES: [&str; 4] =
     [".part", ".part.state", ".part.state.tmp", ".hfcache"];
 
 /// Bytes the plan's fetches still need on the disk of the models directory: the size of every
-/// file not already in the store, minus what partial downloads already hold and minus files
-/// that can be hard-linked from a Hugging Face cache on the same filesystem.
-pub fn bytes_to_fetch(plan: &Plan, paths: &StorePaths, sources: &FetchSources) -> u64 {
+/// file not already in the store, minus what partial downloads already hold or have reserved
+/// (large downloads reserve their full length up front) and minus files that can be
+/// hard-linked from a Hugging Face cache on the same filesystem.
+pub fn disk_bytes_needed(plan: &Plan, paths: &StorePaths, sources: &FetchSources) -> u64 {
     let downloads = paths.downloads_dir();
     let models_dev = device_of(paths.root());
     let mut seen = BTreeSet::new();
@@ -71,9 +72,16 @@ pub fn bytes_to_fetch(plan: &Plan, paths: &StorePaths, sources: &FetchSources) -
             continue;
         }
         let part = downloads.join(format!("{}.part", file.hash.hex()));
-        total += file.size - partial_download_bytes(&part, file).min(file.size);
+        let held = partial_download_bytes(&part, file).max(reserved_bytes(&part));
+        total += file.size - held.min(file.size);
     }
     total
+}
+
+/// Disk space allocated to `path` (0 when it does not exist).
+fn reserved_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |meta| meta.blocks() * 512)
 }
 
 fn device_of(path: &Path) -> Option<u64> {

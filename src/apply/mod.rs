@@ -24,7 +24,7 @@ mod fetch;
 mod fsops;
 mod queue;
 
-pub use fetch::{FetchSources, bytes_to_fetch};
+pub use fetch::{FetchSources, disk_bytes_needed};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -777,7 +777,7 @@ async fn execute(
     };
     check_free_disk(
         &session.paths,
-        apply::bytes_to_fetch(&plan, &session.paths, &sources),
+        apply::disk_bytes_needed(&plan, &session.paths, &sources),
     )?;
 
     let reporter = ProgressReporter::with_json(out, session.settings.progress_json);
@@ -809,7 +809,8 @@ async fn execute(
     Ok((message, plan, report))
 }
 
-/// (`needed`: the bytes still to fetch, after partial downloads and local sources).
+/// (`needed`: the disk space the downloads still take, after partial downloads and local
+/// sources).
 fn check_free_disk(paths: &StorePaths, needed: u64) -> Result<()> {
     if needed == 0 {
         return Ok(());
@@ -817,7 +818,7 @@ fn check_free_disk(paths: &StorePaths, needed: u64) -> Result<()> {
     let free = crate::sys::free_disk_bytes(paths.root())?;
     if free < needed {
         return Err(Error::disk(format!(
-            "not enough free space under {}: the plan downloads {}, only {} is free",
+            "not enough free space under {}: the plan's downloads need {} more, only {} is free",
             paths.root().display(),
             plan::format_bytes(needed),
             plan::format_bytes(free)

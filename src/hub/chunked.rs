@@ -2,12 +2,13 @@
 //!
 //! The file is cut into `chunk_size` chunks; connections each take the next missing chunk, ask
 //! for `Range: bytes={start}-{end}` and write what arrives in place (positioned `pwritev` of the
-//! body frames as they came) into `part`, which is created at its final length. Each connection
+//! body frames as they came) into `part`, which is created at its final length (blocks reserved where the filesystem can). Each connection
 //! holds at most about [`WRITE_BUFFER_BYTES`] of frames, so memory does not grow with the file.
-//! Four connections start; up to `connections_per_file` join once a chunk arrives slower than
-//! 60 MB/s, the sign of a per-connection cap (CDNs on long links). That is a probe: once an
-//! extra connection has finished a chunk, the aggregate rate over the next [`PROBE_WINDOW`]
-//! must be 25% above the rate before, or the extra connections stop after their current chunk.
+//! Four connections start; up to `connections_per_file` join once four chunks in a row arrive
+//! slower than 60 MB/s each, the sign of a per-connection cap (CDNs on long links). That is a
+//! probe: once an extra connection has finished a chunk, the aggregate rate over the next
+//! [`PROBE_WINDOW`] must be 25% above the rate before, or the extra connections stop after
+//! their current chunk.
 //! A link shared by every connection, or a busy machine, also makes chunks slow, and there more
 //! connections only cost CPU and memory.
 //!
@@ -58,7 +59,8 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 /// connection turns out to be slow (a per-connection cap, as CDNs apply on long links): on a
 /// fast link extra connections only cost CPU.
 const START_CONNECTIONS: usize = 4;
-/// A chunk that arrived slower than this per connection lets the extra connections join.
+/// [`START_CONNECTIONS`] chunks in a row that arrived slower than this per connection let the
+/// extra connections join.
 const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 60e6;
 /// How long the extra connections run before the aggregate rate decides whether they stay.
 const PROBE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
@@ -196,9 +198,7 @@ pub(super) async fn fetch(
         None => {
             remove_state(part);
             let handle = fs_err::File::create(part).map_err(|e| io_error("creating", &e))?;
-            handle
-                .set_len(file.size)
-                .map_err(|e| io_error("sizing", &e))?;
+            preallocate(handle.file(), file.size).map_err(|e| io_error("sizing", &e))?;
             let state = ChunkState {
                 version: STATE_VERSION,
                 hash: file.hash.display(),
@@ -266,7 +266,7 @@ pub(super) async fn fetch(
         allowed: AtomicUsize::new(start_connections),
         received: AtomicU64::new(0),
         started: Instant::now(),
-        probe: Mutex::new(Probe::NotYet),
+        probe: Mutex::new(Probe::NotYet { slow_in_a_row: 0 }),
         changed: tokio::sync::Notify::new(),
     };
     let workers = (0..connections).map(|number| context.worker(number));
@@ -303,6 +303,27 @@ pub(super) async fn fetch(
         .with_hint(super::VERIFY_HINT));
     }
     Ok(true)
+}
+
+/// Gives `file` its final length. On Linux the blocks are reserved up front (`fallocate`):
+/// a full disk fails here, before the first byte, and the filesystem skips its per-page
+/// delayed-allocation bookkeeping while the chunks land. Where that is not supported, the file
+/// is only extended (sparse).
+fn preallocate(file: &std::fs::File, size: u64) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the descriptor is open for writing; fallocate only changes the file's extents.
+        let reserved = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+        if reserved == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EOPNOTSUPP) {
+            return Err(error);
+        }
+    }
+    file.set_len(size)
 }
 
 /// Sends the hasher the new end of the completed prefix, if it grew.
@@ -349,7 +370,6 @@ fn hash_prefix(
                 memmap2::MmapOptions::new()
                     .offset(hashed)
                     .len(want)
-                    .populate()
                     .map(file)
             };
             match mapped {
@@ -403,7 +423,11 @@ struct ChunkContext<'a> {
 /// Whether more connections were tried (see the module docs).
 #[derive(Clone, Copy)]
 enum Probe {
-    NotYet,
+    /// Counts the slow chunks since the last fast one: one slow chunk alone is no sign of a
+    /// cap (the first ones also pay for connecting, and a busy moment slows any chunk).
+    NotYet {
+        slow_in_a_row: usize,
+    },
     /// The extra connections are starting; `rate_before` is the rate the first ones reached.
     Joining {
         rate_before: f64,
@@ -486,10 +510,18 @@ impl ChunkContext<'_> {
         let mut probe = self.probe.lock().expect("probe lock");
         let received = self.received.load(Ordering::Relaxed);
         match *probe {
-            Probe::NotYet => {
-                if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC
-                    || self.connections <= self.start_connections
-                {
+            Probe::NotYet { slow_in_a_row } => {
+                if self.connections <= self.start_connections {
+                    return;
+                }
+                if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC {
+                    *probe = Probe::NotYet { slow_in_a_row: 0 };
+                    return;
+                }
+                if slow_in_a_row + 1 < self.start_connections {
+                    *probe = Probe::NotYet {
+                        slow_in_a_row: slow_in_a_row + 1,
+                    };
                     return;
                 }
                 let elapsed = self.started.elapsed().as_secs_f64().max(1e-6);

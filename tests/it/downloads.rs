@@ -419,6 +419,13 @@ fn running_out_of_space_is_e_disk_and_keeps_the_partial() {
         .unwrap();
     let part = ws.part(&big);
     wait_until("the first chunk", || chunks_done(&part) >= 1);
+    // The partial reserved its full length up front (fallocate): the bytes still to come
+    // cannot run out of space, only the progress record and the install can.
+    {
+        use std::os::unix::fs::MetadataExt;
+        let reserved = fs_err::metadata(&part).unwrap().blocks() * 512;
+        assert!(reserved >= size as u64, "{reserved} bytes reserved");
+    }
     // Fill what is left of the filesystem.
     let hog = ws.models.join("hog");
     {
@@ -441,7 +448,8 @@ fn running_out_of_space_is_e_disk_and_keeps_the_partial() {
     assert_eq!(fs_err::read(&small_config).unwrap(), b"{}");
     assert!(!ws.installed(BIG).exists());
 
-    // Space again: the next run fetches only what is missing.
+    // Space again: the next run fetches only what is missing. Less is free than the missing
+    // bytes, but the partial holds their space already.
     fs_err::remove_file(&hog).unwrap();
     let before = hub.body_bytes_served();
     let run = ws.run(&["apply", "--json"]);
