@@ -514,14 +514,13 @@ impl ChunkContext<'_> {
                 if self.connections <= self.start_connections {
                     return;
                 }
-                if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC {
-                    *probe = Probe::NotYet { slow_in_a_row: 0 };
+                let Some(slow_in_a_row) =
+                    count_slow_chunk(slow_in_a_row, chunk_rate, self.start_connections)
+                else {
                     return;
-                }
-                if slow_in_a_row + 1 < self.start_connections {
-                    *probe = Probe::NotYet {
-                        slow_in_a_row: slow_in_a_row + 1,
-                    };
+                };
+                if slow_in_a_row < self.start_connections {
+                    *probe = Probe::NotYet { slow_in_a_row };
                     return;
                 }
                 let elapsed = self.started.elapsed().as_secs_f64().max(1e-6);
@@ -732,6 +731,15 @@ impl ChunkContext<'_> {
     }
 }
 
+/// The run of slow chunks after one more chunk at `chunk_rate` (`None` when nothing changes:
+/// a fast chunk after fast ones). Extra connections are tried once it reaches `needed`.
+fn count_slow_chunk(slow_in_a_row: usize, chunk_rate: f64, needed: usize) -> Option<usize> {
+    if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC {
+        return (slow_in_a_row > 0).then_some(0);
+    }
+    Some((slow_in_a_row + 1).min(needed))
+}
+
 /// Most frames gathered into one positioned write, and most given to one `pwritev` (Linux and
 /// macOS take 1024, more is `EINVAL`).
 const MAX_FRAMES: usize = 256;
@@ -917,6 +925,28 @@ mod tests {
         let written = std::fs::read(&path).unwrap();
         assert_eq!(&written[..10], &[0u8; 10]);
         assert_eq!(&written[10..], &expected[..]);
+    }
+
+    #[test]
+    fn extra_connections_wait_for_a_run_of_slow_chunks() {
+        let (slow, fast) = (
+            SLOW_CONNECTION_BYTES_PER_SEC / 2.0,
+            SLOW_CONNECTION_BYTES_PER_SEC,
+        );
+        let mut run = 0;
+        // Three slow chunks, then a fast one: the run starts over.
+        for _ in 0..3 {
+            run = count_slow_chunk(run, slow, 4).unwrap();
+        }
+        assert_eq!(run, 3);
+        assert_eq!(count_slow_chunk(run, fast, 4), Some(0));
+        assert_eq!(count_slow_chunk(0, fast, 4), None);
+        // Four in a row: time to try more connections.
+        run = 0;
+        for _ in 0..4 {
+            run = count_slow_chunk(run, slow, 4).unwrap();
+        }
+        assert_eq!(run, 4);
     }
 
     #[test]
