@@ -330,6 +330,7 @@ pub async fn download_snapshot(
         },
     )
     .await?;
+    crate::durability::settle(&paths, &crate::durability::hashes_of(&desired))?;
     let [model] = desired;
     Ok(Installed {
         id: model.id,

@@ -13,7 +13,8 @@
 //! 2. A later plan in another boot hashes every installed file and store download whose hash
 //!    the journal names ([`unconfirmed`]), as `--verify` would, and the plan replaces what the
 //!    crash damaged; apply re-hashes such a download before installing it.
-//! 3. After a successful apply, [`settle`] drops what needs no more care: entries of this boot
+//! 3. After a successful apply (by `apply`, `download`, `watch`, `ensure`, `gc` or the library's
+//!    `download_snapshot`), [`settle`] drops what needs no more care: entries of this boot
 //!    older than [`SETTLED_AFTER`] (the kernel writes dirty pages back within ~30 s; their
 //!    files are fsynced first, which by then costs next to nothing), entries of other boots
 //!    whose files the apply's own plan hashed, and hashes no file holds any more.
@@ -143,6 +144,15 @@ pub fn unconfirmed(paths: &StorePaths) -> BTreeSet<String> {
         .into_iter()
         .filter(|(_, boots)| boots.keys().any(|written| Some(written) != boot.as_ref()))
         .map(|(hash, _)| hash)
+        .collect()
+}
+
+/// The content hashes of `desired`'s files: a plan for these models hashed those of them that
+/// were unconfirmed, so [`settle`] may drop their entries of other boots.
+pub fn hashes_of(desired: &[crate::plan::DesiredModel]) -> BTreeSet<String> {
+    desired
+        .iter()
+        .flat_map(|model| model.files.iter().map(|file| file.hash.hex().to_string()))
         .collect()
 }
 

@@ -744,10 +744,7 @@ enum Checked<'a> {
 impl Checked<'_> {
     fn hashes(self) -> BTreeSet<String> {
         match self {
-            Checked::Desired(desired) => desired
-                .iter()
-                .flat_map(|model| model.files.iter().map(|file| file.hash.hex().to_string()))
-                .collect(),
+            Checked::Desired(desired) => crate::durability::hashes_of(desired),
             Checked::Nothing => BTreeSet::new(),
         }
     }

@@ -678,6 +678,27 @@ fn bytes_written_before_a_crash_are_hashed_in_the_next_boot_and_fetched_again() 
 }
 
 #[test]
+fn gc_lets_go_of_journal_entries_whose_files_it_removed() {
+    if !Path::new("/proc/sys/kernel/random/boot_id").exists() {
+        return;
+    }
+    let (repo, big) = big_repo(2 << 20);
+    let hub = FakeHub::start(vec![repo]);
+    let ws = Workspace::new(&hub, &[REPO]);
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    pretend_a_reboot(&ws);
+    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap();
+    assert!(journal.contains(&sha256_hex(&big)), "{journal}");
+
+    let run = ws.run(&["gc", "--quota-gb", "0", "--evict-declared", "--json"]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(!ws.installed(BIG).exists(), "gc evicted the model");
+    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap_or_default();
+    assert!(!journal.contains(&sha256_hex(&big)), "{journal}");
+}
+
+#[test]
 fn a_store_download_from_a_crashed_boot_is_hashed_before_it_is_installed() {
     if !Path::new("/proc/sys/kernel/random/boot_id").exists() {
         return;

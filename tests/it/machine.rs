@@ -1008,8 +1008,24 @@ fn ensure_distilbert_installs_the_pinned_snapshot_through_the_engine() {
     assert_eq!(ws.registry()["distilbert-base-uncased"]["pinned"], true);
     // Only the baseline: the declared model is apply's business.
     assert!(!ws.models().join("transformers/acme/a").exists());
+    // As if the machine had crashed and rebooted since the download: the durability journal
+    // names its files under an earlier boot, and the next ensure (which hashes them) lets go.
+    let journal_path = ws.models().join(".kmm/unsynced.json");
+    let reboot = std::path::Path::new("/proc/sys/kernel/random/boot_id").exists();
+    if reboot {
+        let mut journal: Value =
+            serde_json::from_str(&fs_err::read_to_string(&journal_path).unwrap()).unwrap();
+        for boots in journal["entries"].as_object_mut().unwrap().values_mut() {
+            *boots = serde_json::json!({ "an-earlier-boot": 1_700_000_000u64 });
+        }
+        fs_err::write(&journal_path, journal.to_string()).unwrap();
+    }
     let again = ws.run(&["ensure", "--distilbert", "--json"]).ok();
     assert_eq!(again["data"]["baselines"][0]["status"], "present");
+    if reboot {
+        let journal = fs_err::read_to_string(&journal_path).unwrap_or_default();
+        assert!(!journal.contains("an-earlier-boot"), "{journal}");
+    }
 
     // [baselines] distilbert = true: the plan shows it like a declared model.
     let ws = Workspace::new(&hub, "[baselines]\ndistilbert = true\n");

@@ -937,11 +937,29 @@ fn library_api_installs_through_the_engine() {
         assert_eq!(record.commit.as_deref(), Some(repo.commit.as_str()));
         assert_eq!(record.total_size, 100_000);
 
-        // Same model again: nothing to download.
+        // As if the machine had crashed and rebooted since: the durability journal names the
+        // download under an earlier boot.
+        let journal_path = models.join(".kmm/unsynced.json");
+        let reboot = std::path::Path::new("/proc/sys/kernel/random/boot_id").exists();
+        if reboot {
+            let journal = fs_err::read_to_string(&journal_path).unwrap();
+            let mut journal: serde_json::Value = serde_json::from_str(&journal).unwrap();
+            for boots in journal["entries"].as_object_mut().unwrap().values_mut() {
+                *boots = serde_json::json!({ "an-earlier-boot": 1_700_000_000u64 });
+            }
+            fs_err::write(&journal_path, journal.to_string()).unwrap();
+        }
+
+        // Same model again: nothing to download (the file is hashed, not fetched), and the
+        // journal lets go of what this run checked.
         let again = api::download_snapshot(&client, &models, "TheBloke/Tiny-GGUF", &options)
             .await
             .unwrap();
         assert_eq!(again.report.files_downloaded, 0);
+        if reboot {
+            let journal = fs_err::read_to_string(&journal_path).unwrap_or_default();
+            assert!(!journal.contains("an-earlier-boot"), "{journal}");
+        }
         assert_eq!(
             api::parse_owner_repo("TheBloke/Tiny-GGUF").unwrap(),
             (Some("TheBloke".to_string()), "Tiny-GGUF".to_string())

@@ -129,6 +129,7 @@ pub async fn run(
             reporter.finish();
             report?;
         }
+        crate::durability::settle(&session.paths, &crate::durability::hashes_of(&desired))?;
         let dir = session.paths.root().join(&model.install_dir);
         results.push(BaselineResult {
             name: "distilbert".to_string(),

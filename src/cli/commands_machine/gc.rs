@@ -229,6 +229,8 @@ pub async fn run(
         }
         let names: Vec<String> = downloads.iter().map(|(name, _)| name.clone()).collect();
         apply::delete_downloads(paths, &names)?;
+        // gc fetches nothing and hashes nothing: it only lets go of what no file holds now.
+        crate::durability::settle(paths, &std::collections::BTreeSet::new())?;
     }
 
     let data = GcOutput {
