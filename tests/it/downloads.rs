@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, Fault, FileSpec, RepoSpec, sha256_hex};
-use crate::support::{Run, Tmpfs, kmm_command};
+use crate::support::{Run, Tmpfs, has_boot_id, journal_path, kmm_command, pretend_a_reboot};
 
 const REPO: &str = "acme/big-model";
 const BIG: &str = "model.safetensors";
@@ -607,22 +607,6 @@ fn progress_goes_to_stderr_as_lines_or_json_events_only_when_asked() {
     assert!(!run.stderr.contains("downloaded"), "{}", run.stderr);
 }
 
-fn journal_path(ws: &Workspace) -> PathBuf {
-    ws.models.join(".kmm").join("unsynced.json")
-}
-
-/// Rewrites the durability journal as if every entry had been written in an earlier boot that
-/// ended in a crash (power loss) before the kernel wrote the bytes back.
-fn pretend_a_reboot(ws: &Workspace) {
-    let mut journal: Value =
-        serde_json::from_slice(&fs_err::read(journal_path(ws)).unwrap()).unwrap();
-    for boots in journal["entries"].as_object_mut().unwrap().values_mut() {
-        let at = boots.as_object().unwrap().values().next().unwrap().clone();
-        *boots = serde_json::json!({ "an-earlier-boot": at });
-    }
-    fs_err::write(journal_path(ws), journal.to_string()).unwrap();
-}
-
 /// What a power loss can leave of bytes that never reached the disk: the same size and
 /// modification time, other bytes.
 fn damage_keeping_size_and_mtime(path: &Path, good: &[u8]) {
@@ -641,7 +625,7 @@ fn damage_keeping_size_and_mtime(path: &Path, good: &[u8]) {
 
 #[test]
 fn bytes_written_before_a_crash_are_hashed_in_the_next_boot_and_fetched_again() {
-    if !Path::new("/proc/sys/kernel/random/boot_id").exists() {
+    if !has_boot_id() {
         return; // without a boot id every download is fsynced; nothing is deferred
     }
     let size = 2 << 20;
@@ -650,7 +634,7 @@ fn bytes_written_before_a_crash_are_hashed_in_the_next_boot_and_fetched_again() 
     let ws = Workspace::new(&hub, &[REPO]);
     let run = ws.run(&["apply", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap();
+    let journal = fs_err::read_to_string(journal_path(&ws.models)).unwrap();
     assert!(journal.contains(&sha256_hex(&big)), "{journal}");
 
     damage_keeping_size_and_mtime(&ws.installed(BIG), &big);
@@ -659,7 +643,7 @@ fn bytes_written_before_a_crash_are_hashed_in_the_next_boot_and_fetched_again() 
     let run = ws.run(&["plan", "--json", "--detailed-exitcode"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
 
-    pretend_a_reboot(&ws);
+    pretend_a_reboot(&ws.models);
     let run = ws.run(&["plan", "--json", "--detailed-exitcode"]);
     assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stdout.contains(BIG), "{}", run.stdout);
@@ -672,14 +656,14 @@ fn bytes_written_before_a_crash_are_hashed_in_the_next_boot_and_fetched_again() 
         "only the damaged file"
     );
     assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
-    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap_or_default();
+    let journal = fs_err::read_to_string(journal_path(&ws.models)).unwrap_or_default();
     assert!(!journal.contains("an-earlier-boot"), "checked: {journal}");
     assert_eq!(ws.run(&["plan", "--json", "--detailed-exitcode"]).code, 0);
 }
 
 #[test]
 fn gc_lets_go_of_journal_entries_whose_files_it_removed() {
-    if !Path::new("/proc/sys/kernel/random/boot_id").exists() {
+    if !has_boot_id() {
         return;
     }
     let (repo, big) = big_repo(2 << 20);
@@ -687,20 +671,20 @@ fn gc_lets_go_of_journal_entries_whose_files_it_removed() {
     let ws = Workspace::new(&hub, &[REPO]);
     let run = ws.run(&["apply", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    pretend_a_reboot(&ws);
-    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap();
+    pretend_a_reboot(&ws.models);
+    let journal = fs_err::read_to_string(journal_path(&ws.models)).unwrap();
     assert!(journal.contains(&sha256_hex(&big)), "{journal}");
 
     let run = ws.run(&["gc", "--quota-gb", "0", "--evict-declared", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(!ws.installed(BIG).exists(), "gc evicted the model");
-    let journal = fs_err::read_to_string(journal_path(&ws)).unwrap_or_default();
+    let journal = fs_err::read_to_string(journal_path(&ws.models)).unwrap_or_default();
     assert!(!journal.contains(&sha256_hex(&big)), "{journal}");
 }
 
 #[test]
 fn a_store_download_from_a_crashed_boot_is_hashed_before_it_is_installed() {
-    if !Path::new("/proc/sys/kernel/random/boot_id").exists() {
+    if !has_boot_id() {
         return;
     }
     let size = 2 << 20;
@@ -716,7 +700,7 @@ fn a_store_download_from_a_crashed_boot_is_hashed_before_it_is_installed() {
         "version": 1,
         "entries": { sha256_hex(&big): { "an-earlier-boot": 1_700_000_000u64 } }
     });
-    fs_err::write(journal_path(&ws), journal.to_string()).unwrap();
+    fs_err::write(journal_path(&ws.models), journal.to_string()).unwrap();
 
     let run = ws.run(&["apply", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);

@@ -20,7 +20,7 @@ use kmm::resolve::{ResolveContext, resolve_model};
 use kmm::sys::{Gpu, MachineFacts};
 
 use crate::fake_hub::{FakeHub, FileSpec, RepoSpec, ServerKind};
-use crate::support::{Run, kmm_command};
+use crate::support::{Run, has_boot_id, journal_path, kmm_command, pretend_a_reboot};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -1012,20 +1012,14 @@ fn ensure_distilbert_installs_the_pinned_snapshot_through_the_engine() {
     assert!(!ws.models().join("transformers/acme/a").exists());
     // As if the machine had crashed and rebooted since the download: the durability journal
     // names its files under an earlier boot, and the next ensure (which hashes them) lets go.
-    let journal_path = ws.models().join(".kmm/unsynced.json");
-    let reboot = std::path::Path::new("/proc/sys/kernel/random/boot_id").exists();
+    let reboot = has_boot_id();
     if reboot {
-        let mut journal: Value =
-            serde_json::from_str(&fs_err::read_to_string(&journal_path).unwrap()).unwrap();
-        for boots in journal["entries"].as_object_mut().unwrap().values_mut() {
-            *boots = serde_json::json!({ "an-earlier-boot": 1_700_000_000u64 });
-        }
-        fs_err::write(&journal_path, journal.to_string()).unwrap();
+        pretend_a_reboot(&ws.models());
     }
     let again = ws.run(&["ensure", "--distilbert", "--json"]).ok();
     assert_eq!(again["data"]["baselines"][0]["status"], "present");
     if reboot {
-        let journal = fs_err::read_to_string(&journal_path).unwrap_or_default();
+        let journal = fs_err::read_to_string(journal_path(&ws.models())).unwrap_or_default();
         assert!(!journal.contains("an-earlier-boot"), "{journal}");
     }
 

@@ -115,3 +115,26 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// The durability journal of the store at `models`.
+pub(crate) fn journal_path(models: &Path) -> PathBuf {
+    models.join(".kmm").join("unsynced.json")
+}
+
+/// Whether this machine has a boot id: without one, kmm fsyncs every download and keeps no
+/// durability journal.
+pub(crate) fn has_boot_id() -> bool {
+    Path::new("/proc/sys/kernel/random/boot_id").exists()
+}
+
+/// Rewrites the durability journal of `models` as if every entry had been written in an
+/// earlier boot that ended in a crash (power loss) before the kernel wrote the bytes back.
+pub(crate) fn pretend_a_reboot(models: &Path) {
+    let path = journal_path(models);
+    let mut journal: Value = serde_json::from_slice(&fs_err::read(&path).unwrap()).unwrap();
+    for boots in journal["entries"].as_object_mut().unwrap().values_mut() {
+        let at = boots.as_object().unwrap().values().next().unwrap().clone();
+        *boots = serde_json::json!({ "an-earlier-boot": at });
+    }
+    fs_err::write(&path, journal.to_string()).unwrap();
+}

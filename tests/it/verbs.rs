@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, FileSpec, GatedMode, PageSizes, RepoSpec};
-use crate::support::{Run, kmm_command};
+use crate::support::{Run, has_boot_id, journal_path, kmm_command, pretend_a_reboot};
 
 const TOKEN: &str = "hf_verbs_token_0123456789";
 
@@ -939,15 +939,9 @@ fn library_api_installs_through_the_engine() {
 
         // As if the machine had crashed and rebooted since: the durability journal names the
         // download under an earlier boot.
-        let journal_path = models.join(".kmm/unsynced.json");
-        let reboot = std::path::Path::new("/proc/sys/kernel/random/boot_id").exists();
+        let reboot = has_boot_id();
         if reboot {
-            let journal = fs_err::read_to_string(&journal_path).unwrap();
-            let mut journal: serde_json::Value = serde_json::from_str(&journal).unwrap();
-            for boots in journal["entries"].as_object_mut().unwrap().values_mut() {
-                *boots = serde_json::json!({ "an-earlier-boot": 1_700_000_000u64 });
-            }
-            fs_err::write(&journal_path, journal.to_string()).unwrap();
+            pretend_a_reboot(&models);
         }
 
         // Same model again: nothing to download (the file is hashed, not fetched), and the
@@ -957,7 +951,7 @@ fn library_api_installs_through_the_engine() {
             .unwrap();
         assert_eq!(again.report.files_downloaded, 0);
         if reboot {
-            let journal = fs_err::read_to_string(&journal_path).unwrap_or_default();
+            let journal = fs_err::read_to_string(journal_path(&models)).unwrap_or_default();
             assert!(!journal.contains("an-earlier-boot"), "{journal}");
         }
         assert_eq!(
