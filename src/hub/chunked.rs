@@ -2,8 +2,9 @@
 //!
 //! The file is cut into `chunk_size` chunks; connections each take the next missing chunk, ask
 //! for `Range: bytes={start}-{end}` and write what arrives in place (positioned `pwritev` of the
-//! body frames as they came) into `part`, which is created at its final length (blocks reserved where the filesystem can). Each connection
-//! holds at most about [`WRITE_BUFFER_BYTES`] of frames, so memory does not grow with the file.
+//! body frames as they came) into `part`, which is created at its final length (its blocks
+//! reserved where the filesystem can). Each connection holds at most about
+//! [`WRITE_BUFFER_BYTES`] of frames, so memory does not grow with the file.
 //! Four connections start; up to `connections_per_file` join once four chunks in a row arrive
 //! slower than 60 MB/s each, the sign of a per-connection cap (CDNs on long links). That is a
 //! probe: once an extra connection has finished a chunk, the aggregate rate over the next
@@ -514,11 +515,7 @@ impl ChunkContext<'_> {
                 if self.connections <= self.start_connections {
                     return;
                 }
-                let Some(slow_in_a_row) =
-                    count_slow_chunk(slow_in_a_row, chunk_rate, self.start_connections)
-                else {
-                    return;
-                };
+                let slow_in_a_row = slow_run_after(slow_in_a_row, chunk_rate);
                 if slow_in_a_row < self.start_connections {
                     *probe = Probe::NotYet { slow_in_a_row };
                     return;
@@ -731,13 +728,14 @@ impl ChunkContext<'_> {
     }
 }
 
-/// The run of slow chunks after one more chunk at `chunk_rate` (`None` when nothing changes:
-/// a fast chunk after fast ones). Extra connections are tried once it reaches `needed`.
-fn count_slow_chunk(slow_in_a_row: usize, chunk_rate: f64, needed: usize) -> Option<usize> {
+/// The run of slow chunks in a row after one more chunk at `chunk_rate`: a fast chunk ends it.
+/// Extra connections are tried once it reaches [`START_CONNECTIONS`].
+fn slow_run_after(slow_in_a_row: usize, chunk_rate: f64) -> usize {
     if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC {
-        return (slow_in_a_row > 0).then_some(0);
+        0
+    } else {
+        slow_in_a_row + 1
     }
-    Some((slow_in_a_row + 1).min(needed))
 }
 
 /// Most frames gathered into one positioned write, and most given to one `pwritev` (Linux and
@@ -936,17 +934,17 @@ mod tests {
         let mut run = 0;
         // Three slow chunks, then a fast one: the run starts over.
         for _ in 0..3 {
-            run = count_slow_chunk(run, slow, 4).unwrap();
+            run = slow_run_after(run, slow);
         }
         assert_eq!(run, 3);
-        assert_eq!(count_slow_chunk(run, fast, 4), Some(0));
-        assert_eq!(count_slow_chunk(0, fast, 4), None);
+        assert_eq!(slow_run_after(run, fast), 0);
+        assert_eq!(slow_run_after(0, fast), 0);
         // Four in a row: time to try more connections.
         run = 0;
         for _ in 0..4 {
-            run = count_slow_chunk(run, slow, 4).unwrap();
+            run = slow_run_after(run, slow);
         }
-        assert_eq!(run, 4);
+        assert_eq!(run, START_CONNECTIONS);
     }
 
     #[test]

@@ -715,32 +715,38 @@ fn last_in_flight(hub: &FakeHub, n: usize) -> Vec<usize> {
     seen[seen.len().saturating_sub(n)..].to_vec()
 }
 
-#[test]
-fn extra_connections_stay_only_when_they_raise_the_rate() {
-    // Each connection capped (a CDN on a long link): more connections multiply the rate.
-    let (repo, big) = big_repo(16 << 20);
+/// Installs a `size`-byte big file from a hub armed with `fault`; returns the hub for its logs.
+fn install_big_under(size: usize, fault: Fault) -> FakeHub {
+    let (repo, big) = big_repo(size);
     let hub = FakeHub::start(vec![repo]);
     let ws = Workspace::new(&hub, &[REPO]);
-    hub.add_fault(Fault::BandwidthCap {
-        bytes_per_sec: 1 << 20,
-    });
+    hub.add_fault(fault);
     let run = ws.run(&["apply", "--json"]);
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
+    hub
+}
+
+#[test]
+fn extra_connections_stay_only_when_they_raise_the_rate() {
+    // Each connection capped (a CDN on a long link): more connections multiply the rate.
+    let hub = install_big_under(
+        16 << 20,
+        Fault::BandwidthCap {
+            bytes_per_sec: 1 << 20,
+        },
+    );
     let tail = last_in_flight(&hub, 16);
     assert!(tail.iter().any(|&n| n > 4), "kept 4 connections: {tail:?}");
 
     // One link shared by every connection (or a busy machine): more connections cannot help,
     // so after the probe only the first four keep fetching.
-    let (repo, big) = big_repo(24 << 20);
-    let hub = FakeHub::start(vec![repo]);
-    let ws = Workspace::new(&hub, &[REPO]);
-    hub.add_fault(Fault::LinkCap {
-        bytes_per_sec: 8 << 20,
-    });
-    let run = ws.run(&["apply", "--json"]);
-    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
-    assert_eq!(fs_err::read(ws.installed(BIG)).unwrap(), big);
+    let hub = install_big_under(
+        24 << 20,
+        Fault::LinkCap {
+            bytes_per_sec: 8 << 20,
+        },
+    );
     let seen = hub.file_bodies_in_flight_at_start();
     assert!(seen.iter().any(|&n| n > 4), "never probed: {seen:?}");
     let tail = last_in_flight(&hub, 10);
