@@ -1,6 +1,7 @@
 //! Facts about this machine that kmm checks before acting: RAM (via `sysinfo`), CPU model,
 //! cores and the instruction-set features that matter for inference, free disk under the models
-//! directory, and NVIDIA GPUs with their VRAM from `nvidia-smi`.
+//! directory, NVIDIA GPUs with their VRAM from `nvidia-smi`, and the CPU time kmm itself has used
+//! (downloads read it to tell a slow link from a busy machine).
 //!
 //! A missing or failing `nvidia-smi` means "no NVIDIA GPU found", never an error: most machines
 //! that run kmm have none. The parser of its CSV output is separate ([`parse_nvidia_smi`]) so it
@@ -198,6 +199,27 @@ fn statvfs_available(_path: &Path) -> Result<u64> {
     Ok(u64::MAX)
 }
 
+/// CPU time (user + system) this process has used so far, all threads; `None` where it cannot
+/// be read.
+#[cfg(unix)]
+pub fn process_cpu_time() -> Option<std::time::Duration> {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: usage is a properly sized out-parameter.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return None;
+    }
+    let time = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
+    };
+    Some(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
+#[cfg(not(unix))]
+pub fn process_cpu_time() -> Option<std::time::Duration> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +229,20 @@ mod tests {
             .join("tests/fixtures/nvidia-smi")
             .join(name);
         fs_err::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn process_cpu_time_grows_with_work() {
+        let before = process_cpu_time().expect("getrusage works on unix");
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < std::time::Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = process_cpu_time().unwrap() - before;
+        // Busy-spinning 100 ms of wall time uses CPU; a lower bound only (other test threads
+        // add to it).
+        assert!(used >= std::time::Duration::from_millis(20), "{used:?}");
     }
 
     #[test]

@@ -6,10 +6,10 @@
 //! reserved where the filesystem can). Each connection holds at most about
 //! [`WRITE_BUFFER_BYTES`] of frames, so memory does not grow with the file.
 //! Four connections start; up to `connections_per_file` join once four chunks in a row arrive
-//! slower than 60 MB/s each, the sign of a per-connection cap (CDNs on long links). That is a
-//! probe: once an extra connection has finished a chunk, the aggregate rate over the next
-//! [`PROBE_WINDOW`] must be 25% above the rate before, or the extra connections stop after
-//! their current chunk.
+//! slower than 60 MB/s each, the sign of a per-connection cap (CDNs on long links), unless kmm
+//! is keeping a core busy meanwhile (then the machine is the limit). That is a probe: once an
+//! extra connection has finished a chunk, the aggregate rate over the next [`PROBE_WINDOW`]
+//! must be 25% above the rate before, or the extra connections stop after their current chunk.
 //! A link shared by every connection, or a busy machine, also makes chunks slow, and there more
 //! connections only cost CPU and memory.
 //!
@@ -61,8 +61,13 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 /// fast link extra connections only cost CPU.
 const START_CONNECTIONS: usize = 4;
 /// [`START_CONNECTIONS`] chunks in a row that arrived slower than this per connection let the
-/// extra connections join.
+/// extra connections join (unless the CPU is busy, see [`SlowRun`]).
 const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 60e6;
+/// Cores kmm keeps busy (CPU seconds per second) from which slow chunks mean a busy machine
+/// rather than a capped link. Measured on a 2-core VM: four connections capped at 50 MB/s each
+/// keep kmm at 0.25-0.28 cores; once the VM's page-cache writes turn slow, kmm's slow chunks
+/// come with 1.2-1.3 cores busy.
+const BUSY_CORES: f64 = 0.75;
 /// How long the extra connections run before the aggregate rate decides whether they stay.
 const PROBE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 /// The aggregate rate with the extra connections must beat the rate before by this factor.
@@ -267,6 +272,7 @@ pub(super) async fn fetch(
         allowed: AtomicUsize::new(start_connections),
         received: AtomicU64::new(0),
         started: Instant::now(),
+        cpu_at_start: crate::sys::process_cpu_time(),
         probe: Mutex::new(Probe::NotYet { slow_in_a_row: 0 }),
         changed: tokio::sync::Notify::new(),
     };
@@ -416,6 +422,8 @@ struct ChunkContext<'a> {
     /// Body bytes received by all connections, for the aggregate rate.
     received: AtomicU64,
     started: Instant,
+    /// Process CPU time when the download started, to tell a busy machine from a slow link.
+    cpu_at_start: Option<std::time::Duration>,
     probe: Mutex<Probe>,
     /// Wakes connections waiting for `allowed` to grow (or for the work to run out).
     changed: tokio::sync::Notify,
@@ -515,16 +523,27 @@ impl ChunkContext<'_> {
                 if self.connections <= self.start_connections {
                     return;
                 }
-                let slow_in_a_row = slow_run_after(slow_in_a_row, chunk_rate);
-                if slow_in_a_row < self.start_connections {
-                    *probe = Probe::NotYet { slow_in_a_row };
-                    return;
+                let mut cores_busy = None;
+                match after_chunk(slow_in_a_row, chunk_rate, || {
+                    cores_busy = self.cores_busy();
+                    cores_busy
+                }) {
+                    SlowRun::Counting(slow_in_a_row) => {
+                        *probe = Probe::NotYet { slow_in_a_row };
+                        return;
+                    }
+                    SlowRun::MachineBusy => {
+                        tracing::debug!(file = %self.file.path, chunk_rate, ?cores_busy, "slow chunks, but the CPU is busy: no more connections");
+                        *probe = Probe::NotYet { slow_in_a_row: 0 };
+                        return;
+                    }
+                    SlowRun::TryMore => {}
                 }
                 let elapsed = self.started.elapsed().as_secs_f64().max(1e-6);
                 *probe = Probe::Joining {
                     rate_before: received as f64 / elapsed,
                 };
-                tracing::debug!(file = %self.file.path, chunk_rate, "slow connections: trying more");
+                tracing::debug!(file = %self.file.path, chunk_rate, ?cores_busy, "slow connections: trying more");
                 self.allowed.store(self.connections, Ordering::Relaxed);
                 self.changed.notify_waiters();
             }
@@ -559,6 +578,12 @@ impl ChunkContext<'_> {
             }
             Probe::Decided => {}
         }
+    }
+
+    /// Cores this process has kept busy on average since the download started.
+    fn cores_busy(&self) -> Option<f64> {
+        let used = crate::sys::process_cpu_time()?.checked_sub(self.cpu_at_start?)?;
+        Some(used.as_secs_f64() / self.started.elapsed().as_secs_f64().max(1e-3))
     }
 
     /// One chunk, with retries that continue from its last written byte.
@@ -728,13 +753,37 @@ impl ChunkContext<'_> {
     }
 }
 
-/// The run of slow chunks in a row after one more chunk at `chunk_rate`: a fast chunk ends it.
-/// Extra connections are tried once it reaches [`START_CONNECTIONS`].
-fn slow_run_after(slow_in_a_row: usize, chunk_rate: f64) -> usize {
+/// What one more chunk at `chunk_rate` says about adding connections.
+#[derive(Debug, PartialEq)]
+enum SlowRun {
+    /// The run of slow chunks in a row so far (a fast chunk ends it).
+    Counting(usize),
+    /// [`START_CONNECTIONS`] slow chunks in a row while kmm keeps [`BUSY_CORES`] busy: the
+    /// machine, not the link, is the limit (on a slow VM page-cache writes cost several times
+    /// their usual CPU), and more connections would only add work. The run starts over.
+    MachineBusy,
+    /// [`START_CONNECTIONS`] slow chunks in a row with CPU to spare: the sign of a
+    /// per-connection cap, so extra connections are tried.
+    TryMore,
+}
+
+/// `cores_busy` (CPU seconds per second kmm has used, `None` if unknown) is asked only once
+/// the run is long enough.
+fn after_chunk(
+    slow_in_a_row: usize,
+    chunk_rate: f64,
+    cores_busy: impl FnOnce() -> Option<f64>,
+) -> SlowRun {
     if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC {
-        0
+        return SlowRun::Counting(0);
+    }
+    let slow_in_a_row = slow_in_a_row + 1;
+    if slow_in_a_row < START_CONNECTIONS {
+        SlowRun::Counting(slow_in_a_row)
+    } else if cores_busy().is_some_and(|cores| cores >= BUSY_CORES) {
+        SlowRun::MachineBusy
     } else {
-        slow_in_a_row + 1
+        SlowRun::TryMore
     }
 }
 
@@ -926,25 +975,28 @@ mod tests {
     }
 
     #[test]
-    fn extra_connections_wait_for_a_run_of_slow_chunks() {
+    fn extra_connections_wait_for_a_run_of_slow_chunks_with_cpu_to_spare() {
         let (slow, fast) = (
             SLOW_CONNECTION_BYTES_PER_SEC / 2.0,
             SLOW_CONNECTION_BYTES_PER_SEC,
         );
-        let mut run = 0;
+        let idle = || Some(0.1);
+        let unasked = || -> Option<f64> { panic!("the CPU is read only at the end of a run") };
         // Three slow chunks, then a fast one: the run starts over.
-        for _ in 0..3 {
-            run = slow_run_after(run, slow);
+        let mut run = 0;
+        for expected in 1..=3 {
+            assert_eq!(after_chunk(run, slow, unasked), SlowRun::Counting(expected));
+            run = expected;
         }
-        assert_eq!(run, 3);
-        assert_eq!(slow_run_after(run, fast), 0);
-        assert_eq!(slow_run_after(0, fast), 0);
-        // Four in a row: time to try more connections.
-        run = 0;
-        for _ in 0..4 {
-            run = slow_run_after(run, slow);
-        }
-        assert_eq!(run, START_CONNECTIONS);
+        assert_eq!(after_chunk(run, fast, unasked), SlowRun::Counting(0));
+        // The fourth slow chunk in a row: more connections, unless kmm keeps a core busy.
+        assert_eq!(after_chunk(3, slow, idle), SlowRun::TryMore);
+        assert_eq!(after_chunk(3, slow, || None), SlowRun::TryMore);
+        assert_eq!(after_chunk(3, slow, || Some(1.3)), SlowRun::MachineBusy);
+        assert_eq!(
+            after_chunk(3, slow, || Some(BUSY_CORES)),
+            SlowRun::MachineBusy
+        );
     }
 
     #[test]
