@@ -270,8 +270,8 @@ def main():
         if "small" in cases:
             run_small_case(args, hub, runs)
         # The capped hub holds only its repo, and starts once the first hub is gone: each hub
-        # holds its fixtures in memory, and memory pressure makes page-cache writes (every
-        # tool's main cost) slower for everyone.
+        # maps its fixtures, and on a VM a larger memory footprint makes page-cache writes
+        # (every tool's main cost) slower for everyone.
         hub.stop()
         hub = None
         capped_root = args.work / "hub-capped"
