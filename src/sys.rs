@@ -236,12 +236,18 @@ mod tests {
         let before = process_cpu_time().expect("getrusage works on unix");
         let started = std::time::Instant::now();
         let mut x = 0u64;
-        while started.elapsed() < std::time::Duration::from_millis(100) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        // Spin until the clock shows 20 ms of CPU; a broken reading never gets there, and the
+        // 10 s limit only bounds the failure (a busy machine still gives a spinning thread
+        // 20 ms of CPU long before).
+        let mut used = std::time::Duration::ZERO;
+        while used < std::time::Duration::from_millis(20)
+            && started.elapsed() < std::time::Duration::from_secs(10)
+        {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            used = process_cpu_time().unwrap().saturating_sub(before);
         }
-        let used = process_cpu_time().unwrap() - before;
-        // Busy-spinning 100 ms of wall time uses CPU; a lower bound only (other test threads
-        // add to it).
         assert!(used >= std::time::Duration::from_millis(20), "{used:?}");
     }
 
