@@ -297,18 +297,7 @@ pub(super) async fn fetch(
             file.size, file.path
         )));
     }
-    if actual != file.hash {
-        return Err(Error::verify(format!(
-            "`{}` of `{repo_id}` at `{commit}` does not match its upstream hash",
-            file.path
-        ))
-        .caused_by(format!(
-            "expected {}, got {}",
-            file.hash.display(),
-            actual.display()
-        ))
-        .with_hint(super::VERIFY_HINT));
-    }
+    super::check_served_hash(file, repo_id, commit, &actual)?;
     Ok(true)
 }
 

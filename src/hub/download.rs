@@ -196,19 +196,7 @@ async fn fetch_into(
         tokio::time::sleep(delay).await;
     }
     let actual = state.sink.finish()?;
-    if actual != file.hash {
-        return Err(Error::verify(format!(
-            "`{}` of `{repo_id}` at `{commit}` does not match its upstream hash",
-            file.path
-        ))
-        .caused_by(format!(
-            "expected {}, got {}",
-            file.hash.display(),
-            actual.display()
-        ))
-        .with_hint(super::VERIFY_HINT));
-    }
-    Ok(())
+    super::check_served_hash(file, repo_id, commit, &actual)
 }
 
 /// Why one attempt stopped short of the whole file.

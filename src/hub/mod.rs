@@ -200,6 +200,27 @@ const MAX_REDIRECTS: usize = 10;
 /// a hub that lied, or a file that really changed upstream, only re-locking helps (found by
 /// `tests/it/hostile_hub.rs`).
 pub(crate) const VERIFY_HINT: &str = "the hub or mirror served other bytes than it lists (or than kari-models.lock recorded); retry, check the mirror if it persists, and if the file really changed upstream run `kmm lock --update <id>`";
+/// `E_VERIFY` unless the bytes served for `file` hashed to what the listing (or lock) says.
+fn check_served_hash(
+    file: &UpstreamFile,
+    repo_id: &str,
+    commit: &str,
+    actual: &crate::upstream::FileHash,
+) -> Result<()> {
+    if *actual == file.hash {
+        return Ok(());
+    }
+    Err(Error::verify(format!(
+        "`{}` of `{repo_id}` at `{commit}` does not match its upstream hash",
+        file.path
+    ))
+    .caused_by(format!(
+        "expected {}, got {}",
+        file.hash.display(),
+        actual.display()
+    ))
+    .with_hint(VERIFY_HINT))
+}
 /// Caps on bodies held in memory: a hub (or a broken mirror) answering with gigabytes of JSON
 /// is an error, not an out-of-memory kill.
 const MAX_LISTING_PAGE_BYTES: usize = 64 << 20;
