@@ -648,14 +648,10 @@ impl ChunkContext<'_> {
                 match content_range {
                     Some((got_start, got_end, total)) if got_start == from && got_end == end => {
                         if total.is_some_and(|total| total != self.file.size) {
-                            return Err(Step::Fatal(
-                                Error::verify(format!(
-                                    "`{}` is not the {} bytes the hub lists",
-                                    self.file.path, self.file.size
-                                ))
-                                .caused_by(format!("the server announces {total:?} bytes"))
-                                .with_hint(super::VERIFY_HINT),
-                            ));
+                            return Err(Step::Fatal(super::size_mismatch(
+                                self.file,
+                                format!("the server announces {total:?} bytes"),
+                            )));
                         }
                     }
                     _ => return Err(Step::NoRanges),

@@ -298,10 +298,13 @@ impl Transfer<'_> {
         if let Some(total) = announced_total
             && total != self.file.size
         {
-            return Err(Step::Fatal(self.sink.too_many_bytes_error(&format!(
-                "the server announces {total} bytes, the listing {}",
-                self.file.size
-            ))));
+            return Err(Step::Fatal(super::size_mismatch(
+                self.file,
+                format!(
+                    "the server announces {total} bytes, the listing {}",
+                    self.file.size
+                ),
+            )));
         }
         self.url = response.url().clone();
         if response
@@ -432,7 +435,10 @@ impl<'a> Sink<'a> {
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         if self.written + bytes.len() as u64 > self.file.size {
-            return Err(self.too_many_bytes_error("the server sent more bytes than the listing"));
+            return Err(super::size_mismatch(
+                self.file,
+                "the server sent more bytes than the listing".to_string(),
+            ));
         }
         self.writer
             .write_all(bytes)
@@ -459,15 +465,6 @@ impl<'a> Sink<'a> {
     fn finish(mut self) -> Result<FileHash> {
         self.writer.flush().map_err(|err| self.io_error(&err))?;
         Ok(self.hasher.finish())
-    }
-
-    fn too_many_bytes_error(&self, why: &str) -> Error {
-        Error::verify(format!(
-            "`{}` is not the {} bytes the hub lists",
-            self.file.path, self.file.size
-        ))
-        .caused_by(why.to_string())
-        .with_hint(super::VERIFY_HINT)
     }
 
     fn io_error(&self, err: &std::io::Error) -> Error {

@@ -200,6 +200,17 @@ const MAX_REDIRECTS: usize = 10;
 /// a hub that lied, or a file that really changed upstream, only re-locking helps (found by
 /// `tests/it/hostile_hub.rs`).
 pub(crate) const VERIFY_HINT: &str = "the hub or mirror served other bytes than it lists (or than kari-models.lock recorded); retry, check the mirror if it persists, and if the file really changed upstream run `kmm lock --update <id>`";
+
+/// `E_VERIFY`: the server serves `file` with another size than the listing (or lock) says.
+fn size_mismatch(file: &UpstreamFile, why: String) -> Error {
+    Error::verify(format!(
+        "`{}` is not the {} bytes the hub lists",
+        file.path, file.size
+    ))
+    .caused_by(why)
+    .with_hint(VERIFY_HINT)
+}
+
 /// `E_VERIFY` unless the bytes served for `file` hashed to what the listing (or lock) says.
 fn check_served_hash(
     file: &UpstreamFile,
@@ -221,6 +232,7 @@ fn check_served_hash(
     ))
     .with_hint(VERIFY_HINT))
 }
+
 /// Caps on bodies held in memory: a hub (or a broken mirror) answering with gigabytes of JSON
 /// is an error, not an out-of-memory kill.
 const MAX_LISTING_PAGE_BYTES: usize = 64 << 20;
