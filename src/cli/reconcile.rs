@@ -110,6 +110,9 @@ impl Session {
             if let Some(connections) = settings.connections_per_file {
                 config.connections_per_file = connections;
             }
+            if let Some(direct_io) = settings.direct_io {
+                config.direct_io = direct_io;
+            }
             let hub = HubClient::new(config)?;
             if settings.mirror {
                 hub.ping().await.map_err(|error| {

@@ -12,7 +12,8 @@
 //! | workers | `--max-workers` | `KMM_MAX_WORKERS` | `settings.max_workers` | 8 |
 //! | token | | `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, file `HF_TOKEN_PATH` or `$HF_HOME/token` | | none |
 //! | HF cache (local source) | | `HF_HUB_CACHE`, else `$HF_HOME/hub` | | `~/.cache/huggingface/hub` |
-//! | chunk size (files from 4 chunks on are fetched in parallel chunks) | | `KMM_CHUNK_SIZE` (bytes, >= 64 KiB) | | 16 MiB |
+//! | chunk size (files from 4 chunks on are fetched in parallel chunks; memory is about (connections + 2) chunks) | | `KMM_CHUNK_SIZE` (bytes, 64 KiB to 64 MiB) | | 2 MiB |
+//! | direct writes of chunked downloads (`O_DIRECT`, past the page cache) | | `KMM_DIRECT_IO` (`0`/`off` to write through the page cache) | | on (Linux) |
 //! | most connections per large file (4 start; more join when connections are slow) | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 16 |
 //! | progress as JSON lines on stderr (with `--json`) | | `KMM_PROGRESS_JSON=1` | | off |
 
@@ -56,6 +57,8 @@ pub struct Settings {
     /// Chunk size for parallel downloads (`None`: the hub client's default).
     pub chunk_size: Option<u64>,
     pub connections_per_file: Option<usize>,
+    /// Direct writes for chunked downloads (`None`: the hub client's default).
+    pub direct_io: Option<bool>,
     /// With `--json`, progress events as JSON lines on stderr.
     pub progress_json: bool,
 }
@@ -136,9 +139,10 @@ pub fn resolve(
         prune: manifest.settings.prune,
         lock_timeout: args.lock_timeout,
         hf_cache: hf_hub_cache(env),
-        chunk_size: number_env(env, "KMM_CHUNK_SIZE", 64 << 10, 1 << 40)?,
+        chunk_size: number_env(env, "KMM_CHUNK_SIZE", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)?,
         connections_per_file: number_env(env, "KMM_CONNECTIONS_PER_FILE", 1, 64)?
             .map(|n| n as usize),
+        direct_io: switch_env(env, "KMM_DIRECT_IO")?,
         progress_json: env("KMM_PROGRESS_JSON").is_some_and(|value| is_truthy(&value)),
     })
 }
@@ -148,6 +152,28 @@ pub fn hf_hub_cache(env: EnvLookup<'_>) -> PathBuf {
     match non_empty(env("HF_HUB_CACHE")) {
         Some(dir) => PathBuf::from(dir),
         None => hf_home(env).join("hub"),
+    }
+}
+
+/// `KMM_CHUNK_SIZE` bounds: every chunk in flight or waiting to be hashed is held in memory.
+const MIN_CHUNK_SIZE: u64 = 64 << 10;
+const MAX_CHUNK_SIZE: u64 = 64 << 20;
+
+/// An optional on/off variable (`1`/`on`/`yes`/`true` or `0`/`off`/`no`/`false`); anything
+/// else is `E_ARGS`.
+fn switch_env(env: EnvLookup<'_>, name: &str) -> Result<Option<bool>> {
+    let Some(text) = non_empty(env(name)) else {
+        return Ok(None);
+    };
+    if is_truthy(&text) {
+        return Ok(Some(true));
+    }
+    match text.trim().to_ascii_uppercase().as_str() {
+        "0" | "OFF" | "NO" | "FALSE" => Ok(Some(false)),
+        _ => Err(Error::args(format!(
+            "{name}=`{}` is neither on (1, on, yes, true) nor off (0, off, no, false)",
+            text.trim()
+        ))),
     }
 }
 
@@ -247,11 +273,29 @@ mod tests {
         let cache = |name: &str| (name == "HF_HUB_CACHE").then(|| "/c".to_string());
         assert_eq!(hf_hub_cache(&cache), PathBuf::from("/c"));
         assert_eq!(
-            number_env(&env, "KMM_CHUNK_SIZE", 64 << 10, 1 << 40).unwrap(),
+            number_env(&env, "KMM_CHUNK_SIZE", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE).unwrap(),
             Some(1 << 20)
         );
         let bad = |_: &str| Some("12".to_string());
-        assert!(number_env(&bad, "KMM_CHUNK_SIZE", 64 << 10, 1 << 40).is_err());
+        assert!(number_env(&bad, "KMM_CHUNK_SIZE", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE).is_err());
+        let huge = |_: &str| Some((MAX_CHUNK_SIZE + 1).to_string());
+        assert!(number_env(&huge, "KMM_CHUNK_SIZE", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE).is_err());
+        let switch = |value: &'static str| move |_: &str| Some(value.to_string());
+        assert_eq!(
+            switch_env(&switch("off"), "KMM_DIRECT_IO").unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            switch_env(&switch("0"), "KMM_DIRECT_IO").unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            switch_env(&switch("Yes"), "KMM_DIRECT_IO").unwrap(),
+            Some(true)
+        );
+        assert_eq!(switch_env(&env, "KMM_DIRECT_IO").unwrap(), None);
+        let error = switch_env(&switch("maybe"), "KMM_DIRECT_IO").unwrap_err();
+        assert!(error.to_string().contains("KMM_DIRECT_IO"), "{error}");
         assert_eq!(number_env(&env, "NOPE", 1, 2).unwrap(), None);
     }
 

@@ -1,23 +1,24 @@
 //! Large files in parallel Range chunks, resumable across runs.
 //!
 //! The file is cut into `chunk_size` chunks; connections each take the next missing chunk, ask
-//! for `Range: bytes={start}-{end}` and write what arrives in place (positioned `pwritev` of the
-//! body frames as they came) into `part`, which is created at its final length (its blocks
-//! reserved where the filesystem can). Each connection holds at most about
-//! [`WRITE_BUFFER_BYTES`] of frames, so memory does not grow with the file.
-//! Four connections start; up to `connections_per_file` join once four chunks in a row arrive
-//! slower than 60 MB/s each, the sign of a per-connection cap (CDNs on long links), unless kmm
+//! for `Range: bytes={start}-{end}` and gather what arrives in a chunk buffer, writing it out in
+//! place (positioned writes, direct to the disk where possible) into `part`, which is created at
+//! its final length (its blocks reserved where the filesystem can); see [`super::chunk_io`].
+//! Four connections start; up to `connections_per_file` join once at least four chunks in a
+//! row, over at least [`SLOW_RUN_TIME`], arrive slower than 60 MB/s each, the sign of a per-connection cap (CDNs on long links), unless kmm
 //! is keeping a core busy meanwhile (then the machine is the limit). That is a probe: once an
 //! extra connection has finished a chunk, the aggregate rate over the next [`PROBE_WINDOW`]
 //! must be 25% above the rate before, or the extra connections stop after their current chunk.
 //! A link shared by every connection, or a busy machine, also makes chunks slow, and there more
 //! connections only cost CPU and memory.
 //!
-//! Verification without a second download: a hashing thread follows the contiguous prefix of
-//! completed chunks and maps those bytes (from the page cache, moments after they were written;
-//! [`HASH_WINDOW_BYTES`] at a time) through the file's [`ContentHasher`], so sha256 / git sha1
-//! see the bytes in order
-//! while later chunks are still arriving. The hash is checked once the last chunk lands.
+//! Verification without a second download and without reading back: once a chunk is written,
+//! its buffer goes to a hashing thread that runs the chunks through the file's
+//! [`crate::upstream::ContentHasher`] in file order (sha256 / git sha1 need the bytes in
+//! order) while later chunks are still arriving. Connections take chunks only up to
+//! [`SPARE_CHUNKS`] past one per connection beyond the first chunk not hashed yet, so memory is
+//! about (connections + [`SPARE_CHUNKS`]) chunks whatever the file's size. The hash is checked
+//! once the last chunk lands.
 //!
 //! Resume across runs: after each completed chunk, `<part>.state` is rewritten atomically
 //! (temp file + rename) with the expected hash and size, the chunk size and the completed
@@ -35,7 +36,6 @@
 //! Edges: writes only `part` and its state file; the rename into the store belongs to `apply`.
 
 use std::collections::VecDeque;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -45,13 +45,17 @@ use reqwest::header;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use super::chunk_io::{
+    BufferPool, ChunkBuffer, ChunkLayout, HashFrontier, PartWriter, hash_in_order,
+};
 use super::errors::{self, Target, Transient};
 use super::{HubClient, SendError, redact_url, retry, urls};
 use crate::error::{Error, Result};
-use crate::upstream::{ContentHasher, UpstreamFile};
+use crate::upstream::UpstreamFile;
 
-/// 16 MiB: big enough that a request's latency is noise, small enough that a kill loses little.
-pub const DEFAULT_CHUNK_SIZE: u64 = 16 << 20;
+/// 2 MiB: big enough that a request's cost is noise (a few hundred per GiB), small enough that
+/// the chunks held in memory until hashed stay few megabytes.
+pub const DEFAULT_CHUNK_SIZE: u64 = 2 << 20;
 /// Files from 64 MiB on are fetched in chunks; smaller ones in one stream.
 pub const DEFAULT_PARALLEL_MIN_SIZE: u64 = 64 << 20;
 /// Most connections per large file.
@@ -60,9 +64,12 @@ pub const DEFAULT_CONNECTIONS: usize = 16;
 /// connection turns out to be slow (a per-connection cap, as CDNs apply on long links): on a
 /// fast link extra connections only cost CPU.
 const START_CONNECTIONS: usize = 4;
-/// [`START_CONNECTIONS`] chunks in a row that arrived slower than this per connection let the
-/// extra connections join (unless the CPU is busy, see [`SlowRun`]).
+/// A run of chunks in a row that arrived slower than this per connection lets the extra
+/// connections join (unless the CPU is busy, see [`SlowRun`]).
 const SLOW_CONNECTION_BYTES_PER_SEC: f64 = 60e6;
+/// How long a run of slow chunks (at least [`START_CONNECTIONS`]) must last before extra
+/// connections are tried: small chunks slowed together by a busy moment are no sign of a cap.
+const SLOW_RUN_TIME: std::time::Duration = std::time::Duration::from_millis(250);
 /// Cores kmm keeps busy (CPU seconds per second) from which slow chunks mean a busy machine
 /// rather than a capped link. Measured on a 2-core VM: four connections capped at 50 MB/s each
 /// keep kmm at 0.25-0.28 cores; once the VM's page-cache writes turn slow, kmm's slow chunks
@@ -72,10 +79,9 @@ const BUSY_CORES: f64 = 0.75;
 const PROBE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
 /// The aggregate rate with the extra connections must beat the rate before by this factor.
 const PROBE_GAIN: f64 = 1.25;
-/// Bytes a connection gathers before one positioned write.
-const WRITE_BUFFER_BYTES: usize = 512 << 10;
-/// Bytes the hasher maps (or reads) at a time.
-const HASH_WINDOW_BYTES: u64 = 8 << 20;
+/// Chunks a connection may take past one per allowed connection beyond the first chunk not
+/// hashed yet: room for a connection that finished early, so it need not wait for the slowest.
+const SPARE_CHUNKS: usize = 2;
 const STATE_VERSION: u32 = 1;
 
 /// `<part>.state`.
@@ -180,8 +186,6 @@ struct Shared {
     /// The URL that last served bytes (the CDN for LFS files).
     url: Url,
     state: ChunkState,
-    /// Length of the completed prefix already sent to the hasher.
-    prefix: u64,
 }
 
 /// Fetches `file` into `part` in chunks. `Ok(true)`: `part` holds the verified file.
@@ -216,12 +220,8 @@ pub(super) async fn fetch(
             state
         }
     };
-    let handle = Arc::new(
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(part)
-            .map_err(|e| io_error("opening", &e))?,
+    let writer = Arc::new(
+        PartWriter::open(part, client.config.direct_io).map_err(|e| io_error("opening", &e))?,
     );
     let chunks = state.chunk_count();
     let mut done = vec![false; chunks as usize];
@@ -243,29 +243,49 @@ pub(super) async fn fetch(
         pending,
         url: resolve.clone(),
         state,
-        prefix: 0,
     });
 
-    // The hasher follows the completed prefix on its own thread.
-    let (prefix_tx, prefix_rx) = mpsc::channel::<u64>();
-    let hasher_file = handle.clone();
-    let hasher_target = (file.hash.clone(), file.size);
-    let hasher = tokio::task::spawn_blocking(move || {
-        hash_prefix(&hasher_file, &hasher_target.0, hasher_target.1, prefix_rx)
-    });
-    advance_prefix(&shared, &prefix_tx);
+    // The hasher takes the written chunks in file order on its own thread.
+    let layout = ChunkLayout {
+        size: file.size,
+        chunk_size,
+        done_at_start: shared.lock().expect("chunk state lock").done.clone(),
+    };
+    let pool = Arc::new(BufferPool::new(chunk_size));
+    let frontier = Arc::new(HashFrontier::new());
+    let (arrivals_tx, arrivals_rx) = mpsc::channel::<(u64, ChunkBuffer)>();
+    let hasher = {
+        let (writer, pool, frontier, expected) = (
+            writer.clone(),
+            pool.clone(),
+            frontier.clone(),
+            file.hash.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            hash_in_order(
+                writer.file(),
+                &expected,
+                &layout,
+                arrivals_rx,
+                &pool,
+                &frontier,
+            )
+        })
+    };
 
     let target = Target::file(repo_id, commit, &file.path);
     let context = ChunkContext {
         client,
         file,
         part,
-        handle: &handle,
+        writer: &writer,
         shared: &shared,
         resolve: &resolve,
         target: &target,
         chunk_size,
-        prefix_tx: &prefix_tx,
+        arrivals: arrivals_tx,
+        pool: &pool,
+        frontier: &frontier,
         on_progress,
         start_connections,
         connections,
@@ -273,12 +293,16 @@ pub(super) async fn fetch(
         received: AtomicU64::new(0),
         started: Instant::now(),
         cpu_at_start: crate::sys::process_cpu_time(),
-        probe: Mutex::new(Probe::NotYet { slow_in_a_row: 0 }),
+        probe: Mutex::new(Probe::NotYet {
+            slow_run: SlowChunks::default(),
+        }),
         changed: tokio::sync::Notify::new(),
     };
     let workers = (0..connections).map(|number| context.worker(number));
     let outcome = futures_util::future::try_join_all(workers).await;
-    drop(prefix_tx);
+    tracing::debug!(file = %file.path, direct = writer.is_direct(), "chunks fetched");
+    // The hasher stops once every chunk is hashed or the senders are gone.
+    drop(context);
     let hashed = hasher
         .await
         .map_err(|e| Error::internal(format!("the hashing task failed: {e}")))?;
@@ -322,66 +346,6 @@ fn preallocate(file: &std::fs::File, size: u64) -> std::io::Result<()> {
     file.set_len(size)
 }
 
-/// Sends the hasher the new end of the completed prefix, if it grew.
-fn advance_prefix(shared: &Mutex<Shared>, prefix_tx: &mpsc::Sender<u64>) {
-    let mut shared = shared.lock().expect("chunk state lock");
-    let chunk_size = shared.state.chunk_size;
-    let size = shared.state.size;
-    let first_missing = shared
-        .done
-        .iter()
-        .position(|done| !done)
-        .map(|index| index as u64 * chunk_size)
-        .unwrap_or(size);
-    if first_missing > shared.prefix {
-        shared.prefix = first_missing;
-        let _ = prefix_tx.send(first_missing);
-    }
-}
-
-/// Hashes `[0, prefix)` as the prefix grows, until the sender is dropped. Returns how many bytes
-/// were hashed and the hash.
-fn hash_prefix(
-    file: &std::fs::File,
-    expected: &crate::upstream::FileHash,
-    size: u64,
-    prefixes: mpsc::Receiver<u64>,
-) -> std::io::Result<(u64, crate::upstream::FileHash)> {
-    let mut hasher = ContentHasher::for_hash(expected, size);
-    let mut hashed = 0u64;
-    let mut buffer = Vec::new();
-    while let Ok(mut target) = prefixes.recv() {
-        while let Ok(newer) = prefixes.try_recv() {
-            target = newer;
-        }
-        while hashed < target {
-            let want = HASH_WINDOW_BYTES.min(target - hashed) as usize;
-            // Mapped, the hasher reads the page cache where it is instead of copying it out
-            // first (that copy was 6% of a 2 GiB download's CPU time); the window bounds what
-            // the mapping adds to the resident set. Reading is the fallback where mapping fails.
-            // SAFETY: the part file is kmm's own, created at its full length and never
-            // truncated while the download runs (the store lock keeps other kmm processes out),
-            // and this range was written by completed chunks that nothing writes again.
-            let mapped = unsafe {
-                memmap2::MmapOptions::new()
-                    .offset(hashed)
-                    .len(want)
-                    .map(file)
-            };
-            match mapped {
-                Ok(window) => hasher.update(&window),
-                Err(_) => {
-                    buffer.resize(want, 0);
-                    file.read_exact_at(&mut buffer, hashed)?;
-                    hasher.update(&buffer);
-                }
-            }
-            hashed += want as u64;
-        }
-    }
-    Ok((hashed, hasher.finish()))
-}
-
 enum ChunkError {
     NoRanges,
     Fatal(Error),
@@ -397,12 +361,15 @@ struct ChunkContext<'a> {
     client: &'a HubClient,
     file: &'a UpstreamFile,
     part: &'a Path,
-    handle: &'a std::fs::File,
+    writer: &'a Arc<PartWriter>,
     shared: &'a Mutex<Shared>,
     resolve: &'a Url,
     target: &'a Target<'a>,
     chunk_size: u64,
-    prefix_tx: &'a mpsc::Sender<u64>,
+    /// Written chunks, to the hasher.
+    arrivals: mpsc::Sender<(u64, ChunkBuffer)>,
+    pool: &'a BufferPool,
+    frontier: &'a HashFrontier,
     on_progress: &'a (dyn Fn(u64) + Send + Sync),
     start_connections: usize,
     connections: usize,
@@ -424,7 +391,7 @@ enum Probe {
     /// Counts the slow chunks since the last fast one: one slow chunk alone is no sign of a
     /// cap (the first ones also pay for connecting, and a busy moment slows any chunk).
     NotYet {
-        slow_in_a_row: usize,
+        slow_run: SlowChunks,
     },
     /// The extra connections are starting; `rate_before` is the rate the first ones reached.
     Joining {
@@ -477,53 +444,89 @@ impl ChunkContext<'_> {
 
     async fn take_chunks(&self, number: usize) -> std::result::Result<(), ChunkError> {
         while number < self.allowed.load(Ordering::Relaxed) {
-            let next = self
-                .shared
-                .lock()
-                .expect("chunk state lock")
-                .pending
-                .pop_front();
-            let Some(index) = next else {
+            let Some(index) = self.next_chunk_in_window().await else {
                 return Ok(());
             };
+            let mut buffer = self.pool.take();
             let started = Instant::now();
-            self.fetch_chunk(index).await?;
-            let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
-            let rate = (end - start + 1) as f64 / started.elapsed().as_secs_f64().max(1e-6);
-            self.adapt(number, rate);
+            self.fetch_chunk(index, &mut buffer).await?;
+            let rate = buffer.filled() as f64 / started.elapsed().as_secs_f64().max(1e-6);
+            self.adapt(number, started, rate);
+            let buffer = self.write_chunk(index, buffer).await?;
             {
                 let mut shared = self.shared.lock().expect("chunk state lock");
                 shared.done[index as usize] = true;
                 shared.state.done.push(index);
                 shared.state.save(self.part)?;
             }
-            advance_prefix(self.shared, self.prefix_tx);
+            // The hasher is gone only if it failed; its error is reported after the workers.
+            let _ = self.arrivals.send((index, buffer));
         }
         Ok(())
     }
 
+    /// Writes a complete chunk at its place on the blocking pool: a direct write waits for the
+    /// disk, and meanwhile the other connections keep reading on this thread.
+    async fn write_chunk(
+        &self,
+        index: u64,
+        buffer: ChunkBuffer,
+    ) -> std::result::Result<ChunkBuffer, ChunkError> {
+        let (start, _) = chunk_range(index, self.chunk_size, self.file.size);
+        let writer = self.writer.clone();
+        let (buffer, written) = tokio::task::spawn_blocking(move || {
+            let written = writer.write_at(buffer.bytes(), start);
+            (buffer, written)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("the writing task failed: {e}")))?;
+        written.map_err(|err| Error::io(format!("writing `{}`", self.part.display()), &err))?;
+        Ok(buffer)
+    }
+
+    /// The next missing chunk once it lies within the window past the hashing frontier (see
+    /// [`SPARE_CHUNKS`]); `None` when no chunk is left.
+    async fn next_chunk_in_window(&self) -> Option<u64> {
+        loop {
+            let moved = self.frontier.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            {
+                let mut shared = self.shared.lock().expect("chunk state lock");
+                let next = *shared.pending.front()?;
+                let window = (self.allowed.load(Ordering::Relaxed) + SPARE_CHUNKS) as u64;
+                if next < self.frontier.next() + window {
+                    return shared.pending.pop_front();
+                }
+            }
+            moved.await;
+        }
+    }
+
     /// After each chunk: starts the probe when the chunk was slow, and once the probe has run
     /// [`PROBE_WINDOW`], keeps the extra connections only if the aggregate rate rose.
-    fn adapt(&self, number: usize, chunk_rate: f64) {
+    fn adapt(&self, number: usize, chunk_started: Instant, chunk_rate: f64) {
         let mut probe = self.probe.lock().expect("probe lock");
         let received = self.received.load(Ordering::Relaxed);
         match *probe {
-            Probe::NotYet { slow_in_a_row } => {
+            Probe::NotYet { slow_run } => {
                 if self.connections <= self.start_connections {
                     return;
                 }
                 let mut cores_busy = None;
-                match after_chunk(slow_in_a_row, chunk_rate, || {
+                match after_chunk(slow_run, chunk_started, Instant::now(), chunk_rate, || {
                     cores_busy = self.cores_busy();
                     cores_busy
                 }) {
-                    SlowRun::Counting(slow_in_a_row) => {
-                        *probe = Probe::NotYet { slow_in_a_row };
+                    SlowRun::Counting(slow_run) => {
+                        *probe = Probe::NotYet { slow_run };
                         return;
                     }
                     SlowRun::MachineBusy => {
                         tracing::debug!(file = %self.file.path, chunk_rate, ?cores_busy, "slow chunks, but the CPU is busy: no more connections");
-                        *probe = Probe::NotYet { slow_in_a_row: 0 };
+                        *probe = Probe::NotYet {
+                            slow_run: SlowChunks::default(),
+                        };
                         return;
                     }
                     SlowRun::TryMore => {}
@@ -575,26 +578,29 @@ impl ChunkContext<'_> {
         Some(used.as_secs_f64() / self.started.elapsed().as_secs_f64().max(1e-3))
     }
 
-    /// One chunk, with retries that continue from its last written byte.
-    async fn fetch_chunk(&self, index: u64) -> std::result::Result<(), ChunkError> {
+    /// One chunk into `buffer` (and the part file), with retries that continue from its last
+    /// received byte.
+    async fn fetch_chunk(
+        &self,
+        index: u64,
+        buffer: &mut ChunkBuffer,
+    ) -> std::result::Result<(), ChunkError> {
         let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
         let max_retries = self.client.config.max_retries;
         let max_attempts = max_retries.saturating_add(1).saturating_mul(4);
         let mut attempts = 0u32;
         let mut failures_without_progress = 0u32;
-        let mut written = 0u64;
         loop {
             attempts += 1;
-            let before = written;
+            let before = buffer.filled();
             let url = self.shared.lock().expect("chunk state lock").url.clone();
-            let (transient, retry_after) = match self.attempt(&url, start, end, &mut written).await
-            {
+            let (transient, retry_after) = match self.attempt(&url, start, end, buffer).await {
                 Ok(()) => return Ok(()),
                 Err(Step::NoRanges) => return Err(ChunkError::NoRanges),
                 Err(Step::Fatal(error)) => return Err(ChunkError::Fatal(error)),
                 Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
             };
-            if written > before {
+            if buffer.filled() > before {
                 failures_without_progress = 0;
             } else {
                 failures_without_progress += 1;
@@ -625,9 +631,9 @@ impl ChunkContext<'_> {
         url: &Url,
         start: u64,
         end: u64,
-        written: &mut u64,
+        buffer: &mut ChunkBuffer,
     ) -> std::result::Result<(), Step> {
-        let from = start + *written;
+        let from = start + buffer.filled() as u64;
         let mut response = match self
             .client
             .send_range(url.clone(), Some((from, Some(end))))
@@ -687,12 +693,10 @@ impl ChunkContext<'_> {
             self.shared.lock().expect("chunk state lock").url = response.url().clone();
         }
         let length = end - start + 1;
-        // The frames as they came (no copy): written together once they add up.
-        let mut buffer = Frames::default();
         let result = loop {
             match response.chunk().await {
                 Ok(Some(bytes)) => {
-                    if *written + (buffer.len + bytes.len()) as u64 > length {
+                    if (buffer.filled() + bytes.len()) as u64 > length {
                         break Err(Step::Fatal(Error::verify(format!(
                             "`{}`: the server sent more bytes than the range asked for",
                             self.file.path
@@ -701,148 +705,76 @@ impl ChunkContext<'_> {
                     (self.on_progress)(bytes.len() as u64);
                     self.received
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    buffer.push(bytes);
-                    if buffer.len >= WRITE_BUFFER_BYTES || buffer.frames.len() >= MAX_FRAMES {
-                        self.flush(&mut buffer, start, written)?;
-                    }
+                    buffer.append(&bytes);
                 }
                 Ok(None) => break Ok(()),
+                // Bytes that arrived before a drop stay in the buffer for the retry.
                 Err(err) => break Err(Step::Retry(Transient::from_reqwest(&err), None)),
             }
         };
-        // Bytes that arrived before a drop are good: keep them for the retry.
-        self.flush(&mut buffer, start, written)?;
         result?;
-        if *written < length {
+        if (buffer.filled() as u64) < length {
             return Err(Step::Retry(
                 Transient::Interrupted(format!(
                     "the body ended after {} of {length} bytes of a chunk",
-                    *written
+                    buffer.filled()
                 )),
                 None,
             ));
         }
         Ok(())
     }
+}
 
-    fn flush(&self, buffer: &mut Frames, start: u64, written: &mut u64) -> Result<()> {
-        if buffer.len == 0 {
-            return Ok(());
-        }
-        write_all_vectored_at(self.handle, &buffer.frames, start + *written)
-            .map_err(|err| Error::io(format!("writing `{}`", self.part.display()), &err))?;
-        *written += buffer.len as u64;
-        buffer.frames.clear();
-        buffer.len = 0;
-        Ok(())
-    }
+/// The slow chunks since the last fast one.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct SlowChunks {
+    chunks: usize,
+    /// When the first of them started.
+    since: Option<Instant>,
 }
 
 /// What one more chunk at `chunk_rate` says about adding connections.
 #[derive(Debug, PartialEq)]
 enum SlowRun {
     /// The run of slow chunks in a row so far (a fast chunk ends it).
-    Counting(usize),
-    /// [`START_CONNECTIONS`] slow chunks in a row while kmm keeps [`BUSY_CORES`] busy: the
-    /// machine, not the link, is the limit (on a slow VM page-cache writes cost several times
-    /// their usual CPU), and more connections would only add work. The run starts over.
+    Counting(SlowChunks),
+    /// A long enough run while kmm keeps [`BUSY_CORES`] busy: the machine, not the link, is
+    /// the limit (on a slow VM page-cache writes cost several times their usual CPU), and more
+    /// connections would only add work. The run starts over.
     MachineBusy,
-    /// [`START_CONNECTIONS`] slow chunks in a row with CPU to spare: the sign of a
-    /// per-connection cap, so extra connections are tried.
+    /// A long enough run with CPU to spare: the sign of a per-connection cap, so extra
+    /// connections are tried.
     TryMore,
 }
 
+/// The verdict once a chunk that started at `chunk_started` arrived (by `now`) at `chunk_rate`.
 /// `cores_busy` (CPU seconds per second kmm has used, `None` if unknown) is asked only once
 /// the run is long enough.
 fn after_chunk(
-    slow_in_a_row: usize,
+    run: SlowChunks,
+    chunk_started: Instant,
+    now: Instant,
     chunk_rate: f64,
     cores_busy: impl FnOnce() -> Option<f64>,
 ) -> SlowRun {
     if chunk_rate >= SLOW_CONNECTION_BYTES_PER_SEC {
-        return SlowRun::Counting(0);
+        return SlowRun::Counting(SlowChunks::default());
     }
-    let slow_in_a_row = slow_in_a_row + 1;
-    if slow_in_a_row < START_CONNECTIONS {
-        SlowRun::Counting(slow_in_a_row)
+    let since = run
+        .since
+        .map_or(chunk_started, |since| since.min(chunk_started));
+    let run = SlowChunks {
+        chunks: run.chunks + 1,
+        since: Some(since),
+    };
+    if run.chunks < START_CONNECTIONS || now.duration_since(since) < SLOW_RUN_TIME {
+        SlowRun::Counting(run)
     } else if cores_busy().is_some_and(|cores| cores >= BUSY_CORES) {
         SlowRun::MachineBusy
     } else {
         SlowRun::TryMore
     }
-}
-
-/// Most frames gathered into one positioned write, and most given to one `pwritev` (Linux and
-/// macOS take 1024, more is `EINVAL`).
-const MAX_FRAMES: usize = 256;
-
-/// Body frames waiting to be written, and how many bytes they hold.
-#[derive(Default)]
-struct Frames {
-    frames: Vec<bytes::Bytes>,
-    len: usize,
-}
-
-impl Frames {
-    fn push(&mut self, frame: bytes::Bytes) {
-        self.len += frame.len();
-        self.frames.push(frame);
-    }
-}
-
-/// Writes `frames` back to back at `offset` with positioned vectored writes (`pwritev`): one
-/// system call for many frames, without first copying them into one buffer (that copy was 7%
-/// of a 2 GiB download's CPU time).
-fn write_all_vectored_at(
-    file: &std::fs::File,
-    frames: &[bytes::Bytes],
-    mut offset: u64,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let mut slices: Vec<&[u8]> = frames.iter().map(|frame| &frame[..]).collect();
-    let mut first = 0;
-    while first < slices.len() {
-        let iovecs: Vec<libc::iovec> = slices[first..]
-            .iter()
-            .take(MAX_FRAMES)
-            .map(|slice| libc::iovec {
-                iov_base: slice.as_ptr() as *mut libc::c_void,
-                iov_len: slice.len(),
-            })
-            .collect();
-        let count = iovecs.len() as libc::c_int;
-        // SAFETY: every iovec points into a live slice of `frames` (borrowed for the call) and
-        // the descriptor is open; pwritev only reads that memory.
-        let wrote = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                iovecs.as_ptr(),
-                count,
-                offset as libc::off_t,
-            )
-        };
-        if wrote < 0 {
-            let error = std::io::Error::last_os_error();
-            if error.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(error);
-        }
-        if wrote == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let mut left = wrote as usize;
-        offset += left as u64;
-        // Skip what was written; a short write resumes inside a frame.
-        while first < slices.len() && left >= slices[first].len() {
-            left -= slices[first].len();
-            first += 1;
-        }
-        if left > 0 {
-            slices[first] = &slices[first][left..];
-        }
-    }
-    Ok(())
 }
 
 enum Step {
@@ -937,29 +869,6 @@ mod tests {
     }
 
     #[test]
-    fn vectored_writes_land_every_frame_in_order_at_the_offset() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
-        let file = std::fs::File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(10).unwrap();
-        // More frames than one call takes on some systems, of uneven sizes, some empty.
-        let frames: Vec<bytes::Bytes> = (0..3000u32)
-            .map(|i| bytes::Bytes::from(vec![(i % 251) as u8; (i % 7) as usize]))
-            .collect();
-        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
-        write_all_vectored_at(&file, &frames, 10).unwrap();
-        let written = std::fs::read(&path).unwrap();
-        assert_eq!(&written[..10], &[0u8; 10]);
-        assert_eq!(&written[10..], &expected[..]);
-    }
-
-    #[test]
     fn extra_connections_wait_for_a_run_of_slow_chunks_with_cpu_to_spare() {
         let (slow, fast) = (
             SLOW_CONNECTION_BYTES_PER_SEC / 2.0,
@@ -967,21 +876,40 @@ mod tests {
         );
         let idle = || Some(0.1);
         let unasked = || -> Option<f64> { panic!("the CPU is read only at the end of a run") };
+        let now = Instant::now();
+        let long_ago = now - SLOW_RUN_TIME * 2;
         // Three slow chunks, then a fast one: the run starts over.
-        let mut run = 0;
-        for expected in 1..=3 {
-            assert_eq!(after_chunk(run, slow, unasked), SlowRun::Counting(expected));
-            run = expected;
+        let mut run = SlowChunks::default();
+        for chunks in 1..=3 {
+            let SlowRun::Counting(next) = after_chunk(run, long_ago, now, slow, unasked) else {
+                panic!("still counting");
+            };
+            assert_eq!(next.chunks, chunks);
+            run = next;
         }
-        assert_eq!(after_chunk(run, fast, unasked), SlowRun::Counting(0));
-        // The fourth slow chunk in a row: more connections, unless kmm keeps a core busy.
-        assert_eq!(after_chunk(3, slow, idle), SlowRun::TryMore);
-        assert_eq!(after_chunk(3, slow, || None), SlowRun::TryMore);
-        assert_eq!(after_chunk(3, slow, || Some(1.3)), SlowRun::MachineBusy);
         assert_eq!(
-            after_chunk(3, slow, || Some(BUSY_CORES)),
+            after_chunk(run, long_ago, now, fast, unasked),
+            SlowRun::Counting(SlowChunks::default())
+        );
+        // The fourth slow chunk of a long run: more connections, unless kmm keeps a core busy.
+        assert_eq!(after_chunk(run, now, now, slow, idle), SlowRun::TryMore);
+        assert_eq!(after_chunk(run, now, now, slow, || None), SlowRun::TryMore);
+        assert_eq!(
+            after_chunk(run, now, now, slow, || Some(1.3)),
             SlowRun::MachineBusy
         );
+        assert_eq!(
+            after_chunk(run, now, now, slow, || Some(BUSY_CORES)),
+            SlowRun::MachineBusy
+        );
+        // Many slow chunks that all started just now: not long enough yet.
+        let mut run = SlowChunks::default();
+        for _ in 0..START_CONNECTIONS * 8 {
+            match after_chunk(run, now, now, slow, unasked) {
+                SlowRun::Counting(next) => run = next,
+                other => panic!("{other:?} within {SLOW_RUN_TIME:?}"),
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! Edges: talks HTTP and writes only the single destination file it is given by `apply`; it never
 //! touches the registry or the layout.
 
+mod chunk_io;
 mod chunked;
 mod download;
 mod errors;
@@ -83,6 +84,9 @@ pub struct HubConfig {
     pub chunk_size: u64,
     pub parallel_min_size: u64,
     pub connections_per_file: usize,
+    /// Chunked downloads write block-aligned bytes with `O_DIRECT` (Linux), past the page
+    /// cache; off, every write goes through the page cache.
+    pub direct_io: bool,
 }
 
 impl HubConfig {
@@ -123,6 +127,7 @@ impl HubConfig {
             chunk_size: chunked::DEFAULT_CHUNK_SIZE,
             parallel_min_size: chunked::DEFAULT_PARALLEL_MIN_SIZE,
             connections_per_file: chunked::DEFAULT_CONNECTIONS,
+            direct_io: true,
         }
     }
 }

@@ -216,6 +216,44 @@ fn dropped_connections_are_continued_in_the_same_run() {
     );
 }
 
+/// Direct writes (the default on Linux), the page cache (`KMM_DIRECT_IO=0`), and chunks whose
+/// offsets are not block aligned (written through the page cache even with direct writes on)
+/// all land the same bytes, with drops in the middle of chunks.
+#[test]
+fn chunks_land_whole_with_and_without_direct_writes() {
+    let size = (3 << 20) + 12_345;
+    let (repo, big) = big_repo(size);
+    let hub = FakeHub::start(vec![repo]);
+    for (direct, chunk) in [("1", CHUNK), ("0", CHUNK), ("1", 100_000)] {
+        let mut ws = Workspace::new(&hub, &[REPO]);
+        ws.set_env("KMM_DIRECT_IO", direct);
+        ws.set_env("KMM_CHUNK_SIZE", &chunk.to_string());
+        hub.add_fault(Fault::DropAfter {
+            path_contains: BIG.to_string(),
+            bytes: 70_001,
+            times: 2,
+        });
+        let run = ws.run(&["apply", "--json"]);
+        assert_eq!(run.code, 0, "{direct} {chunk}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            fs_err::read(ws.installed(BIG)).unwrap(),
+            big,
+            "KMM_DIRECT_IO={direct} KMM_CHUNK_SIZE={chunk}"
+        );
+        hub.clear_faults();
+    }
+    let mut ws = Workspace::new(&hub, &[REPO]);
+    ws.set_env("KMM_DIRECT_IO", "sometimes");
+    let run = ws.run(&["apply", "--json"]);
+    assert_ne!(run.code, 0);
+    let output = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        output.contains("E_ARGS") && output.contains("KMM_DIRECT_IO"),
+        "{output}"
+    );
+    assert!(!ws.models.join("model_registry.json").exists());
+}
+
 #[test]
 fn rate_limits_and_server_errors_are_waited_out() {
     let size = 2 << 20;

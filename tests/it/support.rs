@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Variables a developer's shell may set that would change what kmm does (a token, another
 /// manifest or store, offline mode, tuning, logs). Tests start without them and set what they
 /// test.
-pub(crate) const SCRUBBED_ENV: [&str; 17] = [
+pub(crate) const SCRUBBED_ENV: [&str; 18] = [
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
     "HF_TOKEN_PATH",
@@ -21,6 +21,7 @@ pub(crate) const SCRUBBED_ENV: [&str; 17] = [
     "KMM_MAX_WORKERS",
     "KMM_CHUNK_SIZE",
     "KMM_CONNECTIONS_PER_FILE",
+    "KMM_DIRECT_IO",
     "KMM_PROGRESS_JSON",
     "KMM_PYTHON",
     "KMM_HUB_MAX_RETRIES",
