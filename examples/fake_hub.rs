@@ -2,11 +2,12 @@
 //! manual tries and scripts.
 //!
 //! `cargo run --example fake_hub -- --root examples/hub [--port 8080] [--cdn-port 0]
-//! [--page-size N] [--bandwidth-cap BYTES_PER_SEC] [--stats-file PATH]` prints `endpoint=http://127.0.0.1:PORT` (then `cdn=...`) on stdout once both
+//! [--page-size N] [--bandwidth-cap BYTES_PER_SEC] [--stats-file PATH] [--zero-copy-cdn]` prints `endpoint=http://127.0.0.1:PORT` (then `cdn=...`) on stdout once both
 //! listeners are bound, and serves until killed. Folder format: `examples/hub/README.md`.
 //! `--bandwidth-cap` throttles every file response (one per connection) as a CDN on a long link
 //! would; `--stats-file` is rewritten every 100 ms with `body_bytes_served=N` (file-content bytes
 //! sent so far), which benchmarks read to count what a resumed download transferred.
+//! `--zero-copy-cdn` sends LFS bytes with `sendfile`, as production CDNs do (no throttling then).
 
 #[path = "../tests/fake_hub/mod.rs"]
 #[allow(dead_code)]
@@ -16,9 +17,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use fake_hub::{FakeHub, PageSizes, fixtures};
+use fake_hub::{CdnMode, FakeHub, PageSizes, fixtures};
 
-const USAGE: &str = "usage: fake_hub --root DIR [--port N] [--cdn-port N] [--page-size N] [--bandwidth-cap BYTES_PER_SEC] [--stats-file PATH]";
+const USAGE: &str = "usage: fake_hub --root DIR [--port N] [--cdn-port N] [--page-size N] [--bandwidth-cap BYTES_PER_SEC] [--stats-file PATH] [--zero-copy-cdn]";
 
 struct Args {
     root: PathBuf,
@@ -27,6 +28,7 @@ struct Args {
     page_size: Option<usize>,
     bandwidth_cap: Option<u64>,
     stats_file: Option<PathBuf>,
+    zero_copy_cdn: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -36,10 +38,15 @@ fn parse_args() -> Result<Args, String> {
     let mut page_size = None;
     let mut bandwidth_cap = None;
     let mut stats_file = None;
+    let mut zero_copy_cdn = false;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "-h" || flag == "--help" {
             return Err(USAGE.to_string());
+        }
+        if flag == "--zero-copy-cdn" {
+            zero_copy_cdn = true;
+            continue;
         }
         let value = args
             .next()
@@ -75,7 +82,13 @@ fn parse_args() -> Result<Args, String> {
     if !root.is_dir() {
         return Err(format!("`{}` is not a folder", root.display()));
     }
+    if zero_copy_cdn && bandwidth_cap.is_some() {
+        return Err(format!(
+            "`--bandwidth-cap` needs the streaming CDN, not `--zero-copy-cdn`\n{USAGE}"
+        ));
+    }
     Ok(Args {
+        zero_copy_cdn,
         root,
         port,
         cdn_port,
@@ -95,7 +108,12 @@ fn main() -> ExitCode {
     };
     let repos = fixtures::load_dir(&args.root);
     let ids: Vec<String> = repos.iter().map(|r| r.id.clone()).collect();
-    let hub = match FakeHub::start_on(repos, args.port, args.cdn_port) {
+    let cdn_mode = if args.zero_copy_cdn {
+        CdnMode::ZeroCopy
+    } else {
+        CdnMode::Streaming
+    };
+    let hub = match FakeHub::start_with(repos, args.port, args.cdn_port, cdn_mode) {
         Ok(hub) => hub,
         Err(error) => {
             eprintln!(

@@ -85,12 +85,13 @@ fn load_repo(dir: &Path, default_id: String) -> RepoSpec {
         .into_iter()
         .filter(|relative| relative != METADATA_FILE)
         .map(|relative| {
-            let content = file_content(&dir.join(&relative));
+            let path = dir.join(&relative);
+            let content = file_content(&path);
             let lfs = is_lfs(&relative, content.len(), &lfs_patterns);
             if lfs {
-                FileSpec::lfs(relative, content)
+                FileSpec::lfs(relative, content).with_source(path)
             } else {
-                FileSpec::regular(relative, content)
+                FileSpec::regular(relative, content).with_source(path)
             }
         })
         .collect();

@@ -7,7 +7,8 @@
 //! (`huggingface_hub`), by `tests/it/interop.rs`.
 //!
 //! Edges: `repo` (builder + hashed view), `server` (the two axum apps and the protocol),
-//! `faults` (what can go wrong on purpose), `fixtures` (repos from a folder on disk). This file
+//! `faults` (what can go wrong on purpose), `fixtures` (repos from a folder on disk),
+//! `zero_copy` (the CDN with `sendfile`, for benchmarks). This file
 //! owns the lifecycle: a dedicated thread with its own tokio runtime, so that sync tests and
 //! async tests can both start a hub, and `Drop` stops it.
 //!
@@ -18,6 +19,7 @@ pub mod faults;
 pub mod fixtures;
 pub mod repo;
 pub mod server;
+pub mod zero_copy;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -88,6 +90,15 @@ impl Default for PageSizes {
     }
 }
 
+/// How the CDN listener sends file bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CdnMode {
+    /// A streamed body: supports every [`Fault`] (throttling, drops, wrong bytes).
+    Streaming,
+    /// `sendfile` from fixture files, as production CDNs serve; no faults ([`zero_copy`]).
+    ZeroCopy,
+}
+
 /// A running fake hub. Dropping it stops both listeners.
 pub struct FakeHub {
     state: Arc<HubState>,
@@ -107,6 +118,16 @@ impl FakeHub {
         repos: Vec<RepoSpec>,
         api_port: u16,
         cdn_port: u16,
+    ) -> std::io::Result<FakeHub> {
+        FakeHub::start_with(repos, api_port, cdn_port, CdnMode::Streaming)
+    }
+
+    /// [`FakeHub::start_on`] with a choice of CDN.
+    pub fn start_with(
+        repos: Vec<RepoSpec>,
+        api_port: u16,
+        cdn_port: u16,
+        cdn_mode: CdnMode,
     ) -> std::io::Result<FakeHub> {
         let api = std::net::TcpListener::bind(("127.0.0.1", api_port))?;
         let cdn = std::net::TcpListener::bind(("127.0.0.1", cdn_port))?;
@@ -131,10 +152,17 @@ impl FakeHub {
                 let api = tokio::net::TcpListener::from_std(api).expect("fake hub: api listener");
                 let cdn = tokio::net::TcpListener::from_std(cdn).expect("fake hub: cdn listener");
                 let api_app = server::api_router(thread_state.clone());
-                let cdn_app = server::cdn_router(thread_state);
+                let cdn_server = async move {
+                    match cdn_mode {
+                        CdnMode::Streaming => {
+                            axum::serve(cdn, server::cdn_router(thread_state)).await
+                        }
+                        CdnMode::ZeroCopy => zero_copy::serve(cdn, thread_state).await,
+                    }
+                };
                 tokio::select! {
                     result = axum::serve(api, api_app).into_future() => result.expect("fake hub: api server"),
-                    result = axum::serve(cdn, cdn_app).into_future() => result.expect("fake hub: cdn server"),
+                    result = cdn_server => result.expect("fake hub: cdn server"),
                     _ = stopped => {}
                 }
             });

@@ -36,6 +36,8 @@ pub struct FileSpec {
     pub path: String,
     pub content: Bytes,
     pub lfs: bool,
+    /// The file on disk that holds `content` (fixture folders), for the zero-copy CDN.
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl FileSpec {
@@ -44,6 +46,7 @@ impl FileSpec {
             path: path.into(),
             content: content.into(),
             lfs: false,
+            source: None,
         }
     }
 
@@ -52,7 +55,14 @@ impl FileSpec {
             path: path.into(),
             content: content.into(),
             lfs: true,
+            source: None,
         }
+    }
+
+    /// Says that `path` on disk holds the content (and stays unchanged while the hub runs).
+    pub fn with_source(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.source = Some(path.into());
+        self
     }
 
     /// What kmm and the real clients use as the file's identity: sha256 for LFS, git sha1 otherwise.
@@ -227,6 +237,7 @@ pub(crate) struct RepoFile {
     pub pointer: String,
     /// Index of the newest commit (≤ this one) that changed this file.
     pub last_commit: usize,
+    pub source: Option<std::path::PathBuf>,
 }
 
 impl RepoFile {
@@ -300,6 +311,7 @@ impl Repo {
                     sha256,
                     pointer,
                     last_commit,
+                    source: file.source.clone(),
                 };
                 assert!(
                     by_path.insert(path.clone(), repo_file).is_none(),

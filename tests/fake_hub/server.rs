@@ -59,6 +59,8 @@ pub(crate) struct Catalog {
     pub repos: BTreeMap<String, Arc<Repo>>,
     pub aliases: BTreeMap<String, String>,
     pub blobs: HashMap<String, Bytes>,
+    /// Files on disk holding blobs, by sha256 (fixture folders), for the zero-copy CDN.
+    pub blob_sources: HashMap<String, std::path::PathBuf>,
 }
 
 impl HubState {
@@ -84,6 +86,11 @@ impl HubState {
                 catalog
                     .blobs
                     .insert(file.sha256.clone(), file.content.clone());
+                if let Some(source) = &file.source {
+                    catalog
+                        .blob_sources
+                        .insert(file.sha256.clone(), source.clone());
+                }
             }
         }
         catalog
@@ -105,15 +112,15 @@ pub(crate) fn cdn_router(state: Arc<HubState>) -> Router {
 }
 
 /// One request as the handlers see it.
-struct Ctx {
-    method: Method,
+pub(super) struct Ctx {
+    pub(super) method: Method,
     raw_path: String,
     raw_query: String,
     decoded_path: String,
     headers: HeaderMap,
     query: Vec<(String, String)>,
     /// File-content bytes sent for this request (shared with its log entry).
-    body_bytes: Arc<AtomicU64>,
+    pub(super) body_bytes: Arc<AtomicU64>,
 }
 
 impl Ctx {
@@ -202,7 +209,7 @@ fn decode_cursor(cursor: &str) -> Option<usize> {
 }
 
 /// Logs the request on arrival and returns its log index.
-fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx) {
+pub(super) fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx) {
     let raw_path = request.uri().path().to_string();
     let raw_query = request.uri().query().unwrap_or("").to_string();
     let headers = request.headers().clone();
@@ -243,7 +250,7 @@ fn begin(state: &HubState, server: ServerKind, request: &Request) -> (usize, Ctx
     (index, ctx)
 }
 
-fn finish(state: &HubState, index: usize, mut response: Response) -> Response {
+pub(super) fn finish(state: &HubState, index: usize, mut response: Response) -> Response {
     let id = state.request_counter.fetch_add(1, Ordering::Relaxed);
     response.headers_mut().insert(
         "x-request-id",
@@ -960,7 +967,19 @@ fn file_route(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) -
     serve_content(state, ctx, file.content.clone(), headers)
 }
 
-fn cdn_route(state: &HubState, ctx: &Ctx) -> Response {
+/// The blob a CDN path names (its 64-hex segment), and the file on disk holding it if known.
+pub(super) fn cdn_blob(state: &HubState, ctx: &Ctx) -> Option<(Bytes, Option<std::path::PathBuf>)> {
+    let sha = ctx
+        .raw_segments()
+        .iter()
+        .map(|s| decode(s))
+        .find(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    let catalog = state.catalog.read().unwrap();
+    let blob = catalog.blobs.get(&sha)?.clone();
+    Some((blob, catalog.blob_sources.get(&sha).cloned()))
+}
+
+pub(super) fn cdn_route(state: &HubState, ctx: &Ctx) -> Response {
     let segments: Vec<String> = ctx.raw_segments().iter().map(|s| decode(s)).collect();
     let sha = segments
         .iter()

@@ -234,7 +234,11 @@ fn chunks_land_whole_with_and_without_direct_writes() {
             times: 2,
         });
         let run = ws.run(&["apply", "--json"]);
-        assert_eq!(run.code, 0, "{direct} {chunk}: {}\n{}", run.stdout, run.stderr);
+        assert_eq!(
+            run.code, 0,
+            "{direct} {chunk}: {}\n{}",
+            run.stdout, run.stderr
+        );
         assert_eq!(
             fs_err::read(ws.installed(BIG)).unwrap(),
             big,

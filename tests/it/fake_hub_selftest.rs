@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::fake_hub::{
-    FakeHub, Fault, FileSpec, GatedMode, PageSizes, RepoSpec, ServerKind, git_blob_sha1,
+    CdnMode, FakeHub, Fault, FileSpec, GatedMode, PageSizes, RepoSpec, ServerKind, git_blob_sha1,
     lfs_pointer, sha256_hex,
 };
 
@@ -1215,4 +1215,88 @@ fn shipped_fixtures_are_what_their_readme_promises() {
     let gated = repo("acme/gated-model");
     assert_eq!(gated.gated, Some(GatedMode::Manual));
     assert_eq!(gated.allowed_tokens, ["hf_fixture_token"]);
+}
+
+/// The zero-copy CDN (benchmarks) answers every kind of file request as the streaming CDN does,
+/// over kept-alive connections, counting the bytes it sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zero_copy_cdn_answers_like_the_streaming_one() {
+    let root = tempfile::tempdir().unwrap();
+    let repo_dir = root.path().join("org").join("weights");
+    fs_err::create_dir_all(&repo_dir).unwrap();
+    let big = weights((3 << 20) + 77, 9);
+    fs_err::write(repo_dir.join("model.safetensors"), &big).unwrap();
+    fs_err::write(repo_dir.join("tiny.bin"), weights(1000, 3)).unwrap();
+    let start = |mode| {
+        let repos = crate::fake_hub::fixtures::load_dir(root.path());
+        FakeHub::start_with(repos, 0, 0, mode).unwrap()
+    };
+    let streaming = start(CdnMode::Streaming);
+    let zero_copy = start(CdnMode::ZeroCopy);
+    let client = client();
+    let mut sent = Vec::new();
+    for hub in [&streaming, &zero_copy] {
+        let mut answers = Vec::new();
+        for file in ["model.safetensors", "tiny.bin"] {
+            let resolve = format!("{}/org/weights/resolve/main/{file}", hub.url());
+            let redirect = client.get(&resolve).send().await.unwrap();
+            let cdn = header(&redirect, "location").expect("LFS files redirect to the CDN");
+            assert!(cdn.starts_with(&hub.cdn_url()), "{cdn}");
+            let unknown = cdn.replace(&sha256_hex(&big), &"0".repeat(64));
+            for (method, url, range) in [
+                ("GET", &cdn, None),
+                ("GET", &cdn, Some("bytes=100-199")),
+                ("GET", &cdn, Some("bytes=1048576-")),
+                ("GET", &cdn, Some("bytes=-10")),
+                ("GET", &cdn, Some("bytes=999999999-")),
+                ("HEAD", &cdn, Some("bytes=5-9")),
+                ("GET", &unknown, None),
+            ] {
+                let mut request = client.request(method.parse().unwrap(), url.as_str());
+                if let Some(range) = range {
+                    request = request.header("range", range);
+                }
+                let response = request.send().await.unwrap();
+                let status = response.status();
+                let headers: Vec<(String, String)> = response
+                    .headers()
+                    .iter()
+                    .filter(|(name, _)| !["x-request-id", "date"].contains(&name.as_str()))
+                    .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_string()))
+                    .collect();
+                let body = response.bytes().await.unwrap();
+                answers.push((method, range, status, headers, body));
+            }
+        }
+        sent.push((answers, hub.body_bytes_served()));
+    }
+    let (streamed, streamed_bytes) = &sent[0];
+    let (copied, copied_bytes) = &sent[1];
+    assert_eq!(streamed.len(), copied.len());
+    for (expected, actual) in streamed.iter().zip(copied) {
+        assert_eq!(
+            (expected.2, &expected.3),
+            (actual.2, &actual.3),
+            "{} {:?}",
+            expected.0,
+            expected.1
+        );
+        assert!(
+            expected.4 == actual.4,
+            "{} {:?}: other bytes",
+            expected.0,
+            expected.1
+        );
+    }
+    // The whole big file came back intact, and both count the same file bytes.
+    assert_eq!(&copied[0].4[..], &big[..]);
+    assert_eq!(streamed_bytes, copied_bytes);
+    assert!(*copied_bytes > big.len() as u64);
+    // Every request is in the log, as with the streaming CDN (7 per file).
+    let cdn_requests = zero_copy
+        .requests()
+        .iter()
+        .filter(|r| r.server == ServerKind::Cdn)
+        .count();
+    assert_eq!(cdn_requests, 14);
 }
