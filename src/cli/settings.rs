@@ -12,7 +12,7 @@
 //! | workers | `--max-workers` | `KMM_MAX_WORKERS` | `settings.max_workers` | 8 |
 //! | token | | `HF_TOKEN`, `HUGGING_FACE_HUB_TOKEN`, file `HF_TOKEN_PATH` or `$HF_HOME/token` | | none |
 //! | HF cache (local source) | | `HF_HUB_CACHE`, else `$HF_HOME/hub` | | `~/.cache/huggingface/hub` |
-//! | chunk size (files from 4 chunks on are fetched in parallel chunks; memory is about (connections + 2) chunks) | | `KMM_CHUNK_SIZE` (bytes, 64 KiB to 64 MiB) | | 2 MiB |
+//! | chunk size (files from 64 MiB on, or from 4 chunks on when set, are fetched in parallel chunks; memory is about (connections + 2) chunks) | | `KMM_CHUNK_SIZE` (bytes, 64 KiB to 64 MiB) | | 4 MiB |
 //! | direct writes of chunked downloads (`O_DIRECT`, past the page cache) | | `KMM_DIRECT_IO` (`0`/`off` to write through the page cache) | | on (Linux) |
 //! | most connections per large file (4 start; more join when connections are slow) | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 16 |
 //! | progress as JSON lines on stderr (with `--json`) | | `KMM_PROGRESS_JSON=1` | | off |

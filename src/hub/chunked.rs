@@ -53,9 +53,10 @@ use super::{HubClient, SendError, redact_url, retry, urls};
 use crate::error::{Error, Result};
 use crate::upstream::UpstreamFile;
 
-/// 2 MiB: big enough that a request's cost is noise (a few hundred per GiB), small enough that
-/// the chunks held in memory until hashed stay few megabytes.
-pub const DEFAULT_CHUNK_SIZE: u64 = 2 << 20;
+/// 4 MiB: big enough that a request's cost is noise (measured against 2 MiB: a 2 GiB file 3.0 s
+/// instead of 3.5 s, a 512 MiB file over connections capped at 50 MB/s 429 MB/s instead of
+/// 362), small enough that the chunks held in memory until hashed stay a few dozen megabytes.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// Files from 64 MiB on are fetched in chunks; smaller ones in one stream.
 pub const DEFAULT_PARALLEL_MIN_SIZE: u64 = 64 << 20;
 /// Most connections per large file.

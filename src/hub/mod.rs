@@ -17,7 +17,8 @@
 //! Submodules: `urls` (encoding, `Link`, redaction), `retry` (which failures are retried and
 //! how long to wait), `errors` (status/headers -> `E_*`), `parse` (JSON -> kmm types, path
 //! checks), `download` (streaming, resume, verification), `chunked` (parallel Range chunks of
-//! large files, resumable across runs through a state file beside the partial download).
+//! large files, resumable across runs through a state file beside the partial download),
+//! `chunk_io` (chunk buffers, direct or buffered positioned writes, hashing in file order).
 //!
 //! Edges: talks HTTP and writes only the single destination file it is given by `apply`; it never
 //! touches the registry or the layout.
