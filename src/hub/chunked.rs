@@ -5,8 +5,9 @@
 //! place (positioned writes, direct to the disk where possible) into `part`, which is created at
 //! its final length (its blocks reserved where the filesystem can); see [`super::chunk_io`].
 //! Four connections start; up to `connections_per_file` join once at least four chunks in a
-//! row, over at least [`SLOW_RUN_TIME`], arrive slower than 60 MB/s each, the sign of a per-connection cap (CDNs on long links), unless kmm
-//! is keeping a core busy meanwhile (then the machine is the limit). That is a probe: once an
+//! row, over at least [`SLOW_RUN_TIME`], arrive slower than 60 MB/s each, the sign of a
+//! per-connection cap (CDNs on long links), unless kmm is keeping a core busy meanwhile (then
+//! the machine is the limit). That is a probe: once an
 //! extra connection has finished a chunk, the aggregate rate over the next [`PROBE_WINDOW`]
 //! must be 25% above the rate before, or the extra connections stop after their current chunk.
 //! A link shared by every connection, or a busy machine, also makes chunks slow, and there more

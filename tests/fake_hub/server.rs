@@ -967,23 +967,25 @@ fn file_route(state: &HubState, ctx: &Ctx, caller: &Caller, segments: &[&str]) -
     serve_content(state, ctx, file.content.clone(), headers)
 }
 
-/// The blob a CDN path names (its 64-hex segment), and the file on disk holding it if known.
-pub(super) fn cdn_blob(state: &HubState, ctx: &Ctx) -> Option<(Bytes, Option<std::path::PathBuf>)> {
-    let sha = ctx
-        .raw_segments()
+/// The sha256 a CDN path names: its 64-hex segment.
+fn cdn_sha(segments: &[String]) -> Option<&String> {
+    segments
         .iter()
-        .map(|s| decode(s))
-        .find(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))?;
+        .find(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The blob a CDN path names, and the file on disk holding it if known.
+pub(super) fn cdn_blob(state: &HubState, ctx: &Ctx) -> Option<(Bytes, Option<std::path::PathBuf>)> {
+    let segments: Vec<String> = ctx.raw_segments().iter().map(|s| decode(s)).collect();
+    let sha = cdn_sha(&segments)?;
     let catalog = state.catalog.read().unwrap();
-    let blob = catalog.blobs.get(&sha)?.clone();
-    Some((blob, catalog.blob_sources.get(&sha).cloned()))
+    let blob = catalog.blobs.get(sha)?.clone();
+    Some((blob, catalog.blob_sources.get(sha).cloned()))
 }
 
 pub(super) fn cdn_route(state: &HubState, ctx: &Ctx) -> Response {
     let segments: Vec<String> = ctx.raw_segments().iter().map(|s| decode(s)).collect();
-    let sha = segments
-        .iter()
-        .find(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
+    let sha = cdn_sha(&segments);
     let blob = sha.and_then(|sha| state.catalog.read().unwrap().blobs.get(sha).cloned());
     let (Some(sha), Some(content), Some("lfs")) = (sha, blob, segments.first().map(String::as_str))
     else {
