@@ -176,7 +176,7 @@ pub fn partial_bytes(part: &Path, file: &UpstreamFile) -> u64 {
 }
 
 /// Inclusive byte range of chunk `index`.
-fn chunk_range(index: u64, chunk_size: u64, size: u64) -> (u64, u64) {
+pub(super) fn chunk_range(index: u64, chunk_size: u64, size: u64) -> (u64, u64) {
     let start = index * chunk_size;
     (start, (start + chunk_size).min(size) - 1)
 }

@@ -117,7 +117,7 @@ pub(super) struct Ctx {
     raw_path: String,
     raw_query: String,
     decoded_path: String,
-    headers: HeaderMap,
+    pub(super) headers: HeaderMap,
     query: Vec<(String, String)>,
     /// File-content bytes sent for this request (shared with its log entry).
     pub(super) body_bytes: Arc<AtomicU64>,
@@ -1017,7 +1017,7 @@ pub(super) fn cdn_route(state: &HubState, ctx: &Ctx) -> Response {
     serve_content(state, ctx, content, headers)
 }
 
-enum RangeRequest {
+pub(super) enum RangeRequest {
     Full,
     Partial(u64, u64),
     Unsatisfiable,
@@ -1025,7 +1025,7 @@ enum RangeRequest {
 
 /// One `bytes=` range, as servers commonly implement RFC 9110: a malformed or multi-range header is
 /// ignored (full body), an end past the file is clamped, a start at or past the end is 416.
-fn parse_range(value: Option<&str>, total: u64) -> RangeRequest {
+pub(super) fn parse_range(value: Option<&str>, total: u64) -> RangeRequest {
     let Some(spec) = value.and_then(|v| v.trim().strip_prefix("bytes=")) else {
         return RangeRequest::Full;
     };
