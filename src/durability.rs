@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use crate::desired::recorded_install_dir;
 use crate::error::Result;
-use crate::plan::recorded_install_dir;
 use crate::registry::Registry;
 use crate::store::StorePaths;
 
@@ -149,7 +149,7 @@ pub fn unconfirmed(paths: &StorePaths) -> BTreeSet<String> {
 
 /// The content hashes of `desired`'s files: a plan for these models hashed those of them that
 /// were unconfirmed, so [`settle`] may drop their entries of other boots.
-pub fn hashes_of(desired: &[crate::plan::DesiredModel]) -> BTreeSet<String> {
+pub fn hashes_of(desired: &[crate::desired::DesiredModel]) -> BTreeSet<String> {
     desired
         .iter()
         .flat_map(|model| model.files.iter().map(|file| file.hash.hex().to_string()))

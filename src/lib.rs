@@ -62,6 +62,7 @@ mod atomic_file;
 pub mod baselines;
 pub mod cli;
 pub mod compat;
+pub mod desired;
 pub mod durability;
 pub mod error;
 pub mod gc;

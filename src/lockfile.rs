@@ -22,10 +22,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::desired::DesiredModel;
 use crate::error::{Error, Result};
 use crate::layout::{self, Library};
 use crate::manifest::{Manifest, ModelSpec};
-use crate::plan::DesiredModel;
 use crate::upstream::{FileHash, UpstreamFile, is_commit_sha};
 
 mod fast;

@@ -196,7 +196,7 @@ impl PlanFile {
         // `reliability::hostile_lock_and_plan_files_are_e_schema_and_write_nothing`). The plan's
         // own paths are checked by `apply`.
         if let Some(bad) = plan.observed_dirs.iter().find(|dir| {
-            !crate::plan::is_safe_relative(dir)
+            !crate::desired::is_safe_relative(dir)
                 || dir
                     .components()
                     .next()

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::desired::DesiredModel;
 use crate::error::{Error, Result};
-use crate::plan::DesiredModel;
 use crate::registry::{Record, RecordFile, Registry};
 use crate::store::StorePaths;
 use crate::upstream::{ContentHasher, FileHash};

@@ -13,11 +13,11 @@
 use futures_util::StreamExt;
 use tracing::Instrument;
 
+use crate::desired::DesiredModel;
 use crate::error::{Error, Result};
 use crate::hub::{Gated, HubClient};
 use crate::layout;
 use crate::manifest::{FileSelection, Manifest, ModelSpec};
-use crate::plan::DesiredModel;
 use crate::registry::{Record, Registry, Selection};
 use crate::upstream::{UpstreamFile, is_commit_sha};
 

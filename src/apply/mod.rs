@@ -30,12 +30,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::desired::is_safe_relative;
 use crate::durability;
 use crate::error::{Error, Result};
 use crate::hub::HubClient;
-use crate::plan::{
-    Action, CarriedFile, ChangeKind, FileSource, InstallFile, Plan, RecordPlan, is_safe_relative,
-};
+use crate::plan::{Action, CarriedFile, ChangeKind, FileSource, InstallFile, Plan, RecordPlan};
 use crate::registry::{Record, RecordFile, Registry};
 use crate::store::StorePaths;
 use crate::upstream::{FileHash, UpstreamFile};

@@ -368,7 +368,12 @@ fn check_layout_conflicts(
         .models
         .iter()
         .filter(|(id, _)| !declared.contains(id.as_str()))
-        .filter_map(|(id, record)| Some((id.as_str(), plan::recorded_install_dir(root, record)?)))
+        .filter_map(|(id, record)| {
+            Some((
+                id.as_str(),
+                crate::desired::recorded_install_dir(root, record)?,
+            ))
+        })
         .collect();
     let installs: Vec<(&str, &Path)> = desired
         .iter()

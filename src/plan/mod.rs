@@ -23,40 +23,19 @@ pub mod markdown;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::desired::{is_safe_relative, is_shared_folder, recorded_install_dir};
 use crate::layout::Library;
 use crate::registry::{Record, RecordFile};
 use crate::store::{HashKind, Observed, ObservedDir};
 use crate::upstream::{FileHash, UpstreamFile};
 
+pub use crate::desired::DesiredModel;
 pub use markdown::render_markdown;
 pub use render::{format_bytes, render_text, summary_line};
-
-/// One declared model, resolved against the hub (or the lock / tree cache).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DesiredModel {
-    /// The id as declared in the manifest: the registry key.
-    pub id: String,
-    /// The revision as declared (branch, tag, `refs/pr/N` or commit).
-    pub revision: String,
-    /// The commit `revision` resolves to.
-    pub commit: String,
-    pub library: Library,
-    /// Folder relative to the models directory (from `layout::route`).
-    pub install_dir: PathBuf,
-    /// Selected files, sorted by path.
-    pub files: Vec<UpstreamFile>,
-    /// `configs/<repo>.json` when `config.json` is among `files`.
-    pub config_mirror: Option<PathBuf>,
-    pub pinned: Option<bool>,
-    /// License acceptance declared in the manifest, recorded into the registry as is.
-    pub license_accepted: Option<serde_json::Value>,
-    /// The include/exclude globs, recorded so later plans can reuse the registry's file list.
-    pub selection: crate::registry::Selection,
-}
 
 /// Everything the planner looks at.
 #[derive(Debug, Clone, Copy)]
@@ -319,24 +298,6 @@ pub fn dirs_to_observe(
     dirs.into_iter().collect()
 }
 
-/// The record's `install_path` relative to the models directory, when it lies inside it and is
-/// a folder of its own: not the models directory or a layout root (`llama-cpp/`, where the
-/// seed's flat layout put GGUFs of many models side by side), which are never removed or
-/// scanned as one model's folder.
-pub fn recorded_install_dir(models_dir: &Path, record: &Record) -> Option<PathBuf> {
-    let relative = Path::new(&record.install_path)
-        .strip_prefix(models_dir)
-        .ok()?;
-    (is_safe_relative(relative) && !is_shared_folder(relative)).then(|| relative.to_path_buf())
-}
-
-/// The layout's roots, which hold many models' folders.
-pub const SHARED_FOLDERS: [&str; 3] = ["llama-cpp", "transformers", "configs"];
-
-fn is_shared_folder(relative: &Path) -> bool {
-    relative.components().count() == 1 && SHARED_FOLDERS.iter().any(|s| relative == Path::new(s))
-}
-
 /// The files [`compute`] wants hashed before it plans (relative to the models directory, with
 /// the kind of upstream hash to compare): pure, so the planner decides and `store` reads.
 ///
@@ -427,13 +388,6 @@ pub fn hash_requests(
     requests.sort();
     requests.dedup();
     requests
-}
-
-/// True for a non-empty relative path made only of normal components (nothing that could
-/// reach outside the models directory).
-pub fn is_safe_relative(path: &Path) -> bool {
-    path.components().next().is_some()
-        && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// The upstream hash a registry file records, if any (seed records have none).

@@ -97,7 +97,7 @@ pub fn candidates(
                 .as_deref()
                 .and_then(gc::parse_time)
                 .or_else(|| {
-                    plan::recorded_install_dir(root, record)
+                    crate::desired::recorded_install_dir(root, record)
                         .and_then(|dir| gc::newest_atime(&root.join(dir)))
                 });
             Candidate {
