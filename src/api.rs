@@ -4,10 +4,10 @@
 //! Rust functions.
 //!
 //! Each is a thin face over the engine, not a second implementation: listing and file lists
-//! come from [`crate::hub`], routing from [`crate::layout`], installs go through
-//! [`crate::resolve`] -> [`crate::plan`] -> [`crate::apply`] under the store lock (so
-//! `download_snapshot` stages, verifies, swaps in whole, mirrors `config.json` and writes the
-//! registry record exactly as `kmm apply` does), and registry writes go through
+//! come from [`crate::hub`], routing from [`crate::layout`], installs go through the
+//! one reconcile pipeline, [`crate::ops`], under the store lock (so `download_snapshot`
+//! checks the quota and free disk, stages, verifies, swaps in whole, mirrors `config.json` and
+//! writes the registry record exactly as `kmm download` does), and registry writes go through
 //! [`crate::registry`] under [`crate::store::StoreLock`].
 //!
 //! ```no_run
@@ -36,14 +36,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::apply::{self, ApplyContext, ApplyReport, SilentReporter};
+use crate::apply::ApplyReport;
+use crate::desired::DesiredModel;
 use crate::error::{Error, Result};
 use crate::hub::{HubClient, ModelQuery};
 use crate::layout::{self, Library};
-use crate::manifest::ModelSpec;
-use crate::plan::{self, PlanInput};
+use crate::manifest::{Manifest, ModelSpec};
+use crate::ops::{self, ApplyOptions, PlanOptions, Session, Settings};
 use crate::registry::{Record, RecordFile, Registry, Selection};
-use crate::resolve::{self, ResolveContext};
 use crate::store::{StoreLock, StorePaths};
 use crate::upstream::UpstreamFile;
 
@@ -236,6 +236,9 @@ pub struct DownloadOptions {
     pub library: Option<Library>,
     /// Files downloaded in parallel; `None` is 8.
     pub max_workers: Option<usize>,
+    /// The store's size limit in GB, as `quota_gb` in the manifest: an install that would
+    /// pass it is `E_QUOTA` (no other model is evicted for it), before any download.
+    pub quota_gb: Option<f64>,
     /// Within a run, a dropped connection always resumes with a `Range` request. Across runs:
     /// `true` leaves partial files of an interrupted run (`models/.kmm/downloads/*.part`) to
     /// the engine, `false` deletes this model's partial files first. Note: the hub client
@@ -277,68 +280,65 @@ pub async fn download_snapshot(
     spec.library = options.library;
     spec.selection()?;
 
-    let paths = StorePaths::new(models_dir);
-    let max_workers = options.max_workers.unwrap_or(8).max(1);
-    let pending = crate::registry::load_pending_licenses(&crate::registry::pending_licenses_file(
+    // The same session and reconcile as `kmm download`: a one-model desired state, planned
+    // under the store lock with the quota and free-disk checks, applied, settled.
+    let mut manifest = Manifest::parse(&models_dir.join("kari-models.toml"), "")?;
+    manifest.models.insert(repo_id.to_string(), spec.clone());
+    let settings = Settings::for_library(
         models_dir,
-    ))?;
-    let hints = Registry::load(&paths.registry_file())?.with_pending_licenses(&pending);
-    let desired = resolve::resolve_model(
-        &spec,
-        &ResolveContext {
-            hub: Some(hub),
-            has_token: hub.has_token(),
-            registry: &hints,
-            concurrency: 1,
-            hf_cache: None,
-        },
-    )
-    .await?;
-
-    let _lock = StoreLock::acquire(&paths, None, &mut || {})?;
+        options.max_workers.unwrap_or(8),
+        options.quota_gb,
+    );
+    let session = Session::for_library(manifest, settings, hub.clone());
+    let registry = session.registry_hints()?;
+    let desired = session.resolve_one(&spec, &registry).await?;
     if !options.resume {
-        // The partial data and its record of completed chunks go together.
-        for file in &desired.files {
-            for suffix in [".part", ".part.state"] {
-                let partial = paths
-                    .downloads_dir()
-                    .join(format!("{}{suffix}", file.hash.hex()));
-                match fs_err::remove_file(&partial) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(Error::io("discarding a partial download", &error)),
-                }
-            }
-        }
+        let _lock = session.lock_store(&ops::Silent)?;
+        discard_partials(&session.paths, &desired)?;
     }
-    let registry = Registry::load(&paths.registry_file())?;
     let desired = [desired];
-    let observed = crate::migrate::observe(&paths, &desired, registry, false)?;
-    let plan = plan::compute(PlanInput {
-        models_dir: paths.root(),
-        desired: &desired,
-        observed: &observed,
-        prune: false,
-    });
-    let report = apply::apply(
-        &plan,
-        &ApplyContext {
-            paths: &paths,
-            hub: Some(hub),
-            max_workers,
-            reporter: &SilentReporter,
+    let applied = ops::apply_desired(
+        &session,
+        &desired,
+        ApplyOptions {
+            plan: PlanOptions {
+                only_desired: true,
+                ..PlanOptions::default()
+            },
+            force_compat: false,
+            frozen: false,
+            whole_manifest_env: None,
         },
+        &ops::Silent,
+        "",
     )
     .await?;
-    crate::durability::settle(&paths, &crate::durability::hashes_of(&desired))?;
     let [model] = desired;
     Ok(Installed {
         id: model.id,
         commit: model.commit,
         library: model.library,
-        install_dir: paths.root().join(model.install_dir),
-        report,
+        install_dir: session.paths.root().join(model.install_dir),
+        report: applied.report,
     })
+}
+
+/// Deletes the partial downloads of `desired`'s files (`resume: false`); the partial data and
+/// its record of completed chunks go together.
+fn discard_partials(paths: &StorePaths, desired: &DesiredModel) -> Result<()> {
+    for file in &desired.files {
+        for suffix in [".part", ".part.state"] {
+            let partial = paths
+                .downloads_dir()
+                .join(format!("{}{suffix}", file.hash.hex()));
+            match fs_err::remove_file(&partial) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(Error::io("discarding a partial download", &error)),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The registry of `models_dir` (empty when there is none yet).

@@ -11,13 +11,16 @@
 //! selected models is `apply`'s job, through `RemoveModel` + `Unregister` actions
 //! ([`crate::plan::compute_with_evictions`]).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::plan::format_bytes;
+use crate::desired::DesiredModel;
+use crate::plan::{ChangeKind, Plan, format_bytes};
+use crate::registry::Registry;
 
 /// One registered model as gc sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +152,46 @@ pub fn newest_atime(dir: &Path) -> Option<SystemTime> {
         }
     }
     newest
+}
+
+/// The registered models gc may consider: all except those `plan` already removes. A
+/// model's last use is its `last_accessed`, else the newest atime of its files.
+pub fn candidates(
+    root: &Path,
+    registry: &Registry,
+    desired: &[DesiredModel],
+    plan: &Plan,
+) -> Vec<Candidate> {
+    let removed: BTreeSet<&str> = plan
+        .models
+        .iter()
+        .filter(|m| m.change == ChangeKind::Remove)
+        .map(|m| m.id.as_str())
+        .collect();
+    registry
+        .models
+        .iter()
+        .filter(|(id, _)| !removed.contains(id.as_str()))
+        .map(|(id, record)| {
+            let declared = desired.iter().find(|m| &m.id == id);
+            let last_used = record
+                .last_accessed
+                .as_deref()
+                .and_then(parse_time)
+                .or_else(|| {
+                    crate::desired::recorded_install_dir(root, record)
+                        .and_then(|dir| newest_atime(&root.join(dir)))
+                });
+            Candidate {
+                id: id.clone(),
+                bytes: declared.map_or(record.total_size, |m| m.files.iter().map(|f| f.size).sum()),
+                last_used,
+                pinned: record.pinned.unwrap_or(false)
+                    || declared.is_some_and(|m| m.pinned == Some(true)),
+                declared: declared.is_some(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

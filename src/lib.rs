@@ -72,7 +72,7 @@ pub mod layout;
 pub mod lockfile;
 pub mod manifest;
 pub mod manifest_edit;
-pub mod migrate;
+pub mod ops;
 pub mod plan;
 pub mod plan_file;
 pub mod registry;

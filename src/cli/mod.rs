@@ -1,27 +1,39 @@
 //! The `kmm` command line: parse, settle settings, run a verb, print, pick the exit code.
 //!
-//! Verbs are thin: each one is a few lines over the library (`resolve`, `store`, `plan`,
-//! `apply`). This is the only module that reads the environment and writes to stdout/stderr.
+//! Verbs are thin: each one is its arguments, one [`crate::ops`] call and its rendering. This
+//! is the only module that writes to stdout/stderr; the environment is read here and handed to
+//! [`crate::ops::settings`] as a lookup.
+//!
+//! | file | job |
+//! | --- | --- |
+//! | `args.rs` | [`Cli`] and the [`Command`] enum (each verb's arguments live with the verb) |
+//! | `global_args.rs` | [`GlobalArgs`], the flags of every verb, and their [`crate::ops::Overrides`] |
+//! | `flags.rs` | flag groups several verbs flatten (`LockArgs`, `SelectionArgs`) |
+//! | `commands/<verb>.rs` | one verb each |
+//! | `verb_support.rs` | `--model` checks, sessions for one model, table formats |
+//! | `plan_output.rs` | plan and apply renderings and `--json` shapes shared by verbs |
+//! | `output.rs` | the `--json` envelope, status lines, errors with hints |
+//! | `progress.rs` | apply progress on stderr: the [`crate::ops::Reporter`] of the CLI |
+//! | `table.rs` | aligned text tables |
 //!
 //! Edges: nothing else in the crate imports `cli`.
 
 mod args;
 mod commands;
-mod commands_gitops;
-mod commands_machine;
-mod commands_migrate;
-mod commands_registry;
+mod flags;
+mod global_args;
 mod output;
+mod plan_output;
 mod progress;
-mod reconcile;
-pub mod settings;
 mod table;
+mod verb_support;
 
 use clap::Parser;
 
 use crate::error::{Error, Result};
 
-pub use args::{Cli, Command, GlobalArgs};
+pub use args::{Cli, Command};
+pub use global_args::GlobalArgs;
 pub use output::{Envelope, Output};
 
 /// Runs kmm with the process arguments and returns the exit code.
@@ -56,50 +68,33 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
         .build()
         .map_err(|error| Error::internal(format!("starting the async runtime: {error}")))?;
     runtime.block_on(async {
+        let global = &cli.global;
         match &cli.command {
-            Command::Plan(args) => reconcile::plan(&cli.global, args, &env, &cwd, out).await,
-            Command::Apply(args) => reconcile::apply(&cli.global, args, &env, &cwd, out).await,
+            Command::Plan(args) => commands::plan::run(global, args, &env, &cwd, out).await,
+            Command::Apply(args) => commands::apply::run(global, args, &env, &cwd, out).await,
             Command::Compatibility(args) => {
-                commands_machine::compatibility::run(&cli.global, args, &env, &cwd, out).await
+                commands::compatibility::run(global, args, &env, &cwd, out).await
             }
-            Command::Gc(args) => {
-                commands_machine::gc::run(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::Ensure(args) => {
-                commands_machine::ensure::run(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::Path(args) => {
-                commands_machine::path::run(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::List(args) => commands::list::run(&cli.global, args, &env, &cwd, out).await,
-            Command::Info(args) => commands::info::run(&cli.global, args, &env, &cwd, out).await,
+            Command::Gc(args) => commands::gc::run(global, args, &env, &cwd, out).await,
+            Command::Ensure(args) => commands::ensure::run(global, args, &env, &cwd, out).await,
+            Command::Path(args) => commands::path::run(global, args, &env, &cwd, out).await,
+            Command::List(args) => commands::list::run(global, args, &env, &cwd, out).await,
+            Command::Info(args) => commands::info::run(global, args, &env, &cwd, out).await,
             Command::Download(args) => {
-                commands::download::run(&cli.global, args, &env, &cwd, out).await
+                commands::download::run(global, args, &env, &cwd, out).await
             }
-            Command::Browse(args) => {
-                commands::browse::run(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::License(args) => {
-                commands::license::run(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::Pin(args) => commands::pin::run(&cli.global, args, &env, &cwd, out).await,
-            Command::Lock(args) => {
-                commands_gitops::lock::run(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::Migrate(args) => {
-                commands_migrate::migrate(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::Verify(args) => {
-                commands_migrate::verify(&cli.global, args, &env, &cwd, out).await
-            }
-            Command::Show(args) => commands_gitops::show::run(args, &cwd, out),
-            Command::Watch(args) => {
-                commands_gitops::watch::run(&cli.global, args, &env, &cwd, out).await
-            }
+            Command::Browse(args) => commands::browse::run(global, args, &env, &cwd, out).await,
+            Command::License(args) => commands::license::run(global, args, &env, &cwd, out).await,
+            Command::Pin(args) => commands::pin::run(global, args, &env, &cwd, out).await,
+            Command::Lock(args) => commands::lock::run(global, args, &env, &cwd, out).await,
+            Command::Migrate(args) => commands::migrate::run(global, args, &env, &cwd, out).await,
+            Command::Verify(args) => commands::verify::run(global, args, &env, &cwd, out).await,
+            Command::Show(args) => commands::show::run(args, &cwd, out),
+            Command::Watch(args) => commands::watch::run(global, args, &env, &cwd, out).await,
             Command::Registry(args) => {
-                commands_registry::run(&cli.global, args, &env, &cwd, out).await
+                commands::registry::run(global, args, &env, &cwd, out).await
             }
-            Command::GenerateSchemas(args) => commands_gitops::schemas::run(args, &cwd, out),
+            Command::GenerateSchemas(args) => commands::schemas::run(args, &cwd, out),
         }
     })
 }

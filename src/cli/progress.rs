@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::apply::Reporter;
+use crate::ops;
 
 use super::output::Output;
 
@@ -154,6 +155,24 @@ fn progress_line(done: u64, total: u64, rate: f64) -> String {
         human_bytes(total as f64),
         human_bytes(rate)
     )
+}
+
+/// The terminal side of [`ops::Reporter`]: status lines on stderr (not with `--quiet` or
+/// `--json`), and a [`ProgressReporter`] for each apply run.
+impl ops::Reporter for Output {
+    fn status(&self, line: &str) {
+        Output::status(self, line);
+    }
+
+    fn apply_progress(&self, progress_json: bool) -> Box<dyn ops::ApplyProgress + '_> {
+        Box::new(ProgressReporter::with_json(*self, progress_json))
+    }
+}
+
+impl ops::ApplyProgress for ProgressReporter {
+    fn finish(&self) {
+        ProgressReporter::finish(self);
+    }
 }
 
 impl Reporter for ProgressReporter {

@@ -18,7 +18,8 @@
 //! descriptor; a direct write refused with `EINVAL` makes the writer use the ordinary
 //! descriptor from then on.
 //!
-//! Edges: writes only the part file it was given; knows nothing of HTTP or chunk scheduling.
+//! Edges: writes only the part file it was given; knows nothing of HTTP or chunk scheduling,
+//! and imports no other hub module (`chunked` uses it, never the reverse).
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
@@ -27,7 +28,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use super::chunked::chunk_range;
 use crate::upstream::{ContentHasher, FileHash};
 
 /// Alignment of buffer addresses, file offsets and lengths of direct writes: the largest
@@ -230,6 +230,13 @@ pub(super) struct ChunkLayout {
     /// Chunks already in the part file when the run started (an earlier run wrote them): read
     /// back from the file when their turn comes.
     pub(super) done_at_start: Vec<bool>,
+}
+
+/// Inclusive byte range of chunk `index`. Lives with the layout so that the scheduler
+/// (`chunked`) and the hasher cut the file the same way without importing each other.
+pub(super) fn chunk_range(index: u64, chunk_size: u64, size: u64) -> (u64, u64) {
+    let start = index * chunk_size;
+    (start, (start + chunk_size).min(size) - 1)
 }
 
 /// Hashes the file's chunks in order as their buffers arrive on `arrivals` (chunk index and

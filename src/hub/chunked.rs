@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::chunk_io::{
-    BufferPool, ChunkBuffer, ChunkLayout, HashFrontier, PartWriter, hash_in_order,
+    BufferPool, ChunkBuffer, ChunkLayout, HashFrontier, PartWriter, chunk_range, hash_in_order,
 };
 use super::errors::{self, Target, Transient};
 use super::{HubClient, SendError, redact_url, retry, urls};
@@ -173,12 +173,6 @@ pub fn partial_bytes(part: &Path, file: &UpstreamFile) -> u64 {
         .ok()
         .filter(|&len| len <= file.size)
         .unwrap_or(0)
-}
-
-/// Inclusive byte range of chunk `index`.
-pub(super) fn chunk_range(index: u64, chunk_size: u64, size: u64) -> (u64, u64) {
-    let start = index * chunk_size;
-    (start, (start + chunk_size).min(size) - 1)
 }
 
 /// Shared by the connections of one download.

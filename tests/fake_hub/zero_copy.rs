@@ -157,28 +157,35 @@ fn respond(
         server::RangeRequest::Full | server::RangeRequest::Unsatisfiable => (0, total),
     };
     let counters = [state.served.clone(), ctx.body_bytes.clone()];
-    let count = |sent: u64| {
+    let count = |sent: i64| {
         for counter in &counters {
-            counter.fetch_add(sent, Ordering::Relaxed);
+            if sent >= 0 {
+                counter.fetch_add(sent as u64, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(sent.unsigned_abs(), Ordering::Relaxed);
+            }
         }
     };
     match source {
         Some(path) => send_file(stream, &path, start, len, count),
         None => {
-            stream.write_all(&content[start as usize..(start + len) as usize])?;
-            count(len);
-            Ok(())
+            // Counted before the write, as the streaming CDN counts a chunk when it hands it to
+            // the transport: a client that has read the bytes must find them counted.
+            count(len as i64);
+            stream.write_all(&content[start as usize..(start + len) as usize])
         }
     }
 }
 
-/// `len` bytes of `path` from `start` to the socket, counted as they go.
+/// `len` bytes of `path` from `start` to the socket, counted as they go: each call's request is
+/// counted before `sendfile` (the client may read the bytes before the call returns to us) and
+/// what it did not send is taken back after.
 fn send_file(
     stream: &mut TcpStream,
     path: &std::path::Path,
     start: u64,
     len: u64,
-    count: impl Fn(u64),
+    count: impl Fn(i64),
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path)?;
@@ -186,10 +193,15 @@ fn send_file(
     let end = start + len;
     while (offset as u64) < end {
         let want = (end - offset as u64).min(1 << 30) as usize;
+        count(want as i64);
         // SAFETY: both descriptors are open for the call; sendfile reads the file at `offset`
         // (which it advances) and writes to the socket, touching no memory of ours.
         let sent =
             unsafe { libc::sendfile(stream.as_raw_fd(), file.as_raw_fd(), &mut offset, want) };
+        let sent_bytes = sent.max(0) as usize;
+        if sent_bytes < want {
+            count(-((want - sent_bytes) as i64));
+        }
         if sent < 0 {
             let error = std::io::Error::last_os_error();
             if error.kind() == std::io::ErrorKind::Interrupted {
@@ -200,7 +212,6 @@ fn send_file(
         if sent == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        count(sent as u64);
     }
     Ok(())
 }

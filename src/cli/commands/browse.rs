@@ -16,11 +16,12 @@ use crate::error::{Error, Result};
 use crate::layout;
 use crate::manifest::ModelSpec;
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::Session;
-use super::super::settings::EnvLookup;
-use super::super::table::{Align, Table};
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::verb_support;
+use crate::ops::Session;
+use crate::ops::EnvLookup;
+use crate::cli::table::{Align, Table};
 
 #[derive(Debug, Clone, Args)]
 pub struct BrowseArgs {
@@ -54,8 +55,8 @@ pub async fn run(
                 .with_hint("in scripts use `kmm list`, `kmm info` and `kmm download`"),
         );
     }
-    let mut session = Session::open_lenient(global, env, cwd).await?;
-    let hub = super::require_hub(&session, "browse")?.clone();
+    let mut session = Session::open_lenient(&global.overrides(), env, cwd).await?;
+    let hub = verb_support::require_hub(&session, "browse")?.clone();
     let options = ListOptions {
         search: args.search.clone(),
         sort: None,
@@ -82,7 +83,7 @@ pub async fn run(
     for file in &repo.files {
         table.row(vec![
             file.path.clone(),
-            super::size(file.size),
+            verb_support::size(file.size),
             if file.hash.is_lfs() { "lfs" } else { "-" }.to_string(),
         ]);
     }
@@ -97,7 +98,7 @@ pub async fn run(
     println!(
         "{} files, {} -> {}",
         repo.files.len(),
-        super::size(total),
+        verb_support::size(total),
         session.paths.root().join(&route.install_dir).display()
     );
     if !ask_yes(&format!("Download {}? [y/N]: ", model.id))? {

@@ -18,10 +18,13 @@ use crate::layout::Library;
 use crate::manifest::{FileSelection, ModelSpec};
 use crate::manifest_edit::{self, ModelEntry};
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::{self, Session};
-use super::super::settings::EnvLookup;
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::flags::SelectionArgs;
+use crate::cli::plan_output::print_applied;
+use crate::cli::verb_support;
+use crate::ops::{self, Session};
+use crate::ops::EnvLookup;
 
 #[derive(Debug, Clone, Args)]
 pub struct DownloadArgs {
@@ -31,15 +34,8 @@ pub struct DownloadArgs {
     /// Branch, tag or commit [default: the manifest's, else main].
     #[arg(long, value_name = "REV")]
     pub revision: Option<String>,
-    /// Only files matching GLOB (repeatable; `*` also matches `/`).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Leave out files matching GLOB (repeatable; wins over --include).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
-    /// Route as this library instead of by content.
-    #[arg(long, value_parser = ["llama-cpp", "transformers"])]
-    pub library: Option<String>,
+    #[command(flatten)]
+    pub selection: SelectionArgs,
     /// Refuse (E_QUOTA) before any download if the models directory would then hold more than N GB (10^9 bytes).
     #[arg(long, value_name = "N")]
     pub max_quota_gb: Option<f64>,
@@ -59,7 +55,7 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    super::check_model_arg(&args.model)?;
+    verb_support::check_model_arg(&args.model)?;
     if let Some(quota) = args.max_quota_gb
         && !(quota.is_finite() && quota > 0.0)
     {
@@ -67,14 +63,14 @@ pub async fn run(
             "--max-quota-gb must be a positive number, got {quota}"
         )));
     }
-    let mut session = Session::open_lenient(global, env, cwd).await?;
+    let mut session = Session::open_lenient(&global.overrides(), env, cwd).await?;
     let spec = spec_for(&session, args)?;
     let entry = ModelEntry {
         id: args.model.clone(),
         revision: args.revision.clone(),
-        include: args.include.clone(),
-        exclude: args.exclude.clone(),
-        library: args.library.clone(),
+        include: args.selection.include.clone(),
+        exclude: args.selection.exclude.clone(),
+        library: args.selection.library.clone(),
     };
     if args.save {
         // Refuse a --save that would fail before downloading anything.
@@ -110,11 +106,11 @@ pub(crate) async fn install(
     session.manifest.models.clear();
     session.manifest.models.insert(id.clone(), spec);
     let desired = session.resolve().await?;
-    reconcile::apply_desired(
+    let applied = ops::apply_desired(
         session,
         &desired,
-        reconcile::ApplyOptions {
-            plan: reconcile::PlanOptions {
+        ops::ApplyOptions {
+            plan: ops::PlanOptions {
                 evict_declared: false,
                 only_desired: true,
                 ..Default::default()
@@ -123,22 +119,24 @@ pub(crate) async fn install(
             frozen: false,
             whole_manifest_env: None,
         },
-        out,
+        &out,
         &format!("{id} is already installed; nothing to download."),
     )
-    .await
+    .await?;
+    print_applied(out, &applied);
+    Ok(0)
 }
 
 /// The flags over the manifest's declaration of the same id.
 fn spec_for(session: &Session, args: &DownloadArgs) -> Result<ModelSpec> {
     let mut spec = session.declared_spec(&args.model, args.revision.as_deref())?;
-    if !args.include.is_empty() {
-        spec.include = args.include.clone();
+    if !args.selection.include.is_empty() {
+        spec.include = args.selection.include.clone();
     }
-    if !args.exclude.is_empty() {
-        spec.exclude = args.exclude.clone();
+    if !args.selection.exclude.is_empty() {
+        spec.exclude = args.selection.exclude.clone();
     }
-    if let Some(library) = &args.library {
+    if let Some(library) = &args.selection.library {
         spec.library = Library::parse(library);
     }
     FileSelection::new(&spec.include, &spec.exclude).map_err(|error| {

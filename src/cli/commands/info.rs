@@ -14,11 +14,13 @@ use crate::layout::{self, Library};
 use crate::manifest::FileSelection;
 use crate::registry::Registry;
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::Session;
-use super::super::settings::EnvLookup;
-use super::super::table::{Align, Table};
+use crate::cli::flags::SelectionArgs;
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::verb_support;
+use crate::ops::Session;
+use crate::ops::EnvLookup;
+use crate::cli::table::{Align, Table};
 
 #[derive(Debug, Clone, Args)]
 pub struct InfoArgs {
@@ -28,15 +30,9 @@ pub struct InfoArgs {
     /// Branch, tag or commit.
     #[arg(long, value_name = "REV", default_value = "main")]
     pub revision: String,
-    /// Show what these globs would select (as `download --include`).
-    #[arg(long, value_name = "GLOB")]
-    pub include: Vec<String>,
-    /// Show what these globs would leave out (as `download --exclude`).
-    #[arg(long, value_name = "GLOB")]
-    pub exclude: Vec<String>,
-    /// Route as this library (as `download --library`).
-    #[arg(long, value_parser = ["llama-cpp", "transformers"])]
-    pub library: Option<String>,
+    /// What `download` would select and where it would route it, with the same flags.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
 }
 
 /// `--json` data (`schemas/data/info.schema.json`).
@@ -91,11 +87,11 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    super::check_model_arg(&args.model)?;
-    let selection = FileSelection::new(&args.include, &args.exclude)
+    verb_support::check_model_arg(&args.model)?;
+    let selection = FileSelection::new(&args.selection.include, &args.selection.exclude)
         .map_err(|error| crate::Error::args(error.message().to_string()))?;
-    let session = Session::open_lenient(global, env, cwd).await?;
-    let hub = super::require_hub(&session, "info")?;
+    let session = Session::open_lenient(&global.overrides(), env, cwd).await?;
+    let hub = verb_support::require_hub(&session, "info")?;
     let repo = api::get_model_files(hub, &args.model, Some(&args.revision)).await?;
 
     let selected: Vec<_> = repo
@@ -104,7 +100,7 @@ pub async fn run(
         .filter(|file| selection.matches(&file.path))
         .cloned()
         .collect();
-    let library = args.library.as_deref().and_then(Library::parse);
+    let library = args.selection.library.as_deref().and_then(Library::parse);
     let route = layout::route(&args.model, library, &selected);
     let models_dir = session.paths.root();
     let config_mirror = selected
@@ -153,7 +149,7 @@ pub async fn run(
         data.id,
         short(&data.commit),
         data.files.len(),
-        super::size(data.total_size)
+        verb_support::size(data.total_size)
     );
     out.success(&message, &render(&data), &data);
     Ok(0)
@@ -197,12 +193,12 @@ fn render(data: &InfoData) -> String {
     text.push_str(&format!(
         "\n{} files, {} in total\n",
         data.files.len(),
-        super::size(data.total_size)
+        verb_support::size(data.total_size)
     ));
     text.push_str(&format!(
         "download would install {} files ({}) as {} into {}\n",
         data.selected_files,
-        super::size(data.selected_size),
+        verb_support::size(data.selected_size),
         data.routing.library.as_str(),
         data.routing.install_dir
     ));
@@ -231,7 +227,7 @@ fn files_table(data: &InfoData) -> Table {
     for file in &data.files {
         table.row(vec![
             file.path.clone(),
-            super::size(file.size),
+            verb_support::size(file.size),
             if file.lfs { "lfs" } else { "-" }.to_string(),
             if file.selected { "yes" } else { "no" }.to_string(),
         ]);

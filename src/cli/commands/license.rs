@@ -17,10 +17,11 @@ use crate::error::Result;
 use crate::hub::Gated;
 use crate::registry::{self, Registry};
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::Session;
-use super::super::settings::EnvLookup;
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::verb_support::open_for_model;
+use crate::ops::Session;
+use crate::ops::EnvLookup;
 
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("action").required(true).args(["show", "accept"])))]
@@ -63,8 +64,7 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    super::check_model_arg(&args.model)?;
-    let session = Session::open_lenient(global, env, cwd).await?;
+    let session = open_for_model(global, &args.model, env, cwd).await?;
     // The hub answers for the id (unknown model: E_NOT_FOUND) unless offline.
     let info = match &session.hub {
         Some(hub) => Some(hub.model_info(&args.model, "main").await?),
@@ -78,7 +78,7 @@ pub async fn run(
             "license_type": args.license_type.clone().unwrap_or_default(),
             "accepted_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         });
-        let _lock = session.lock_store(out)?;
+        let _lock = session.lock_store(&out)?;
         let registry_path = session.paths.registry_file();
         let mut registry = Registry::load(&registry_path)?;
         match registry.models.get_mut(&args.model) {

@@ -9,11 +9,12 @@ use serde::Serialize;
 use crate::api::{self, ListOptions, ModelSummary, SortKey};
 use crate::error::Result;
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::Session;
-use super::super::settings::EnvLookup;
-use super::super::table::{Align, Table};
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::verb_support;
+use crate::ops::Session;
+use crate::ops::EnvLookup;
+use crate::cli::table::{Align, Table};
 
 #[derive(Debug, Clone, Args)]
 pub struct ListArgs {
@@ -49,8 +50,8 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open_lenient(global, env, cwd).await?;
-    let hub = super::require_hub(&session, "list")?;
+    let session = Session::open_lenient(&global.overrides(), env, cwd).await?;
+    let hub = verb_support::require_hub(&session, "list")?;
     let options = ListOptions {
         search: args.search.clone(),
         sort: args.sort.as_deref().and_then(SortKey::parse),
@@ -98,7 +99,7 @@ pub fn table(models: &[ModelSummary], numbered: bool) -> Table {
             model.id.clone(),
             number(model.downloads),
             number(model.likes),
-            super::day(model.last_modified.as_deref()),
+            verb_support::day(model.last_modified.as_deref()),
             model.pipeline_tag.clone().unwrap_or_else(|| "-".into()),
             model.library_name.clone().unwrap_or_else(|| "-".into()),
             model.gated.clone(),

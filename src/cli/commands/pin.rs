@@ -11,10 +11,10 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::registry::Registry;
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::Session;
-use super::super::settings::EnvLookup;
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::verb_support::open_for_model;
+use crate::ops::EnvLookup;
 
 #[derive(Debug, Clone, Args)]
 pub struct PinArgs {
@@ -44,9 +44,8 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    super::check_model_arg(&args.model)?;
-    let session = Session::open_lenient(global, env, cwd).await?;
-    let _lock = session.lock_store(out)?;
+    let session = open_for_model(global, &args.model, env, cwd).await?;
+    let _lock = session.lock_store(&out)?;
     let path = session.paths.registry_file();
     let mut registry = Registry::load(&path)?;
     let record = registry.models.get_mut(&args.model).ok_or_else(|| {

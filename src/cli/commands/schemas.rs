@@ -12,11 +12,22 @@ use crate::error::{Error, Result};
 use crate::lockfile::Lockfile;
 use crate::plan_file::PlanFile;
 
-use super::super::args::GenerateSchemasArgs;
-use super::super::output::Output;
-use super::super::reconcile::{ApplyOutput, PlanOutput};
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::cli::output::Output;
+use crate::cli::plan_output::{ApplyOutput, PlanOutput};
+
 use super::lock::LockOutput;
 use super::watch::WatchOutput;
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateSchemasArgs {
+    /// The folder to write the schemas into.
+    #[arg(default_value = "schemas")]
+    pub dir: PathBuf,
+}
 
 /// File name -> schema text (pretty JSON, trailing newline), sorted by name.
 pub(in crate::cli) fn all() -> Vec<(&'static str, String)> {

@@ -8,10 +8,10 @@ use serde::Serialize;
 
 use crate::error::Result;
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::Session;
-use super::super::settings::EnvLookup;
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::verb_support::open_for_model;
+use crate::ops::EnvLookup;
 
 #[derive(Debug, Clone, Args)]
 pub struct PathArgs {
@@ -36,9 +36,8 @@ pub async fn run(
     out: Output,
 ) -> Result<i32> {
     // Like every verb taking --model: a hostile id is refused before the store is touched.
-    super::super::commands::check_model_arg(&args.model)?;
-    let session = Session::open_lenient(global, env, cwd).await?;
-    let _lock = session.lock_store(out)?;
+    let session = open_for_model(global, &args.model, env, cwd).await?;
+    let _lock = session.lock_store(&out)?;
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let record = crate::apply::record_access(&session.paths, &args.model, now)?;
     let data = PathOutput {

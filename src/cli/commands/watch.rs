@@ -15,10 +15,25 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::lockfile;
 use crate::watch::{self, Trigger, Verdict, WatchConfig};
 
-use super::super::args::{GlobalArgs, WatchArgs};
-use super::super::output::Output;
-use super::super::reconcile::{self, ApplyOutput};
-use super::super::settings::{self, EnvLookup};
+use clap::Args;
+
+use crate::cli::flags::{LockArgs, parse_duration};
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
+use crate::cli::plan_output::ApplyOutput;
+use crate::ops::{self, EnvLookup, settings};
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Reconcile at least this often to repair drift, e.g. `30s`, `5m`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "5m")]
+    pub interval: std::time::Duration,
+    /// First delay before retrying a failed reconcile; it doubles on each failure (up to the interval).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2s")]
+    pub retry_delay: std::time::Duration,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
 
 /// How long the watched files must be quiet before a change is reconciled.
 const DEBOUNCE: Duration = Duration::from_millis(300);
@@ -54,7 +69,9 @@ pub(in crate::cli) async fn run(
         }
     };
 
-    let manifest = settings::manifest_path(global, env, cwd);
+    let overrides = global.overrides();
+    let overrides = &overrides;
+    let manifest = settings::manifest_path(overrides, env, cwd);
     let config = WatchConfig {
         files: vec![manifest.clone(), lockfile::path_beside(&manifest)],
         interval: args.interval,
@@ -66,9 +83,9 @@ pub(in crate::cli) async fn run(
         manifest.display(),
         humantime::format_duration(args.interval)
     ));
-    let mode = args.lock;
-    let options = reconcile::ApplyOptions {
-        plan: reconcile::PlanOptions::default(),
+    let mode = args.lock.mode();
+    let options = ops::ApplyOptions {
+        plan: ops::PlanOptions::default(),
         force_compat: false,
         frozen: mode.frozen,
         whole_manifest_env: Some(env),
@@ -77,17 +94,17 @@ pub(in crate::cli) async fn run(
     watch::run(
         config,
         |trigger| async move {
-            match reconcile::apply_manifest(global, mode, options, env, cwd, out).await {
-                Ok((message, plan, report)) => {
-                    let line = format!("[{}] {message}", trigger.as_str());
+            match ops::apply_manifest(overrides, mode, options, env, cwd, &out).await {
+                Ok(applied) => {
+                    let line = format!("[{}] {}", trigger.as_str(), applied.message);
                     out.success(
-                        &message,
+                        &applied.message,
                         if out.quiet { "" } else { &line },
                         &WatchOutput {
                             trigger: trigger.as_str(),
                             applied: ApplyOutput {
-                                plan: &plan,
-                                report,
+                                plan: &applied.plan,
+                                report: &applied.report,
                             },
                         },
                     );

@@ -1,7 +1,9 @@
 //! Effective settings: flags > environment > manifest > defaults.
 //!
 //! The only place kmm reads environment variables. The environment arrives as a lookup function
-//! so tests can pass a map instead of mutating the process environment.
+//! so tests can pass a map instead of mutating the process environment, and the flags as
+//! [`Overrides`], plain data the CLI fills from its global flags (so `ops` knows nothing of
+//! clap).
 //!
 //! | setting | flag | environment | manifest | default |
 //! | --- | --- | --- | --- | --- |
@@ -24,7 +26,6 @@ use crate::error::{Error, Result};
 use crate::hub::Token;
 use crate::manifest::Manifest;
 
-use super::args::GlobalArgs;
 
 /// The Hub itself, used when nothing else names an endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -33,6 +34,20 @@ pub const DEFAULT_MAX_WORKERS: usize = 8;
 
 /// Looks up an environment variable.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// What the command line says about where and how to work; `None`/`false` leaves the decision
+/// to the environment, the manifest and the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub manifest: Option<PathBuf>,
+    pub models_dir: Option<PathBuf>,
+    /// A mirror endpoint, checked for reachability when the session opens.
+    pub mirror: Option<String>,
+    pub offline: bool,
+    pub max_workers: Option<u16>,
+    /// How long to wait for another kmm holding the store lock (`None`: forever).
+    pub lock_timeout: Option<Duration>,
+}
 
 /// Everything a verb needs to know about where and how to work.
 #[derive(Debug, Clone)]
@@ -65,7 +80,7 @@ pub struct Settings {
 
 /// Where the manifest is: `--manifest`, else `KMM_MANIFEST`, else `./kari-models.toml`,
 /// made absolute against `cwd`.
-pub fn manifest_path(args: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> PathBuf {
+pub fn manifest_path(args: &Overrides, env: EnvLookup<'_>, cwd: &Path) -> PathBuf {
     let path = args
         .manifest
         .clone()
@@ -76,7 +91,7 @@ pub fn manifest_path(args: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path) -> PathB
 
 /// Combines flags, environment and manifest. Reads the token file when no token variable is set.
 pub fn resolve(
-    args: &GlobalArgs,
+    args: &Overrides,
     env: EnvLookup<'_>,
     manifest: &Manifest,
     cwd: &Path,
@@ -145,6 +160,39 @@ pub fn resolve(
         direct_io: switch_env(env, "KMM_DIRECT_IO")?,
         progress_json: env("KMM_PROGRESS_JSON").is_some_and(|value| is_truthy(&value)),
     })
+}
+
+impl Settings {
+    /// The settings of a library call ([`crate::api`]): no environment, no manifest; the
+    /// store at `models_dir`, `max_workers` downloads at once, no local Hugging Face cache
+    /// beyond what the caller names, and `quota_gb` when the caller sets one.
+    pub fn for_library(models_dir: &Path, max_workers: usize, quota_gb: Option<f64>) -> Settings {
+        Settings {
+            manifest_path: models_dir.join("kari-models.toml"),
+            models_dir: models_dir.to_path_buf(),
+            endpoint: DEFAULT_ENDPOINT.to_string(),
+            mirror: false,
+            offline: false,
+            max_workers: max_workers.max(1),
+            token: None,
+            quota_gb,
+            quota_origin: "quota_gb",
+            prune: false,
+            lock_timeout: None,
+            hf_cache: PathBuf::new(),
+            chunk_size: None,
+            connections_per_file: None,
+            direct_io: None,
+            progress_json: false,
+        }
+    }
+}
+
+/// The Python that runs baseline work: `flag` (`--python`), else `KMM_PYTHON`, else `python3`.
+pub fn python(flag: Option<&str>, env: EnvLookup<'_>) -> String {
+    flag.map(str::to_string)
+        .or_else(|| env("KMM_PYTHON").filter(|p| !p.trim().is_empty()))
+        .unwrap_or_else(|| "python3".to_string())
 }
 
 /// `HF_HUB_CACHE`, else `$HF_HOME/hub` (as `huggingface_hub` looks it up).
@@ -322,7 +370,7 @@ mod tests {
         let home = empty_home.to_str().unwrap();
 
         let from_manifest = resolve(
-            &GlobalArgs::default(),
+            &Overrides::default(),
             &env_of(&[("HF_HOME", home)]),
             &manifest,
             dir.path(),
@@ -340,17 +388,17 @@ mod tests {
             ("HF_HUB_OFFLINE", "yes"),
             ("KMM_MODELS_DIR", "/srv/models"),
         ]);
-        let from_env = resolve(&GlobalArgs::default(), &env, &manifest, dir.path()).unwrap();
+        let from_env = resolve(&Overrides::default(), &env, &manifest, dir.path()).unwrap();
         assert_eq!(from_env.endpoint, "http://127.0.0.1:2");
         assert_eq!(from_env.max_workers, 5);
         assert!(from_env.offline);
         assert_eq!(from_env.models_dir, PathBuf::from("/srv/models"));
 
-        let args = GlobalArgs {
+        let args = Overrides {
             mirror: Some("http://127.0.0.1:3".into()),
             max_workers: Some(7),
             models_dir: Some("flag-models".into()),
-            ..GlobalArgs::default()
+            ..Overrides::default()
         };
         let from_flags = resolve(&args, &env, &manifest, dir.path()).unwrap();
         assert_eq!(from_flags.endpoint, "http://127.0.0.1:3");
@@ -365,7 +413,7 @@ mod tests {
         let manifest = manifest_with("", dir.path());
         let home = dir.path().join("hf");
         let settings = resolve(
-            &GlobalArgs::default(),
+            &Overrides::default(),
             &env_of(&[("HF_HOME", home.to_str().unwrap())]),
             &manifest,
             dir.path(),
@@ -387,7 +435,7 @@ mod tests {
         let home = home.to_str().unwrap();
         let token_of = |pairs: &[(&str, &str)]| {
             resolve(
-                &GlobalArgs::default(),
+                &Overrides::default(),
                 &env_of(pairs),
                 &manifest,
                 dir.path(),
@@ -420,9 +468,9 @@ mod tests {
     fn bad_mirror_is_an_args_error() {
         let dir = tempfile::tempdir().unwrap();
         let manifest = manifest_with("", dir.path());
-        let args = GlobalArgs {
+        let args = Overrides {
             mirror: Some("ftp://example".into()),
-            ..GlobalArgs::default()
+            ..Overrides::default()
         };
         let error = resolve(&args, &env_of(&[]), &manifest, dir.path()).unwrap_err();
         assert_eq!(error.code(), crate::ErrorCode::Args);

@@ -1,80 +1,35 @@
-//! `kmm compatibility --model ID [--revision REV]`, and the same check for every model a plan
-//! installs (`kmm plan` shows its warnings as notes; `kmm apply --force-compat` refuses them).
+//! The compatibility check of `kmm compatibility` and of every model a plan creates
+//! (`kmm plan` shows its warnings as notes; `kmm apply --force-compat` refuses them), over
+//! [`crate::compat`]'s header reads and verdicts.
+//!
+//! Edges: reads file headers from the hub (ranged requests) and the machine's facts
+//! ([`crate::sys`]); writes nothing.
 
-use std::path::Path;
-
-use clap::Args;
 use futures_util::StreamExt as _;
 
-use crate::compat::{self, Verdict};
+use crate::compat::{self, Report};
+use crate::desired::DesiredModel;
 use crate::error::{Error, ErrorCode, Result};
-use crate::plan::{ChangeKind, DesiredModel, Note, Plan};
+use crate::plan::{ChangeKind, Note, Plan};
 use crate::registry::Registry;
-use crate::resolve::{self, ResolveContext};
 
-use super::super::args::GlobalArgs;
-use super::super::output::Output;
-use super::super::reconcile::Session;
-use super::super::settings::EnvLookup;
+use super::session::Session;
 
-#[derive(Debug, Clone, Args)]
-pub struct CompatibilityArgs {
-    /// The model's repo id (declared or not).
-    #[arg(long, value_name = "ID")]
-    pub model: String,
-    /// Branch, tag or commit [default: the manifest's, else main].
-    #[arg(long, value_name = "REV")]
-    pub revision: Option<String>,
-}
-
-/// `kmm compatibility`.
-pub async fn run(
-    global: &GlobalArgs,
-    args: &CompatibilityArgs,
-    env: EnvLookup<'_>,
-    cwd: &Path,
-    out: Output,
-) -> Result<i32> {
-    super::super::commands::check_model_arg(&args.model)?;
-    let session = Session::open_lenient(global, env, cwd).await?;
+/// `kmm compatibility`: whether this machine can run `id` at `revision` (the manifest's
+/// declaration of `id` otherwise), from its file headers. Needs the hub (`E_NET` offline).
+pub async fn check_model(session: &Session, id: &str, revision: Option<&str>) -> Result<Report> {
     let Some(hub) = session.hub.as_ref() else {
         return Err(Error::net(
             "offline: kmm compatibility reads the model's file headers from the hub",
         )
         .with_hint("drop --offline (and unset HF_HUB_OFFLINE)"));
     };
-    let spec = session.declared_spec(&args.model, args.revision.as_deref())?;
+    let spec = session.declared_spec(id, revision)?;
     let registry = Registry::load(&session.paths.registry_file())?;
-    let desired = resolve::resolve_model(
-        &spec,
-        &ResolveContext {
-            hub: Some(hub),
-            has_token: session.settings.token.is_some(),
-            registry: &registry,
-            concurrency: 1,
-            hf_cache: Some(&session.hf_cache),
-        },
-    )
-    .await?;
+    let desired = session.resolve_one(&spec, &registry).await?;
     let facts = compat::inspect(hub, &desired).await?;
     let machine = crate::sys::machine_facts(session.paths.root());
-    let report = compat::check(&machine, facts);
-    let message = match report.verdict {
-        Verdict::Ok => format!("{}: ok, this machine can run it", args.model),
-        Verdict::Warnings => format!(
-            "{}: {} warning(s): {}",
-            args.model,
-            report.warnings.len(),
-            report
-                .warnings
-                .iter()
-                .map(|w| w.kind.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
-    out.success(&message, &compat::render_text(&report), &report);
-    Ok(0)
+    Ok(compat::check(&machine, facts))
 }
 
 /// Checks every model `plan` creates and adds its warnings to the plan's notes. With `force`, a

@@ -1,23 +1,16 @@
 //! `kmm registry repair`: the way out of an unreadable `model_registry.json`.
 //!
-//! Thin over [`crate::repair`]: resolve the declared models without the broken registry's
-//! hints (the lock, the hub or the caches), take the store lock, check again that the registry
-//! is still unreadable (another kmm may have fixed it meanwhile), back it up and rebuild it
-//! from the disk. A readable registry is left alone.
+//! Thin over [`ops::repair_registry`]: prints what was backed up and rebuilt.
 
 use std::path::Path;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::cli::global_args::GlobalArgs;
+use crate::cli::output::Output;
 use crate::error::Result;
-use crate::registry::Registry;
-use crate::store::StoreLock;
-
-use super::args::GlobalArgs;
-use super::output::Output;
-use super::reconcile::Session;
-use super::settings::EnvLookup;
+use crate::ops::{self, EnvLookup, RepairOutcome, Session};
 
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
@@ -54,31 +47,12 @@ pub async fn run(
 }
 
 async fn repair(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path, out: Output) -> Result<i32> {
-    let session = Session::open(global, env, cwd).await?;
+    let session = Session::open(&global.overrides(), env, cwd).await?;
     let registry_file = session.paths.registry_file();
-    if registry_is_readable(&registry_file) {
-        return nothing_to_do(&registry_file, out);
-    }
-    // The broken registry cannot give hints; license acceptances recorded beside it still count.
-    let pending = crate::registry::load_pending_licenses(&crate::registry::pending_licenses_file(
-        session.paths.root(),
-    ))?;
-    let hints = Registry::default().with_pending_licenses(&pending);
-    let desired = crate::resolve::resolve_all_with_lock(
-        &session.manifest,
-        &session.resolve_context(&hints),
-        session.lock.as_ref(),
-        false,
-    )
-    .await?;
-    let _lock = StoreLock::acquire(&session.paths, session.settings.lock_timeout, &mut || {
-        out.status("Waiting for another kmm process to release the store lock...")
-    })?;
-    if registry_is_readable(&registry_file) {
-        return nothing_to_do(&registry_file, out);
-    }
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let report = crate::repair::rebuild(&session.paths, &desired, &now)?;
+    let report = match ops::repair_registry(&session, &out).await? {
+        RepairOutcome::Readable => return nothing_to_do(&registry_file, out),
+        RepairOutcome::Repaired(report) => report,
+    };
     let mut lines = Vec::new();
     if let Some(backup) = &report.backup {
         lines.push(format!(
@@ -106,11 +80,6 @@ async fn repair(global: &GlobalArgs, env: EnvLookup<'_>, cwd: &Path, out: Output
         },
     );
     Ok(0)
-}
-
-/// A missing registry is readable (an empty store); only a file that fails to load is not.
-fn registry_is_readable(path: &Path) -> bool {
-    Registry::load(path).is_ok()
 }
 
 fn nothing_to_do(path: &Path, out: Output) -> Result<i32> {

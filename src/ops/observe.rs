@@ -9,7 +9,8 @@
 //! then keeps, adopts or moves files by hash instead of downloading them, and replaces files
 //! whose bytes changed in place (`tampered`).
 //!
-//! Edges: reads only; used by `kmm plan`/`apply`/`migrate`/`verify` and the library API.
+//! Edges: reads only (the I/O half of observing; the pure half is in [`crate::plan`], so the
+//! planner stays free of I/O); used by every reconcile of [`crate::ops`].
 
 use crate::error::Result;
 use crate::plan::{self, DesiredModel};
