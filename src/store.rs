@@ -222,7 +222,8 @@ pub struct Observed {
     /// models directory and the kind of hash.
     pub hashes: BTreeMap<(PathBuf, HashKind), FileHash>,
     /// Content hashes (hex) whose bytes were written in an earlier boot and never confirmed on
-    /// disk ([`crate::durability::unconfirmed`]): the planner hashes files recorded with them.
+    /// disk: the planner hashes files recorded with them. Filled by the observe step of
+    /// [`crate::ops`] from `crate::durability`, which imports this module (not the reverse).
     pub unconfirmed: BTreeSet<String>,
 }
 
@@ -361,7 +362,6 @@ pub fn observe_with(
             return Err(Error::io("reading the models directory", &error));
         }
     }
-    observed.unconfirmed = crate::durability::unconfirmed(paths);
     observed.registry = match registry {
         Some(registry) => registry,
         None => Registry::load(&paths.registry_file())?,

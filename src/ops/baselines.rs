@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::plan::{ChangeKind, Note, Plan};
 use crate::registry::Registry;
 
-use super::reconcile::{PlanOptions, run_apply};
+use super::steps::PlanOptions;
 use super::session::Session;
 use super::settings::{self, EnvLookup};
 use super::{Reporter, checks};
@@ -74,7 +74,7 @@ pub async fn ensure_baselines(
                 &session.paths,
                 crate::apply::disk_bytes_needed(&narrow, &session.paths, &sources),
             )?;
-            run_apply(session, &narrow, &sources, reporter).await?;
+            session.run_apply(&narrow, &sources, reporter).await?;
         }
         crate::durability::settle(&session.paths, &crate::durability::hashes_of(&desired))?;
         let dir = session.paths.root().join(&model.install_dir);

@@ -18,7 +18,6 @@ use crate::plan::{self, PlanInput, format_bytes};
 use crate::registry::Registry;
 use crate::store;
 
-use super::reconcile::run_apply;
 use super::session::Session;
 use super::Reporter;
 
@@ -105,7 +104,7 @@ pub async fn collect_garbage(
 
     if !request.dry_run {
         if !plan.is_empty() {
-            run_apply(session, &plan, &apply::FetchSources::default(), reporter).await?;
+            session.run_apply(&plan, &apply::FetchSources::default(), reporter).await?;
         }
         let names: Vec<String> = downloads.iter().map(|(name, _)| name.clone()).collect();
         apply::delete_downloads(paths, &names)?;

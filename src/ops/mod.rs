@@ -7,9 +7,9 @@
 //!   -> write the lock                     session.rs
 //!   -> take the store lock                session.rs
 //!   -> observe (scan + asked-for hashes)  observe.rs
-//!   -> plan (pure, crate::plan)           reconcile.rs
+//!   -> plan (pure, crate::plan)           steps.rs
 //!   -> checks (layout, quota, compat)     checks.rs, compat_check.rs
-//!   -> free disk, apply, settle           reconcile.rs
+//!   -> free disk, apply, settle           reconcile.rs, steps.rs
 //!   -> baselines                          baselines.rs
 //! ```
 //!
@@ -18,7 +18,8 @@
 //! | `settings.rs` | flags ([`Overrides`]) > environment > manifest > defaults |
 //! | `session.rs` | [`Session`]: open, resolve, lock file, store lock |
 //! | `observe.rs` | the store scan plus the hashes the planner asks for |
-//! | `reconcile.rs` | plan (with quota evictions) and apply: `plan`, `apply`, `watch`, `download`, `migrate`, `verify` |
+//! | `steps.rs` | the shared steps: plan (observe, planner, layout and quota checks) and apply with progress |
+//! | `reconcile.rs` | the whole reconcile: `plan`, `apply`, `watch`, `download`, `migrate`, `verify`, the library API |
 //! | `checks.rs` | refusals before any change: nested folders, quota, free disk; review warnings |
 //! | `compat_check.rs` | compatibility notes of the models a plan creates (`--force-compat` refuses) |
 //! | `baselines.rs` | `kmm ensure` and the baselines `plan`/`apply` note and produce |
@@ -39,6 +40,7 @@ mod observe;
 mod reconcile;
 mod repair;
 mod session;
+mod steps;
 pub mod settings;
 
 pub use baselines::{BaselineRequest, ensure_baselines, note_baselines};
@@ -48,11 +50,12 @@ pub use gc::{GcReport, GcRequest, StaleDownload, collect_garbage};
 pub use lock::{Locked, lock_manifest};
 pub use observe::observe;
 pub use reconcile::{
-    Applied, ApplyOptions, PlanOptions, ReviewRequest, Reviewed, apply_desired, apply_manifest, apply_saved,
+    Applied, ApplyOptions, ReviewRequest, Reviewed, apply_desired, apply_manifest, apply_saved,
     review_manifest,
 };
 pub use repair::{RepairOutcome, repair_registry};
 pub use session::{LockMode, Session};
+pub use steps::PlanOptions;
 pub use settings::{EnvLookup, Overrides, Settings};
 
 /// Where the operations' messages go: status lines for a person, and the progress of apply.

@@ -1,5 +1,5 @@
-//! Observing a store for a plan that sees drift and old layouts: the scan, then the hashes the
-//! planner asks for.
+//! Observing a store for a plan that sees drift and old layouts: the scan, the downloads an
+//! earlier boot left unconfirmed on disk, then the hashes the planner asks for.
 //!
 //! `store::observe` reads what is cheap (one `stat` per file of the scanned folders, one
 //! `readdir` per folder of the store); [`crate::plan::hash_requests`] decides, without I/O,
@@ -28,6 +28,7 @@ pub fn observe(
 ) -> Result<Observed> {
     let dirs = plan::dirs_to_observe(paths.root(), desired, &registry);
     let mut observed = store::observe_with(paths, &dirs, Some(registry))?;
+    observed.unconfirmed = crate::durability::unconfirmed(paths);
     let requests = plan::hash_requests(paths.root(), desired, &observed, verify);
     if !requests.is_empty() {
         tracing::debug!("hashing {} file(s) to plan", requests.len());
