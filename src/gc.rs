@@ -17,8 +17,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::desired::DesiredModel;
+use crate::error::{Error, Result};
 use crate::plan::{ChangeKind, Plan, format_bytes};
 use crate::registry::Registry;
 

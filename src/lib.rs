@@ -4,37 +4,46 @@
 //! # Architecture
 //!
 //! ```text
-//! kari-models.toml --manifest--> resolve (hub: revision -> commit, file list) --> DesiredModel[]
-//! models/ + model_registry.json --store::observe--> Observed
-//! plan::compute(desired, observed) -> Plan (pure)   -->   apply::apply (the only writer)
-//! cli: flags/env/manifest -> settings, runs the above, renders text or the --json envelope
+//!            cli (clap args -> one ops call -> text / --json)      api (library faces)
+//!                         \                                          /
+//!                          ops: the one reconcile pipeline (Reporter for messages)
+//!   Session::open -> resolve (+lock) -> store lock -> observe -> plan -> checks -> apply
+//!                                                     -> settle -> baselines
+//!     manifest, lockfile   resolve/hub/hf_cache   store   plan (pure)  gc, compat   apply
+//!                                      \                |               /
+//!                       desired, layout, registry, upstream, durability, error, sys
 //! ```
+//!
+//! Imports run downwards only: `cli` and `api` call [`ops`]; `ops` calls the engine and never
+//! `cli` (progress and status lines go through [`ops::Reporter`]); [`plan`] is pure and does no
+//! I/O; [`apply`] is the only writer of the models directory.
 //!
 //! | module | job |
 //! | --- | --- |
-//! | [`error`] | the `Error` type, `E_*` codes, exit codes, hints |
-//! | [`manifest`] | parse + validate `kari-models.toml` |
-//! | [`upstream`] | upstream file identity (sha256 / git sha1) and streaming hashers |
-//! | [`layout`] | routing rules and path validation |
-//! | [`lockfile`] | `kari-models.lock`: load, atomic save, match against the manifest |
-//! | [`registry`] | `models/model_registry.json` load / atomic save |
-//! | [`store`] | store paths, the store lock, the read-only scan |
-//! | [`hub`] | Hugging Face Hub HTTP client |
-//! | [`hf_cache`] | read-only lookups in a local Hugging Face cache |
-//! | [`resolve`] | declared models -> [`plan::DesiredModel`] via the hub or caches |
-//! | [`migrate`] | observe for a plan: the scan plus the hashes the planner asks for (drift, adoption, old layouts) |
-//! | [`plan`] | desired + observed -> `Plan` |
-//! | [`sys`] | machine facts: RAM, CPU model/cores/features, GPUs (`nvidia-smi`), free disk |
-//! | [`compat`] | GGUF / safetensors headers through ranged reads, memory estimate, verdicts |
-//! | [`gc`] | LRU eviction selection (pins, declared models, quotas) |
-//! | [`baselines`] | `kmm ensure`: distilbert, the spaCy pipeline, the basic classifier |
-//! | [`apply`] | executes a `Plan` |
-//! | [`durability`] | deferred fsync of downloads: a boot-keyed journal, re-hashing after a crash |
-//! | [`api`] | the library API: the older tool's helpers as thin faces over the engine |
-//! | [`plan_file`] | saved plans (`plan --out`): inputs' fingerprints, staleness |
-//! | [`repair`] | `kmm registry repair`: back up an unreadable registry, rebuild it from disk |
+//! | [`cli`] | the `kmm` command line: one file per verb in `cli/commands/`, shared flag groups |
+//! | [`api`] | the library API: the older tool's helpers as thin faces over [`ops`] |
+//! | [`ops`] | the reconcile pipeline every verb and the API run: session, plan and apply steps, checks, baselines, gc, lock, repair |
 //! | [`watch`] | `kmm watch`: notify + debounce + interval + backoff around the apply reconcile |
-//! | [`cli`] | the `kmm` command line |
+//! | [`manifest`] | parse + validate `kari-models.toml` |
+//! | [`manifest_edit`] | `kmm download --save`: edits the manifest, comments kept |
+//! | [`lockfile`] | `kari-models.lock`: load, atomic save, match against the manifest |
+//! | [`resolve`] | declared models -> [`desired::DesiredModel`] via the hub or caches |
+//! | [`hub`] | Hugging Face Hub HTTP client: metadata, chunked downloads, retries |
+//! | [`hf_cache`] | read-only lookups in a local Hugging Face cache |
+//! | [`desired`] | the desired state of one model, and where models may be installed |
+//! | [`store`] | store paths, the store lock, the read-only scan, hashing on request |
+//! | [`plan`] | desired + observed -> `Plan` (pure), its renderings, saved plan files |
+//! | [`gc`] | LRU eviction selection (pins, declared models, quotas) |
+//! | [`compat`] | GGUF / safetensors headers through ranged reads, memory estimate, verdicts |
+//! | [`baselines`] | the Python baselines: distilbert, the spaCy pipeline, the basic classifier |
+//! | [`apply`] | executes a `Plan`: the only writer |
+//! | [`durability`] | deferred fsync of downloads: a boot-keyed journal, re-hashing after a crash |
+//! | [`repair`] | `kmm registry repair`: back up an unreadable registry, rebuild it from disk |
+//! | [`registry`] | `models/model_registry.json` load / atomic save |
+//! | [`layout`] | routing rules and path validation |
+//! | [`upstream`] | upstream file identity (sha256 / git sha1) and streaming hashers |
+//! | [`sys`] | machine facts: RAM, CPU model/cores/features, GPUs (`nvidia-smi`), free disk |
+//! | [`error`] | the `Error` type, `E_*` codes, exit codes, hints |
 //!
 //! # File overview
 //!
@@ -42,7 +51,7 @@
 //! | --- | --- |
 //! | `kari-models.toml` | the user; read by [`manifest`] |
 //! | `kari-models.lock` | written by `kmm lock` / `plan` / `apply` through [`lockfile`] |
-//! | `plan.json` (any name) | written by `kmm plan --out` through [`plan_file`] |
+//! | `plan.json` (any name) | written by `kmm plan --out` through [`plan::file`] |
 //! | `models/model_registry.json` | written by [`apply`] through [`registry`] |
 //! | `models/<layout>/...` | written by [`apply`] only (`kmm migrate` moves files through it too) |
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
@@ -74,7 +83,6 @@ pub mod manifest;
 pub mod manifest_edit;
 pub mod ops;
 pub mod plan;
-pub mod plan_file;
 pub mod registry;
 pub mod repair;
 pub mod resolve;

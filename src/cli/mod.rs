@@ -80,9 +80,7 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Path(args) => commands::path::run(global, args, &env, &cwd, out).await,
             Command::List(args) => commands::list::run(global, args, &env, &cwd, out).await,
             Command::Info(args) => commands::info::run(global, args, &env, &cwd, out).await,
-            Command::Download(args) => {
-                commands::download::run(global, args, &env, &cwd, out).await
-            }
+            Command::Download(args) => commands::download::run(global, args, &env, &cwd, out).await,
             Command::Browse(args) => commands::browse::run(global, args, &env, &cwd, out).await,
             Command::License(args) => commands::license::run(global, args, &env, &cwd, out).await,
             Command::Pin(args) => commands::pin::run(global, args, &env, &cwd, out).await,
@@ -91,9 +89,7 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Verify(args) => commands::verify::run(global, args, &env, &cwd, out).await,
             Command::Show(args) => commands::show::run(args, &cwd, out),
             Command::Watch(args) => commands::watch::run(global, args, &env, &cwd, out).await,
-            Command::Registry(args) => {
-                commands::registry::run(global, args, &env, &cwd, out).await
-            }
+            Command::Registry(args) => commands::registry::run(global, args, &env, &cwd, out).await,
             Command::GenerateSchemas(args) => commands::schemas::run(args, &cwd, out),
         }
     })

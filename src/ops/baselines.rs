@@ -11,9 +11,9 @@ use crate::error::Result;
 use crate::plan::{ChangeKind, Note, Plan};
 use crate::registry::Registry;
 
-use super::steps::PlanOptions;
 use super::session::Session;
 use super::settings::{self, EnvLookup};
+use super::steps::PlanOptions;
 use super::{Reporter, checks};
 
 /// Which baselines `kmm ensure` installs, and with which Python.
@@ -93,7 +93,10 @@ pub async fn ensure_baselines(
         results.push(baselines::ensure_spacy(&request.python)?);
     }
     if request.basic_cls {
-        results.push(baselines::ensure_basic_cls(&session.paths, &request.python)?);
+        results.push(baselines::ensure_basic_cls(
+            &session.paths,
+            &request.python,
+        )?);
     }
     Ok(results)
 }

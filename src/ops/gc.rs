@@ -18,8 +18,8 @@ use crate::plan::{self, PlanInput, format_bytes};
 use crate::registry::Registry;
 use crate::store;
 
-use super::session::Session;
 use super::Reporter;
+use super::session::Session;
 
 /// What `kmm gc` is asked to do.
 #[derive(Debug, Clone, Copy, Default)]
@@ -104,7 +104,9 @@ pub async fn collect_garbage(
 
     if !request.dry_run {
         if !plan.is_empty() {
-            session.run_apply(&plan, &apply::FetchSources::default(), reporter).await?;
+            session
+                .run_apply(&plan, &apply::FetchSources::default(), reporter)
+                .await?;
         }
         let names: Vec<String> = downloads.iter().map(|(name, _)| name.clone()).collect();
         apply::delete_downloads(paths, &names)?;
@@ -181,7 +183,11 @@ fn select(
 }
 
 /// The download hashes that models staying in the store still use.
-fn kept_hashes(registry: &Registry, desired: &[DesiredModel], evict: &[String]) -> BTreeSet<String> {
+fn kept_hashes(
+    registry: &Registry,
+    desired: &[DesiredModel],
+    evict: &[String],
+) -> BTreeSet<String> {
     registry
         .models
         .iter()

@@ -40,12 +40,14 @@ mod observe;
 mod reconcile;
 mod repair;
 mod session;
-mod steps;
 pub mod settings;
+mod steps;
 
 pub use baselines::{BaselineRequest, ensure_baselines, note_baselines};
 pub use checks::review_warnings;
-pub use compat_check::{check_model as check_model_compatibility, check_plan as check_compatibility};
+pub use compat_check::{
+    check_model as check_model_compatibility, check_plan as check_compatibility,
+};
 pub use gc::{GcReport, GcRequest, StaleDownload, collect_garbage};
 pub use lock::{Locked, lock_manifest};
 pub use observe::observe;
@@ -55,8 +57,8 @@ pub use reconcile::{
 };
 pub use repair::{RepairOutcome, repair_registry};
 pub use session::{LockMode, Session};
-pub use steps::PlanOptions;
 pub use settings::{EnvLookup, Overrides, Settings};
+pub use steps::PlanOptions;
 
 /// Where the operations' messages go: status lines for a person, and the progress of apply.
 /// The CLI prints them on stderr; the library API and tests may drop or record them.

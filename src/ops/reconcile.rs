@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use crate::apply::{self, ApplyReport};
 use crate::desired::DesiredModel;
 use crate::error::Result;
+use crate::plan::file::PlanFile;
 use crate::plan::{self, Plan};
-use crate::plan_file::PlanFile;
 
 use super::session::{LockMode, Session};
-use super::steps::PlanOptions;
 use super::settings::{EnvLookup, Overrides};
+use super::steps::PlanOptions;
 use super::{Reporter, baselines, checks, compat_check};
 
 /// What `kmm plan` asks beyond the manifest.
@@ -73,8 +73,7 @@ pub async fn review_manifest(
     let registry_diff = request
         .registry_diff
         .then(|| plan::diff::registry_diff(&registry, &plan));
-    let warnings =
-        checks::review_warnings(&plan, &desired, &registry, session.settings.quota_gb);
+    let warnings = checks::review_warnings(&plan, &desired, &registry, session.settings.quota_gb);
     Ok(Reviewed {
         plan,
         warnings,

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::hub::{HubClient, HubConfig};
 use crate::lockfile::{self, Lockfile};
 use crate::manifest::{Manifest, ModelSpec};
-use crate::plan_file::Fingerprints;
+use crate::plan::file::Fingerprints;
 use crate::registry::Registry;
 use crate::resolve::{self, ResolveContext};
 use crate::store::{StoreLock, StorePaths};
@@ -55,11 +55,7 @@ pub struct Session {
 impl Session {
     /// Opens the manifest `overrides`/the environment name (`E_SCHEMA` when it is missing or
     /// unreadable), its lock, the settings and the hub client.
-    pub async fn open(
-        overrides: &Overrides,
-        env: EnvLookup<'_>,
-        cwd: &Path,
-    ) -> Result<Session> {
+    pub async fn open(overrides: &Overrides, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {
         let manifest_path = settings::manifest_path(overrides, env, cwd);
         let manifest = Manifest::load(&manifest_path)?;
         Session::with_manifest(overrides, env, cwd, manifest).await

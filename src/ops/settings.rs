@@ -26,7 +26,6 @@ use crate::error::{Error, Result};
 use crate::hub::Token;
 use crate::manifest::Manifest;
 
-
 /// The Hub itself, used when nothing else names an endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// Parallel downloads when nothing else says.
@@ -434,15 +433,10 @@ mod tests {
         fs_err::write(home.join("token"), "hf_from_file\n").unwrap();
         let home = home.to_str().unwrap();
         let token_of = |pairs: &[(&str, &str)]| {
-            resolve(
-                &Overrides::default(),
-                &env_of(pairs),
-                &manifest,
-                dir.path(),
-            )
-            .unwrap()
-            .token
-            .map(|t| t.expose().to_string())
+            resolve(&Overrides::default(), &env_of(pairs), &manifest, dir.path())
+                .unwrap()
+                .token
+                .map(|t| t.expose().to_string())
         };
         assert_eq!(
             token_of(&[("HF_HOME", home)]).as_deref(),

@@ -97,18 +97,7 @@ pub fn render_markdown(plan: &Plan, warnings: &[String]) -> String {
         let _ = writeln!(out, "\n{unchanged} {models} unchanged.");
     }
 
-    let models_dir_name = plan
-        .models_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let shown = |dir: &Path| {
-        if models_dir_name.is_empty() {
-            slash_path(dir)
-        } else {
-            format!("{models_dir_name}/{}", slash_path(dir))
-        }
-    };
+    let shown = |dir: &Path| plan.shown_dir(dir);
     for model in &changed {
         let mut body = String::new();
         render_model(&mut body, model, &shown);

@@ -18,7 +18,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{ChangeKind, FileChange, FileChangeKind, ModelChange, Plan, short_commit, slash_path};
+use super::{ChangeKind, FileChange, FileChangeKind, ModelChange, Plan, short_commit};
 
 /// `668.8 MB`: decimal units (B, kB, MB, GB, TB), one decimal above bytes.
 pub fn format_bytes(bytes: u64) -> String {
@@ -44,18 +44,7 @@ pub fn format_bytes(bytes: u64) -> String {
 /// Renders the plan for a terminal (no colour codes; the CLI adds none yet).
 pub fn render_text(plan: &Plan) -> String {
     let mut out = String::new();
-    let models_dir_name = plan
-        .models_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let shown = |dir: &Path| {
-        if models_dir_name.is_empty() {
-            slash_path(dir)
-        } else {
-            format!("{models_dir_name}/{}", slash_path(dir))
-        }
-    };
+    let shown = |dir: &Path| plan.shown_dir(dir);
     for model in &plan.models {
         render_model(&mut out, model, &shown);
     }

@@ -32,8 +32,8 @@ pub async fn run(
     out: Output,
 ) -> Result<i32> {
     let session = open_for_model(global, &args.model, env, cwd).await?;
-    let report = ops::check_model_compatibility(&session, &args.model, args.revision.as_deref())
-        .await?;
+    let report =
+        ops::check_model_compatibility(&session, &args.model, args.revision.as_deref()).await?;
     let message = match report.verdict {
         Verdict::Ok => format!("{}: ok, this machine can run it", args.model),
         Verdict::Warnings => format!(
@@ -51,4 +51,3 @@ pub async fn run(
     out.success(&message, &compat::render_text(&report), &report);
     Ok(0)
 }
-

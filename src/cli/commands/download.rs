@@ -18,13 +18,13 @@ use crate::layout::Library;
 use crate::manifest::{FileSelection, ModelSpec};
 use crate::manifest_edit::{self, ModelEntry};
 
+use crate::cli::flags::SelectionArgs;
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
-use crate::cli::flags::SelectionArgs;
 use crate::cli::plan_output::print_applied;
 use crate::cli::verb_support;
-use crate::ops::{self, Session};
 use crate::ops::EnvLookup;
+use crate::ops::{self, Session};
 
 #[derive(Debug, Clone, Args)]
 pub struct DownloadArgs {

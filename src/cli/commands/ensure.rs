@@ -14,8 +14,8 @@ use crate::ops::{self, BaselineRequest, settings};
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 
-use crate::ops::Session;
 use crate::ops::EnvLookup;
+use crate::ops::Session;
 
 #[derive(Debug, Clone, Args)]
 pub struct EnsureArgs {

@@ -20,8 +20,8 @@ use crate::registry::{self, Registry};
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::verb_support::open_for_model;
-use crate::ops::Session;
 use crate::ops::EnvLookup;
+use crate::ops::Session;
 
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("action").required(true).args(["show", "accept"])))]

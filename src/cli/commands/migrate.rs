@@ -61,4 +61,3 @@ pub async fn run(
     print_applied(out, &applied);
     Ok(0)
 }
-

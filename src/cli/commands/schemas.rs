@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::lockfile::Lockfile;
-use crate::plan_file::PlanFile;
+use crate::plan::file::PlanFile;
 
 use std::path::PathBuf;
 

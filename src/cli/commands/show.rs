@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::plan;
-use crate::plan_file::PlanFile;
+use crate::plan::file::PlanFile;
 
 use std::path::PathBuf;
 
