@@ -37,12 +37,11 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::apply::ApplyReport;
-use crate::desired::DesiredModel;
 use crate::error::{Error, Result};
 use crate::hub::{HubClient, ModelQuery};
 use crate::layout::{self, Library};
 use crate::manifest::{Manifest, ModelSpec};
-use crate::ops::{self, ApplyOptions, PlanOptions, Session, Settings};
+use crate::ops::{self, Session, Settings};
 use crate::registry::{Record, RecordFile, Registry, Selection};
 use crate::store::{StoreLock, StorePaths};
 use crate::upstream::UpstreamFile;
@@ -282,38 +281,18 @@ pub async fn download_snapshot(
 
     // The same session and reconcile as `kmm download`: a one-model desired state, planned
     // under the store lock with the quota and free-disk checks, applied, settled.
-    let mut manifest = Manifest::parse(&models_dir.join("kari-models.toml"), "")?;
-    manifest.models.insert(repo_id.to_string(), spec.clone());
+    let manifest = Manifest::parse(&models_dir.join("kari-models.toml"), "")?;
     let settings = Settings::for_library(
         models_dir,
         options.max_workers.unwrap_or(8),
         options.quota_gb,
     );
-    let session = Session::for_library(manifest, settings, hub.clone());
-    let registry = session.registry_hints()?;
-    let desired = session.resolve_one(&spec, &registry).await?;
-    if !options.resume {
-        let _lock = session.lock_store(&ops::Silent)?;
-        discard_partials(&session.paths, &desired)?;
-    }
-    let desired = [desired];
-    let applied = ops::apply_desired(
-        &session,
-        &desired,
-        ApplyOptions {
-            plan: PlanOptions {
-                only_desired: true,
-                ..PlanOptions::default()
-            },
-            force_compat: false,
-            frozen: false,
-            whole_manifest_env: None,
-        },
-        &ops::Silent,
-        "",
-    )
-    .await?;
-    let [model] = desired;
+    let mut session = Session::for_library(manifest, settings, hub.clone());
+    let options = ops::InstallOptions {
+        force_compat: false,
+        discard_partials: !options.resume,
+    };
+    let (applied, model) = ops::install_one(&mut session, spec, options, &ops::Silent).await?;
     Ok(Installed {
         id: model.id,
         commit: model.commit,
@@ -321,24 +300,6 @@ pub async fn download_snapshot(
         install_dir: session.paths.root().join(model.install_dir),
         report: applied.report,
     })
-}
-
-/// Deletes the partial downloads of `desired`'s files (`resume: false`); the partial data and
-/// its record of completed chunks go together.
-fn discard_partials(paths: &StorePaths, desired: &DesiredModel) -> Result<()> {
-    for file in &desired.files {
-        for suffix in [".part", ".part.state"] {
-            let partial = paths
-                .downloads_dir()
-                .join(format!("{}{suffix}", file.hash.hex()));
-            match fs_err::remove_file(&partial) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(Error::io("discarding a partial download", &error)),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The registry of `models_dir` (empty when there is none yet).

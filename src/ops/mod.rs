@@ -23,8 +23,10 @@
 //! | `checks.rs` | refusals before any change: nested folders, quota, free disk; review warnings |
 //! | `compat_check.rs` | compatibility notes of the models a plan creates (`--force-compat` refuses) |
 //! | `baselines.rs` | `kmm ensure` and the baselines `plan`/`apply` note and produce |
+//! | `install.rs` | one model alone: `kmm download`, `kmm browse`, the library's `download_snapshot` |
 //! | `gc.rs` | `kmm gc`: quota/target evictions and stale downloads |
 //! | `lock.rs` | `kmm lock`: resolve again and write kari-models.lock |
+//! | `records.rs` | one record's edits: `kmm pin`, `kmm license --accept`, `kmm path` |
 //! | `repair.rs` | `kmm registry repair` |
 //!
 //! Edges: imports the engine (`resolve`, `plan`, `apply`, `store`, ...), never `cli`. Progress
@@ -35,9 +37,11 @@ mod baselines;
 mod checks;
 mod compat_check;
 mod gc;
+mod install;
 mod lock;
 mod observe;
 mod reconcile;
+mod records;
 mod repair;
 mod session;
 pub mod settings;
@@ -49,12 +53,14 @@ pub use compat_check::{
     check_model as check_model_compatibility, check_plan as check_compatibility,
 };
 pub use gc::{GcReport, GcRequest, StaleDownload, collect_garbage};
+pub use install::{InstallOptions, install_one};
 pub use lock::{Locked, lock_manifest};
 pub use observe::observe;
 pub use reconcile::{
     Applied, ApplyOptions, ReviewRequest, Reviewed, apply_desired, apply_manifest, apply_saved,
-    review_manifest,
+    migrate_layout, plan_manifest, review_manifest,
 };
+pub use records::{PinChange, accept_license, license_acceptance, record_access, set_pin};
 pub use repair::{RepairOutcome, repair_registry};
 pub use session::{LockMode, Session};
 pub use settings::{EnvLookup, Overrides, Settings};

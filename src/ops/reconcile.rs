@@ -131,6 +131,51 @@ pub async fn apply_manifest(
     .await
 }
 
+/// The plan of the whole manifest, resolved with the lock as `mode` allows (the lock file is
+/// not written) and computed without changing anything: `kmm verify` (with `verify`) and
+/// `kmm migrate --dry-run` (with `layout_only`).
+pub async fn plan_manifest(
+    overrides: &Overrides,
+    mode: LockMode,
+    options: PlanOptions,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+) -> Result<Plan> {
+    let session = Session::open(overrides, env, cwd).await?;
+    let desired = session.resolve_with_lock(mode).await?;
+    session.plan_with(&desired, options)
+}
+
+/// `kmm migrate`: the layout-only plan (moves, adoptions, mirrors, stray deletions; nothing
+/// downloaded or removed) applied under the store lock. The lock file is not written.
+pub async fn migrate_layout(
+    overrides: &Overrides,
+    mode: LockMode,
+    env: EnvLookup<'_>,
+    cwd: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Applied> {
+    let session = Session::open(overrides, env, cwd).await?;
+    let desired = session.resolve_with_lock(mode).await?;
+    let options = ApplyOptions {
+        plan: PlanOptions {
+            layout_only: true,
+            ..PlanOptions::default()
+        },
+        force_compat: false,
+        frozen: mode.frozen,
+        whole_manifest_env: None,
+    };
+    apply_desired(
+        &session,
+        &desired,
+        options,
+        reporter,
+        "No changes. The layout already matches kari-models.toml.",
+    )
+    .await
+}
+
 /// `kmm apply FILE`: exactly the saved plan's actions, refused when any of its inputs changed.
 pub async fn apply_saved(
     overrides: &Overrides,

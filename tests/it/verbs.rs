@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::fake_hub::{FakeHub, FileSpec, GatedMode, PageSizes, RepoSpec};
+use crate::fake_hub::{FakeHub, FileSpec, GatedMode, PageSizes, RepoSpec, ServerKind};
 use crate::support::{Run, has_boot_id, journal_path, kmm_command, pretend_a_reboot};
 
 const TOKEN: &str = "hf_verbs_token_0123456789";
@@ -962,5 +962,44 @@ fn library_api_installs_through_the_engine() {
             .await
             .unwrap_err();
         assert_eq!(missing.code(), kmm::ErrorCode::NotFound);
+    });
+}
+
+#[test]
+fn library_api_refuses_an_install_over_its_quota_before_downloading() {
+    use kmm::api;
+    use kmm::hub::{HubClient, HubConfig};
+
+    let hub = FakeHub::start(vec![gguf_repo("TheBloke/Tiny-GGUF")]);
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = HubClient::new(HubConfig::new(hub.url())).unwrap();
+        let options = |quota_gb| api::DownloadOptions {
+            include: vec!["*Q2_K*".into()],
+            quota_gb: Some(quota_gb),
+            ..Default::default()
+        };
+        // The selected file is 100 kB; a 50 kB quota cannot hold it.
+        let refused =
+            api::download_snapshot(&client, &models, "TheBloke/Tiny-GGUF", &options(5e-5))
+                .await
+                .unwrap_err();
+        assert_eq!(refused.code(), kmm::ErrorCode::Quota, "{refused}");
+        assert!(
+            hub.requests().iter().all(|r| r.server != ServerKind::Cdn),
+            "refused before any download: {:?}",
+            hub.requests()
+        );
+        assert!(api::load_registry(&models).unwrap().models.is_empty());
+        assert!(!models.join("llama-cpp/TheBloke/Tiny-GGUF").exists());
+
+        // A quota that holds it installs it.
+        let installed =
+            api::download_snapshot(&client, &models, "TheBloke/Tiny-GGUF", &options(1e-3))
+                .await
+                .unwrap();
+        assert_eq!(installed.report.files_downloaded, 1);
     });
 }

@@ -102,27 +102,11 @@ pub(crate) async fn install(
     force_compat: bool,
     out: Output,
 ) -> Result<i32> {
-    let id = spec.id.clone();
-    session.manifest.models.clear();
-    session.manifest.models.insert(id.clone(), spec);
-    let desired = session.resolve().await?;
-    let applied = ops::apply_desired(
-        session,
-        &desired,
-        ops::ApplyOptions {
-            plan: ops::PlanOptions {
-                evict_declared: false,
-                only_desired: true,
-                ..Default::default()
-            },
-            force_compat,
-            frozen: false,
-            whole_manifest_env: None,
-        },
-        &out,
-        &format!("{id} is already installed; nothing to download."),
-    )
-    .await?;
+    let options = ops::InstallOptions {
+        force_compat,
+        discard_partials: false,
+    };
+    let (applied, _) = ops::install_one(session, spec, options, &out).await?;
     print_applied(out, &applied);
     Ok(0)
 }

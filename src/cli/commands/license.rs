@@ -15,13 +15,11 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::hub::Gated;
-use crate::registry::{self, Registry};
 
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::verb_support::open_for_model;
-use crate::ops::EnvLookup;
-use crate::ops::Session;
+use crate::ops::{self, EnvLookup, Session};
 
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("action").required(true).args(["show", "accept"])))]
@@ -70,30 +68,16 @@ pub async fn run(
         Some(hub) => Some(hub.model_info(&args.model, "main").await?),
         None => None,
     };
-    let pending_path = registry::pending_licenses_file(session.paths.root());
     if args.accept {
-        let acceptance = serde_json::json!({
-            "accepted": true,
-            "user_id": args.user_id.clone().unwrap_or_default(),
-            "license_type": args.license_type.clone().unwrap_or_default(),
-            "accepted_at": humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        });
-        let _lock = session.lock_store(&out)?;
-        let registry_path = session.paths.registry_file();
-        let mut registry = Registry::load(&registry_path)?;
-        match registry.models.get_mut(&args.model) {
-            Some(record) => {
-                record.license_accepted = Some(acceptance);
-                registry.save(&registry_path)?;
-            }
-            None => {
-                let mut pending = registry::load_pending_licenses(&pending_path)?;
-                pending.insert(args.model.clone(), acceptance);
-                registry::save_pending_licenses(&pending_path, &pending)?;
-            }
-        }
+        ops::accept_license(
+            &session,
+            &args.model,
+            args.user_id.as_deref().unwrap_or_default(),
+            args.license_type.as_deref().unwrap_or_default(),
+            &out,
+        )?;
     }
-    let data = gather(&session, args, info.as_ref(), &pending_path)?;
+    let data = gather(&session, args, info.as_ref())?;
     let message = if args.accept {
         format!(
             "Recorded license acceptance for {} by {}.",
@@ -129,29 +113,8 @@ fn gather(
     session: &Session,
     args: &LicenseArgs,
     info: Option<&crate::hub::ModelInfo>,
-    pending_path: &Path,
 ) -> Result<LicenseData> {
-    let registry = Registry::load(&session.paths.registry_file())?;
-    let pending = registry::load_pending_licenses(pending_path)?;
-    let declared = session
-        .manifest
-        .models
-        .get(&args.model)
-        .and_then(|spec| spec.license.as_ref())
-        .filter(|license| license.accepted);
-    let (accepted, accepted_in) = if let Some(license) = declared {
-        (serde_json::to_value(license).ok(), Some("manifest"))
-    } else if let Some(value) = registry
-        .models
-        .get(&args.model)
-        .and_then(|record| record.license_accepted.clone())
-    {
-        (Some(value), Some("registry"))
-    } else if let Some(value) = pending.get(&args.model) {
-        (Some(value.clone()), Some("pending"))
-    } else {
-        (None, None)
-    };
+    let (accepted, accepted_in) = ops::license_acceptance(session, &args.model)?.unzip();
     Ok(LicenseData {
         id: info.map_or_else(|| args.model.clone(), |info| info.id.clone()),
         license: info.and_then(|info| info.license.clone()),

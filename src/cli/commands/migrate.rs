@@ -11,7 +11,7 @@ use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::plan_output::{print_applied, print_plan};
 use crate::error::Result;
-use crate::ops::{self, ApplyOptions, EnvLookup, PlanOptions, Session};
+use crate::ops::{self, EnvLookup, PlanOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct MigrateArgs {
@@ -24,8 +24,6 @@ pub struct MigrateArgs {
     pub lock: LockArgs,
 }
 
-const MIGRATED: &str = "No changes. The layout already matches kari-models.toml.";
-
 /// `kmm migrate [--dry-run]`.
 pub async fn run(
     global: &GlobalArgs,
@@ -34,30 +32,18 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open(&global.overrides(), env, cwd).await?;
-    let desired = session.resolve_with_lock(args.lock.mode()).await?;
-    let options = PlanOptions {
-        layout_only: true,
-        ..PlanOptions::default()
-    };
+    let overrides = global.overrides();
+    let mode = args.lock.mode();
     if args.dry_run {
-        let plan = session.plan_with(&desired, options)?;
+        let options = PlanOptions {
+            layout_only: true,
+            ..PlanOptions::default()
+        };
+        let plan = ops::plan_manifest(&overrides, mode, options, env, cwd).await?;
         print_plan(out, &plan, args.format);
         return Ok(0);
     }
-    let applied = ops::apply_desired(
-        &session,
-        &desired,
-        ApplyOptions {
-            plan: options,
-            force_compat: false,
-            frozen: args.lock.frozen,
-            whole_manifest_env: None,
-        },
-        &out,
-        MIGRATED,
-    )
-    .await?;
+    let applied = ops::migrate_layout(&overrides, mode, env, cwd, &out).await?;
     print_applied(out, &applied);
     Ok(0)
 }

@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::verb_support::open_for_model;
-use crate::ops::EnvLookup;
+use crate::ops::{self, EnvLookup};
 
 #[derive(Debug, Clone, Args)]
 pub struct PathArgs {
@@ -37,9 +37,7 @@ pub async fn run(
 ) -> Result<i32> {
     // Like every verb taking --model: a hostile id is refused before the store is touched.
     let session = open_for_model(global, &args.model, env, cwd).await?;
-    let _lock = session.lock_store(&out)?;
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let record = crate::apply::record_access(&session.paths, &args.model, now)?;
+    let record = ops::record_access(&session, &args.model, &out)?;
     let data = PathOutput {
         model: args.model.clone(),
         path: record.install_path.clone(),

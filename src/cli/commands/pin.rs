@@ -8,13 +8,12 @@ use std::path::Path;
 use clap::Args;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::registry::Registry;
+use crate::error::Result;
 
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::verb_support::open_for_model;
-use crate::ops::EnvLookup;
+use crate::ops::{self, EnvLookup};
 
 #[derive(Debug, Clone, Args)]
 pub struct PinArgs {
@@ -45,26 +44,11 @@ pub async fn run(
     out: Output,
 ) -> Result<i32> {
     let session = open_for_model(global, &args.model, env, cwd).await?;
-    let _lock = session.lock_store(&out)?;
-    let path = session.paths.registry_file();
-    let mut registry = Registry::load(&path)?;
-    let record = registry.models.get_mut(&args.model).ok_or_else(|| {
-        Error::not_found(format!("{} is not installed here", args.model)).with_hint(format!(
-            "install it first (`kmm download --model {}`), or declare `pinned = true` in kari-models.toml",
-            args.model
-        ))
-    })?;
-    let pinned = !args.unpin;
-    let changed = record.pinned.unwrap_or(false) != pinned;
-    record.pinned = pinned.then_some(true);
-    if changed {
-        registry.save(&path)?;
-    }
-    let manifest_pinned = session
-        .manifest
-        .models
-        .get(&args.model)
-        .and_then(|spec| spec.pinned);
+    let ops::PinChange {
+        pinned,
+        changed,
+        manifest_pinned,
+    } = ops::set_pin(&session, &args.model, !args.unpin, &out)?;
     let mut message = format!(
         "{} is {}{}.",
         args.model,

@@ -10,7 +10,7 @@ use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::plan_output::print_plan;
 use crate::error::Result;
-use crate::ops::{EnvLookup, PlanOptions, Session};
+use crate::ops::{self, EnvLookup, PlanOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
@@ -29,15 +29,11 @@ pub async fn run(
     cwd: &Path,
     out: Output,
 ) -> Result<i32> {
-    let session = Session::open(&global.overrides(), env, cwd).await?;
-    let desired = session.resolve_with_lock(args.lock.mode()).await?;
-    let plan = session.plan_with(
-        &desired,
-        PlanOptions {
-            verify: true,
-            ..PlanOptions::default()
-        },
-    )?;
+    let options = PlanOptions {
+        verify: true,
+        ..PlanOptions::default()
+    };
+    let plan = ops::plan_manifest(&global.overrides(), args.lock.mode(), options, env, cwd).await?;
     print_plan(out, &plan, args.format);
     Ok(if plan.is_empty() { 0 } else { 2 })
 }
