@@ -6,51 +6,10 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, Fault, FileSpec, GatedMode, LoggedRequest, RepoSpec, ServerKind};
-use crate::support::{Run, kmm_command};
+use crate::support::Run;
+use crate::support::Workdir as Workspace;
 
 const TOKEN: &str = "hf_SECRET_cli_token_0123456789";
-
-/// A temp working directory with a manifest, and a way to run kmm in it.
-struct Workspace {
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Workspace {
-    fn new(hub: &FakeHub, manifest: &str) -> Workspace {
-        let dir = tempfile::tempdir().unwrap();
-        fs_err::write(dir.path().join("kari-models.toml"), manifest).unwrap();
-        Workspace {
-            dir,
-            endpoint: hub.url(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn models(&self) -> PathBuf {
-        self.path().join("models")
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        self.run_with(args, &[])
-    }
-
-    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = kmm_command(self.path(), &self.endpoint);
-        for (name, value) in env {
-            cmd.env(name, value);
-        }
-        Run::from_output(cmd.args(args).output().unwrap())
-    }
-
-    fn registry(&self) -> Value {
-        let text = fs_err::read_to_string(self.models().join("model_registry.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-}
 
 fn gguf_repo() -> RepoSpec {
     RepoSpec::new("TheBloke/TinyLlama-GGUF").commit(vec![

@@ -5,7 +5,7 @@
 //! against the committed JSON Schemas.
 
 use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -13,76 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fake_hub::{FakeHub, Fault, FileSpec, RepoSpec};
-use crate::support::{Run, clean_env, kmm_command};
-
-struct Workspace {
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Workspace {
-    fn new(hub: &FakeHub, manifest: &str) -> Workspace {
-        let dir = tempfile::tempdir().unwrap();
-        fs_err::write(dir.path().join("kari-models.toml"), manifest).unwrap();
-        Workspace {
-            dir,
-            endpoint: hub.url(),
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.path().join(name)
-    }
-
-    fn read(&self, name: &str) -> String {
-        fs_err::read_to_string(self.file(name)).unwrap()
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        fs_err::write(self.file(name), text).unwrap();
-    }
-
-    fn env(&self, cmd: &mut std::process::Command) {
-        clean_env(cmd, self.path(), &self.endpoint);
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        Run::from_output(
-            kmm_command(self.path(), &self.endpoint)
-                .args(args)
-                .output()
-                .unwrap(),
-        )
-    }
-
-    fn ok(&self, args: &[&str]) -> Run {
-        let run = self.run(args);
-        assert_eq!(run.code, 0, "kmm {args:?}\n{}\n{}", run.stdout, run.stderr);
-        run
-    }
-
-    /// Replaces the temp dir and real timestamps in output, for snapshots.
-    fn filter(&self, text: &str) -> String {
-        text.replace(&self.path().display().to_string(), "[WORK]")
-            .lines()
-            .map(|line| {
-                // Timestamps apply stamps: `installed_at` and `last_accessed`.
-                for key in ["\"installed_at\": \"20", "\"last_accessed\": \"20"] {
-                    if let Some(at) = line.find(key) {
-                        let name = &key[..key.find(':').unwrap()];
-                        return format!("{}{name}: \"[TIME]\",", &line[..at]);
-                    }
-                }
-                line.to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
+use crate::support::Workdir as Workspace;
+use crate::support::kmm_command;
 
 fn bert_files(weights: &[u8]) -> Vec<FileSpec> {
     vec![

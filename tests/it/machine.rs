@@ -20,15 +20,11 @@ use kmm::resolve::{ResolveContext, resolve_model};
 use kmm::sys::{Gpu, MachineFacts};
 
 use crate::fake_hub::{FakeHub, FileSpec, RepoSpec, ServerKind};
-use crate::support::{Run, has_boot_id, journal_path, kmm_command, pretend_a_reboot};
+use crate::support::Workdir as Workspace;
+use crate::support::{Run, has_boot_id, journal_path, pretend_a_reboot};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-struct Workspace {
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
 
 impl Run {
     fn ok(&self) -> Value {
@@ -40,64 +36,6 @@ impl Run {
         let doc = self.json();
         assert_eq!(doc["success"], true, "{doc}");
         doc
-    }
-}
-
-impl Workspace {
-    fn new(hub: &FakeHub, manifest: &str) -> Workspace {
-        let dir = tempfile::tempdir().unwrap();
-        fs_err::write(dir.path().join("kari-models.toml"), manifest).unwrap();
-        Workspace {
-            dir,
-            endpoint: hub.url(),
-        }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn models(&self) -> PathBuf {
-        self.path().join("models")
-    }
-    fn manifest(&self, text: &str) {
-        fs_err::write(self.path().join("kari-models.toml"), text).unwrap();
-    }
-    fn run(&self, args: &[&str]) -> Run {
-        self.run_with(args, &[])
-    }
-    fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
-        let mut cmd = kmm_command(self.path(), &self.endpoint);
-        // The workspace's scripts first (a fake nvidia-smi, fake pythons), then the system's.
-        cmd.env(
-            "PATH",
-            format!("{}:/usr/bin:/bin", self.path().join("bin").display()),
-        );
-        for (name, value) in env {
-            cmd.env(name, value);
-        }
-        Run::from_output(cmd.args(args).output().unwrap())
-    }
-    fn registry(&self) -> Value {
-        let text = fs_err::read_to_string(self.models().join("model_registry.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-    fn edit_registry(&self, edit: impl FnOnce(&mut Value)) {
-        let mut registry = self.registry();
-        edit(&mut registry);
-        fs_err::write(
-            self.models().join("model_registry.json"),
-            serde_json::to_string_pretty(&registry).unwrap(),
-        )
-        .unwrap();
-    }
-    /// An executable script in `<workspace>/bin/`.
-    fn script(&self, name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt as _;
-        let bin = self.path().join("bin");
-        fs_err::create_dir_all(&bin).unwrap();
-        let path = bin.join(name);
-        fs_err::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
     }
 }
 
@@ -580,7 +518,7 @@ fn compatibility_verb_reports_gpus_from_nvidia_smi_and_force_compat_stops_before
         ),
         gguf_repo("acme/huge-GGUF", "huge.Q4_K_M.gguf", huge_gguf()),
     ]);
-    let ws = Workspace::new(&hub, "[models.\"acme/huge-GGUF\"]\n");
+    let ws = Workspace::with_local_bin(&hub, "[models.\"acme/huge-GGUF\"]\n");
     let recorded =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nvidia-smi/two-gpus.csv");
     ws.script("nvidia-smi", &format!("cat '{}'", recorded.display()));
@@ -705,7 +643,7 @@ fn gc_store() -> (FakeHub, Workspace) {
         small_repo("acme/c", 300_000),
         small_repo("acme/d", 400_000),
     ]);
-    let ws = Workspace::new(&hub, ALL_FOUR);
+    let ws = Workspace::with_local_bin(&hub, ALL_FOUR);
     ws.run(&["apply", "--json"]).ok();
     ws.manifest(TWO_DECLARED);
     ws.edit_registry(|registry| {
@@ -1002,7 +940,7 @@ fn distilbert_repo() -> RepoSpec {
 #[test]
 fn ensure_distilbert_installs_the_pinned_snapshot_through_the_engine() {
     let hub = FakeHub::start(vec![distilbert_repo(), small_repo("acme/a", 1_000)]);
-    let ws = Workspace::new(&hub, "[models.\"acme/a\"]\n");
+    let ws = Workspace::with_local_bin(&hub, "[models.\"acme/a\"]\n");
     let doc = ws.run(&["ensure", "--distilbert", "--json"]).ok();
     assert_eq!(doc["data"]["baselines"][0]["status"], "installed");
     let dir = ws.models().join("distilbert-base-uncased");
@@ -1024,7 +962,7 @@ fn ensure_distilbert_installs_the_pinned_snapshot_through_the_engine() {
     }
 
     // [baselines] distilbert = true: the plan shows it like a declared model.
-    let ws = Workspace::new(&hub, "[baselines]\ndistilbert = true\n");
+    let ws = Workspace::with_local_bin(&hub, "[baselines]\ndistilbert = true\n");
     let plan = ws.run(&["plan"]);
     assert!(
         plan.stdout.contains("+ distilbert-base-uncased"),
@@ -1044,7 +982,7 @@ fn ensure_distilbert_installs_the_pinned_snapshot_through_the_engine() {
 #[test]
 fn ensure_skips_python_baselines_when_packages_are_missing() {
     let hub = FakeHub::start(vec![]);
-    let ws = Workspace::new(&hub, "[baselines]\nspacy = true\nbasic_cls = true\n");
+    let ws = Workspace::with_local_bin(&hub, "[baselines]\nspacy = true\nbasic_cls = true\n");
     let python = ws.script(
         "python-without-packages",
         "echo \"ModuleNotFoundError: No module named 'sklearn'\" >&2\nexit 1",
@@ -1097,14 +1035,14 @@ fn ensure_skips_python_baselines_when_packages_are_missing() {
         ])
         .ok();
     assert_eq!(nothing["data"]["baselines"][0]["status"], "skipped");
-    let none = Workspace::new(&hub, "");
+    let none = Workspace::with_local_bin(&hub, "");
     assert_eq!(none.run(&["ensure", "--json"]).code, 18);
 }
 
 #[test]
 fn ensure_spacy_runs_spacy_download_and_reports_failures_with_the_output_tail() {
     let hub = FakeHub::start(vec![]);
-    let ws = Workspace::new(&hub, "");
+    let ws = Workspace::with_local_bin(&hub, "");
     let marker = ws.path().join("downloaded");
     // A Python whose spaCy imports and whose pipeline is missing until downloaded.
     let python = ws.script(
@@ -1217,7 +1155,7 @@ fn ensure_basic_cls_writes_joblib_files_that_load_and_predict_in_python() {
         return;
     };
     let hub = FakeHub::start(vec![]);
-    let ws = Workspace::new(&hub, "");
+    let ws = Workspace::with_local_bin(&hub, "");
     let doc = ws
         .run_with(
             &["ensure", "--basic-cls", "--json"],

@@ -139,3 +139,131 @@ pub(crate) fn pretend_a_reboot(models: &Path) {
     }
     fs_err::write(&path, journal.to_string()).unwrap();
 }
+
+/// A temp working directory with a manifest, and kmm run in it against one hub: the setup the
+/// end-to-end suites (`cli`, `gitops`, `machine`) share.
+pub(crate) struct Workdir {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) endpoint: String,
+    /// `<dir>/bin` first on kmm's `PATH` (fake `nvidia-smi`, fake pythons), then the system's.
+    local_bin: bool,
+}
+
+impl Workdir {
+    pub(crate) fn new(hub: &crate::fake_hub::FakeHub, manifest: &str) -> Workdir {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(dir.path().join("kari-models.toml"), manifest).unwrap();
+        Workdir {
+            dir,
+            endpoint: hub.url(),
+            local_bin: false,
+        }
+    }
+
+    /// As [`Workdir::new`], with the scripts of [`Workdir::script`] found before the system's.
+    pub(crate) fn with_local_bin(hub: &crate::fake_hub::FakeHub, manifest: &str) -> Workdir {
+        Workdir {
+            local_bin: true,
+            ..Workdir::new(hub, manifest)
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub(crate) fn models(&self) -> PathBuf {
+        self.path().join("models")
+    }
+
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
+        self.path().join(name)
+    }
+
+    pub(crate) fn read(&self, name: &str) -> String {
+        fs_err::read_to_string(self.file(name)).unwrap()
+    }
+
+    pub(crate) fn write(&self, name: &str, text: &str) {
+        fs_err::write(self.file(name), text).unwrap();
+    }
+
+    /// Replaces the manifest.
+    pub(crate) fn manifest(&self, text: &str) {
+        self.write("kari-models.toml", text);
+    }
+
+    /// kmm's clean environment on `cmd`, for processes started by hand (`kmm watch`).
+    pub(crate) fn env(&self, cmd: &mut Command) {
+        clean_env(cmd, self.path(), &self.endpoint);
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[])
+    }
+
+    pub(crate) fn run_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut cmd = kmm_command(self.path(), &self.endpoint);
+        if self.local_bin {
+            cmd.env(
+                "PATH",
+                format!("{}:/usr/bin:/bin", self.path().join("bin").display()),
+            );
+        }
+        for (name, value) in env {
+            cmd.env(name, value);
+        }
+        Run::from_output(cmd.args(args).output().unwrap())
+    }
+
+    /// Runs kmm and asserts exit code 0.
+    pub(crate) fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert_eq!(run.code, 0, "kmm {args:?}\n{}\n{}", run.stdout, run.stderr);
+        run
+    }
+
+    pub(crate) fn registry(&self) -> Value {
+        let text = fs_err::read_to_string(self.models().join("model_registry.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    pub(crate) fn edit_registry(&self, edit: impl FnOnce(&mut Value)) {
+        let mut registry = self.registry();
+        edit(&mut registry);
+        fs_err::write(
+            self.models().join("model_registry.json"),
+            serde_json::to_string_pretty(&registry).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// An executable script in `<workdir>/bin/`.
+    pub(crate) fn script(&self, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let bin = self.path().join("bin");
+        fs_err::create_dir_all(&bin).unwrap();
+        let path = bin.join(name);
+        fs_err::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// `text` with the temp dir and real timestamps replaced, for snapshots.
+    pub(crate) fn filter(&self, text: &str) -> String {
+        text.replace(&self.path().display().to_string(), "[WORK]")
+            .lines()
+            .map(|line| {
+                // Timestamps apply stamps: `installed_at` and `last_accessed`.
+                for key in ["\"installed_at\": \"20", "\"last_accessed\": \"20"] {
+                    if let Some(at) = line.find(key) {
+                        let name = &key[..key.find(':').unwrap()];
+                        return format!("{}{name}: \"[TIME]\",", &line[..at]);
+                    }
+                }
+                line.to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
