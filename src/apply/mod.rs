@@ -35,7 +35,7 @@ use crate::durability;
 use crate::error::{Error, Result};
 use crate::hub::HubClient;
 use crate::plan::{Action, CarriedFile, ChangeKind, FileSource, InstallFile, Plan, RecordPlan};
-use crate::registry::{Record, RecordFile, Registry};
+use crate::registry::{Record, Registry};
 use crate::store::StorePaths;
 use crate::upstream::{FileHash, UpstreamFile};
 
@@ -368,7 +368,7 @@ impl<'a> Engine<'a> {
             let _span = span.entered();
             let _writer = writer.lock().expect("registry writer lock");
             let mut registry = Registry::load(&registry_file)?;
-            let mut record = merge_record(registry.models.remove(&id), &plan, now);
+            let mut record = crate::plan::merge_record(registry.models.remove(&id), &plan, now);
             record_mtimes(&mut record);
             registry.models.insert(id, record);
             registry.save(&registry_file)
@@ -606,69 +606,6 @@ fn remove_empty_owner_folders(root: &Path, removed: &Path) {
     fsops::remove_empty_parents(&root.join(parent), &root.join(top));
 }
 
-/// The new record: the plan's fields over the existing record, keeping what kmm does not
-/// own (unknown fields, per-file unknown fields, `last_accessed`) and, when the installed bytes
-/// did not change (wherever they now live), `installed_at`.
-pub(crate) fn merge_record(existing: Option<Record>, plan: &RecordPlan, now: String) -> Record {
-    let mut old_files: BTreeMap<String, RecordFile> = existing
-        .as_ref()
-        .map(|r| {
-            r.files
-                .iter()
-                .map(|f| (f.path.clone(), f.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    let files: Vec<RecordFile> = plan
-        .files
-        .iter()
-        .map(|f| {
-            let old = old_files.remove(&f.path);
-            // The recorded mtime stays for the same bytes; `register` refreshes it from disk.
-            let mtime_ns = old
-                .as_ref()
-                .filter(|old| old.size == f.size && old.hash().as_ref() == Some(&f.hash))
-                .and_then(|old| old.mtime_ns);
-            RecordFile {
-                path: f.path.clone(),
-                size: f.size,
-                sha256: f.hash.is_lfs().then(|| f.hash.hex().to_string()),
-                git_sha1: (!f.hash.is_lfs()).then(|| f.hash.hex().to_string()),
-                mtime_ns,
-                extra: old.map(|old| old.extra).unwrap_or_default(),
-            }
-        })
-        .collect();
-    // A move (`kmm migrate`, a new layout) and the hashes added to an older tool's record (the
-    // planner verified those bytes before keeping them) are not a new install.
-    let same_bytes = existing.as_ref().is_some_and(|old| {
-        old.files.len() == files.len()
-            && old.files.iter().zip(&files).all(|(a, b)| {
-                let unhashed = a.sha256.is_none() && a.git_sha1.is_none();
-                a.path == b.path
-                    && a.size == b.size
-                    && (unhashed || (a.sha256 == b.sha256 && a.git_sha1 == b.git_sha1))
-            })
-    });
-    let mut record = existing.unwrap_or_default();
-    if !(same_bytes && record.installed_at.is_some()) {
-        // A fresh install counts as a use, so gc does not evict what was just installed.
-        record.last_accessed = Some(now.clone());
-        record.installed_at = Some(now);
-    }
-    record.model_id = plan.model_id.clone();
-    record.library = plan.library.as_str().to_string();
-    record.revision = Some(plan.revision.clone());
-    record.install_path = plan.install_path.clone();
-    record.files = files;
-    record.total_size = plan.total_size;
-    record.commit = Some(plan.commit.clone());
-    record.pinned = plan.pinned;
-    record.license_accepted = plan.license_accepted.clone();
-    record.selection = (!plan.partial).then(|| plan.selection.clone());
-    record
-}
-
 /// Records that `model` was just used (`kmm path --model ID`): sets its `last_accessed` to
 /// `now` (RFC 3339) with an atomic registry save. The caller holds the store lock. Returns the
 /// record as saved; an unknown model is `E_NOT_FOUND`.
@@ -781,65 +718,6 @@ async fn spawn_blocking<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::Library;
-    use crate::plan::RecordPlanFile;
-
-    fn record_plan() -> RecordPlan {
-        RecordPlan {
-            model_id: "org/m".to_string(),
-            library: Library::Transformers,
-            revision: "main".to_string(),
-            commit: "c".repeat(40),
-            install_path: "/srv/models/transformers/org/m".to_string(),
-            files: vec![RecordPlanFile {
-                path: "config.json".to_string(),
-                size: 2,
-                hash: FileHash::GitSha1("a".repeat(40)),
-            }],
-            total_size: 2,
-            pinned: Some(true),
-            license_accepted: None,
-            selection: Default::default(),
-            partial: false,
-        }
-    }
-
-    #[test]
-    fn a_new_record_gets_the_time_and_the_hashes() {
-        let record = merge_record(None, &record_plan(), "2026-01-01T00:00:00Z".to_string());
-        assert_eq!(record.installed_at.as_deref(), Some("2026-01-01T00:00:00Z"));
-        assert_eq!(record.library, "transformers");
-        assert_eq!(record.files[0].git_sha1.as_deref(), Some(&*"a".repeat(40)));
-        assert_eq!(record.files[0].sha256, None);
-        assert_eq!(record.commit.as_deref(), Some(&*"c".repeat(40)));
-    }
-
-    #[test]
-    fn metadata_changes_keep_installed_at_and_unknown_fields() {
-        let mut old = merge_record(None, &record_plan(), "2025-09-01T12:34:56Z".to_string());
-        old.pinned = None;
-        old.extra
-            .insert("owner_note".into(), serde_json::json!("keep me"));
-        old.files[0]
-            .extra
-            .insert("downloads".into(), serde_json::json!(3));
-        let merged = merge_record(
-            Some(old),
-            &record_plan(),
-            "2026-01-01T00:00:00Z".to_string(),
-        );
-        assert_eq!(merged.installed_at.as_deref(), Some("2025-09-01T12:34:56Z"));
-        assert_eq!(merged.pinned, Some(true));
-        assert_eq!(merged.extra["owner_note"], "keep me");
-        assert_eq!(merged.files[0].extra["downloads"], 3);
-
-        let mut changed = record_plan();
-        changed.files[0].hash = FileHash::GitSha1("b".repeat(40));
-        let merged = merge_record(Some(merged), &changed, "2026-01-01T00:00:00Z".to_string());
-        assert_eq!(merged.installed_at.as_deref(), Some("2026-01-01T00:00:00Z"));
-        assert_eq!(merged.extra["owner_note"], "keep me");
-    }
-
     #[test]
     fn the_apply_future_can_be_spawned() {
         fn assert_send<T: Send>(_: &T) {}

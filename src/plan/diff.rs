@@ -1,7 +1,7 @@
 //! `kmm plan --diff`: the registry as it is and as `apply` would leave it, as a unified diff.
 //!
 //! The "after" registry is simulated purely: each `register` action's record is merged into the
-//! existing one with the same function `apply` uses ([`crate::apply::merge_record`]), and each
+//! existing one with the same function `apply` uses ([`super::merge_record`]), and each
 //! `unregister` drops its record. The time `apply` would stamp on a new record is not known
 //! yet, so it is the fixed [`INSTALLED_AT_PLACEHOLDER`], which keeps the diff stable under
 //! re-runs. The text is the registry file's own (pretty JSON, ids sorted), so the diff shows the
@@ -23,11 +23,8 @@ pub fn registry_after(before: &Registry, plan: &Plan) -> Registry {
         match &planned.action {
             Action::Register { model, record } => {
                 let existing = after.models.remove(model);
-                let merged = crate::apply::merge_record(
-                    existing,
-                    record,
-                    INSTALLED_AT_PLACEHOLDER.to_string(),
-                );
+                let merged =
+                    super::merge_record(existing, record, INSTALLED_AT_PLACEHOLDER.to_string());
                 after.models.insert(model.clone(), merged);
             }
             Action::Unregister { model } => {
@@ -133,8 +130,8 @@ mod tests {
     #[test]
     fn after_merges_registers_like_apply_and_drops_unregistered() {
         let mut before = Registry::default();
-        let kept = crate::apply::merge_record(None, &record_plan("org/kept", 2), "T0".into());
-        let gone = crate::apply::merge_record(None, &record_plan("org/gone", 2), "T0".into());
+        let kept = crate::plan::merge_record(None, &record_plan("org/kept", 2), "T0".into());
+        let gone = crate::plan::merge_record(None, &record_plan("org/gone", 2), "T0".into());
         before.models.insert("org/kept".into(), kept);
         before.models.insert("org/gone".into(), gone);
         let mut pinned = record_plan("org/kept", 2);

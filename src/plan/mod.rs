@@ -24,6 +24,7 @@
 //! | `observe.rs` | what a plan must see: folders to scan, files to hash (pure) |
 //! | `planner.rs` | desired + observed -> plan: models, undeclared records, strays, summary |
 //! | `install.rs` | one declared model: keep, gather, fetch or carry each file; reasons; actions |
+//! | `record.rs` | the registry record a planned record becomes (apply writes it, `--diff` shows it) |
 //! | `graph.rs` | action dependencies and their deterministic order |
 //! | `render.rs`, `markdown.rs` | text and markdown for people |
 //! | `diff.rs` | the registry before and after, as a unified diff |
@@ -37,6 +38,7 @@ pub mod markdown;
 mod model;
 mod observe;
 mod planner;
+mod record;
 mod render;
 
 pub use crate::desired::DesiredModel;
@@ -44,6 +46,7 @@ pub use markdown::render_markdown;
 pub use model::*;
 pub use observe::{dirs_to_observe, hash_requests};
 pub use planner::{PlanInput, compute, compute_layout_only, compute_with_evictions};
+pub use record::merge_record;
 pub use render::{format_bytes, render_text, summary_line};
 
 #[cfg(test)]
