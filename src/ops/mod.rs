@@ -19,7 +19,7 @@
 //! | `session.rs` | [`Session`]: open, resolve, lock file, store lock |
 //! | `observe.rs` | the store scan plus the hashes the planner asks for |
 //! | `steps.rs` | the shared steps: plan (observe, planner, layout and quota checks) and apply with progress |
-//! | `reconcile.rs` | the whole reconcile: `plan`, `apply`, `watch`, `download`, `migrate`, `verify`, the library API |
+//! | `reconcile.rs` | the whole reconcile: `plan`, `apply`, `watch`, `migrate`, `verify`, and [`apply_desired`] under every one-model install |
 //! | `checks.rs` | refusals before any change: nested folders, quota, free disk; review warnings |
 //! | `compat_check.rs` | compatibility notes of the models a plan creates (`--force-compat` refuses) |
 //! | `baselines.rs` | `kmm ensure` and the baselines `plan`/`apply` note and produce |

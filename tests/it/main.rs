@@ -6,6 +6,7 @@
 mod fake_hub;
 
 mod apply_engine;
+mod architecture;
 mod browse;
 mod cli;
 mod downloads;
