@@ -37,6 +37,16 @@ pub enum PlanFormat {
     Json,
 }
 
+/// The flags of a verb that resolves the manifest read-only and prints a plan (`verify`,
+/// `migrate`): how to print it and how to use kari-models.lock.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PlanViewArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub format: PlanFormat,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
 /// Which files of a model a verb selects and how it routes them (`download`, `info`).
 #[derive(Debug, Clone, Default, Args)]
 pub struct SelectionArgs {

@@ -42,7 +42,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use reqwest::header;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -50,7 +49,9 @@ use super::chunk_io::{
     BufferPool, ChunkBuffer, ChunkLayout, HashFrontier, PartWriter, chunk_range, hash_in_order,
 };
 use super::errors::{self, Target, Transient};
-use super::{HubClient, SendError, redact_url, retry, urls};
+use super::response::{Failed, classify_failure, content_range};
+use super::retry::RetryBudget;
+use super::{HubClient, SendError, redact_url};
 use crate::error::{Error, Result};
 use crate::upstream::UpstreamFile;
 
@@ -196,26 +197,7 @@ pub(super) async fn fetch(
 ) -> Result<bool> {
     let io_error =
         |what: &str, err: &std::io::Error| Error::io(format!("{what} `{}`", part.display()), err);
-    let state = match ChunkState::load_valid(part, file) {
-        Some(state) => {
-            tracing::debug!(file = %file.path, chunks_done = state.done.len(), "resuming a chunked download");
-            state
-        }
-        None => {
-            remove_state(part);
-            let handle = fs_err::File::create(part).map_err(|e| io_error("creating", &e))?;
-            preallocate(handle.file(), file.size).map_err(|e| io_error("sizing", &e))?;
-            let state = ChunkState {
-                version: STATE_VERSION,
-                hash: file.hash.display(),
-                size: file.size,
-                chunk_size: client.config.chunk_size,
-                done: Vec::new(),
-            };
-            state.save(part)?;
-            state
-        }
-    };
+    let state = resume_or_start(client, file, part)?;
     let writer = Arc::new(
         PartWriter::open(part, client.config.direct_io).map_err(|e| io_error("opening", &e))?,
     );
@@ -225,12 +207,7 @@ pub(super) async fn fetch(
         done[index as usize] = true;
     }
     let pending: VecDeque<u64> = (0..chunks).filter(|&i| !done[i as usize]).collect();
-    let resolve = client.parse_url(&urls::resolve_url(
-        client.endpoint(),
-        repo_id,
-        commit,
-        &file.path,
-    ))?;
+    let resolve = client.resolve_url(repo_id, commit, &file.path)?;
     let chunk_size = state.chunk_size;
     let connections = client.config.connections_per_file.min(pending.len()).max(1);
     let start_connections = START_CONNECTIONS.min(connections);
@@ -319,6 +296,30 @@ pub(super) async fn fetch(
     }
     super::check_served_hash(file, repo_id, commit, &actual)?;
     Ok(true)
+}
+
+/// The chunk state of an earlier run's `part` when it matches `file`, else a fresh `part`
+/// sized for the whole file (a full disk fails here, before any byte) and a state saved
+/// beside it.
+fn resume_or_start(client: &HubClient, file: &UpstreamFile, part: &Path) -> Result<ChunkState> {
+    let io_error =
+        |what: &str, err: &std::io::Error| Error::io(format!("{what} `{}`", part.display()), err);
+    if let Some(state) = ChunkState::load_valid(part, file) {
+        tracing::debug!(file = %file.path, chunks_done = state.done.len(), "resuming a chunked download");
+        return Ok(state);
+    }
+    remove_state(part);
+    let handle = fs_err::File::create(part).map_err(|e| io_error("creating", &e))?;
+    preallocate(handle.file(), file.size).map_err(|e| io_error("sizing", &e))?;
+    let state = ChunkState {
+        version: STATE_VERSION,
+        hash: file.hash.display(),
+        size: file.size,
+        chunk_size: client.config.chunk_size,
+        done: Vec::new(),
+    };
+    state.save(part)?;
+    Ok(state)
 }
 
 /// Gives `file` its final length. On Linux the blocks are reserved up front (`fallocate`):
@@ -582,12 +583,10 @@ impl ChunkContext<'_> {
         buffer: &mut ChunkBuffer,
     ) -> std::result::Result<(), ChunkError> {
         let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
-        let max_retries = self.client.config.max_retries;
-        let max_attempts = max_retries.saturating_add(1).saturating_mul(4);
-        let mut attempts = 0u32;
-        let mut failures_without_progress = 0u32;
+        let config = &self.client.config;
+        let mut budget = RetryBudget::new(config.max_retries, config.retry_base_delay);
         loop {
-            attempts += 1;
+            budget.start_attempt();
             let before = buffer.filled();
             let url = self.shared.lock().expect("chunk state lock").url.clone();
             let (transient, retry_after) = match self.attempt(&url, start, end, buffer).await {
@@ -596,28 +595,15 @@ impl ChunkContext<'_> {
                 Err(Step::Fatal(error)) => return Err(ChunkError::Fatal(error)),
                 Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
             };
-            if buffer.filled() > before {
-                failures_without_progress = 0;
-            } else {
-                failures_without_progress += 1;
-            }
-            if failures_without_progress > max_retries
-                || attempts >= max_attempts
-                || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
-            {
+            let Some(delay) = budget.after_failure(buffer.filled() > before, retry_after) else {
                 return Err(ChunkError::Fatal(errors::retries_exhausted(
                     self.target,
                     &redact_url(url.as_str()),
-                    attempts,
+                    budget.attempts(),
                     &transient,
                 )));
-            }
-            let delay = retry::delay_before_retry(
-                self.client.config.retry_base_delay,
-                failures_without_progress.saturating_sub(1),
-                retry_after,
-            );
-            tracing::debug!(file = %self.file.path, chunk = index, attempt = attempts, failure = ?transient, ?delay, "retrying a chunk");
+            };
+            tracing::debug!(file = %self.file.path, chunk = index, attempt = budget.attempts(), failure = ?transient, ?delay, "retrying a chunk");
             tokio::time::sleep(delay).await;
         }
     }
@@ -641,48 +627,34 @@ impl ChunkContext<'_> {
         };
         let status = response.status().as_u16();
         match status {
-            206 => {
-                let content_range = response
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(parse_content_range);
-                match content_range {
-                    Some((got_start, got_end, total)) if got_start == from && got_end == end => {
-                        if total.is_some_and(|total| total != self.file.size) {
-                            return Err(Step::Fatal(super::size_mismatch(
-                                self.file,
-                                format!("the server announces {total:?} bytes"),
-                            )));
-                        }
+            206 => match content_range(response.headers()) {
+                Some(range) if range.start == from && range.end == end => {
+                    if let Some(total) = range.total.filter(|total| *total != self.file.size) {
+                        return Err(Step::Fatal(super::size_mismatch(
+                            self.file,
+                            format!("the server announces {:?} bytes", Some(total)),
+                        )));
                     }
-                    _ => return Err(Step::NoRanges),
                 }
-            }
+                _ => return Err(Step::NoRanges),
+            },
             200 => return Err(Step::NoRanges),
-            _ if retry::is_retryable_status(status) => {
-                return Err(Step::Retry(
-                    Transient::Status(status),
-                    retry::parse_retry_after(response.headers()),
-                ));
-            }
-            401 | 403 | 404 | 410 if url != self.resolve => {
-                // The signed CDN URL has expired: resolve again.
-                self.shared.lock().expect("chunk state lock").url = self.resolve.clone();
-                return Err(Step::Retry(Transient::Status(status), None));
-            }
             _ => {
-                let final_url = redact_url(response.url().as_str());
-                let headers = response.headers().clone();
-                let body = response.bytes().await.unwrap_or_default();
-                return Err(Step::Fatal(errors::error_from_status(
-                    status,
-                    &headers,
-                    &body[..body.len().min(64 << 10)],
-                    self.target,
-                    &final_url,
-                    self.client.secret(),
-                )));
+                let from_resolve_url = url == self.resolve;
+                let secret = self.client.secret();
+                return Err(
+                    match classify_failure(response, status, from_resolve_url, self.target, secret)
+                        .await
+                    {
+                        Failed::Retry(transient, after) => Step::Retry(transient, after),
+                        Failed::ResolveAgain(transient) => {
+                            self.shared.lock().expect("chunk state lock").url =
+                                self.resolve.clone();
+                            Step::Retry(transient, None)
+                        }
+                        Failed::Fatal(error) => Step::Fatal(error),
+                    },
+                );
             }
         }
         if response.url() != url {
@@ -783,18 +755,6 @@ impl From<Error> for Step {
     fn from(error: Error) -> Self {
         Step::Fatal(error)
     }
-}
-
-/// `Content-Range: bytes {start}-{end}/{total|*}` -> (start, end, total).
-fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
-    let range = value.trim().strip_prefix("bytes")?.trim_start();
-    let (span, total) = range.split_once('/')?;
-    let (start, end) = span.split_once('-')?;
-    let total = match total.trim() {
-        "*" => None,
-        total => Some(total.parse().ok()?),
-    };
-    Some((start.trim().parse().ok()?, end.trim().parse().ok()?, total))
 }
 
 #[cfg(test)]
@@ -906,15 +866,5 @@ mod tests {
                 other => panic!("{other:?} within {SLOW_RUN_TIME:?}"),
             }
         }
-    }
-
-    #[test]
-    fn content_ranges_with_ends() {
-        assert_eq!(
-            parse_content_range("bytes 10-19/30"),
-            Some((10, 19, Some(30)))
-        );
-        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, 0, None)));
-        assert_eq!(parse_content_range("bytes */30"), None);
     }
 }

@@ -36,87 +36,105 @@ use tracing::Instrument;
 use url::Url;
 
 use super::errors::{self, Target, Transient};
-use super::{HubClient, SendError, chunked, redact_url, retry, urls};
+use super::response::{Failed, classify_failure, content_range};
+use super::retry::RetryBudget;
+use super::{HubClient, SendError, chunked, redact_url};
 use crate::error::{Error, ErrorCode, Result};
 use crate::upstream::{ContentHasher, FileHash, UpstreamFile};
 
 const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
-pub(super) async fn download(
-    client: &HubClient,
-    repo_id: &str,
-    commit: &str,
-    file: &UpstreamFile,
-    dest: &Path,
-    on_progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<()> {
-    let span = tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
-    let result = fetch_into(client, repo_id, commit, file, dest, false, on_progress)
-        .instrument(span)
-        .await;
-    if result.is_err()
-        && let Err(err) = fs_err::remove_file(dest)
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!("could not remove the failed download: {err}");
+impl HubClient {
+    /// Downloads `file` of `repo_id` at `commit` into `dest` (created or truncated), hashing as
+    /// the bytes land; resumes dropped connections with `Range` within this call; returns only
+    /// when `dest` holds exactly `file.size` bytes with `file.hash`. Wrong bytes: `E_VERIFY`.
+    /// On any error `dest` is removed. `on_progress` receives the number of new bytes written
+    /// (a server that ignores `Range` makes the download restart, so the sum can exceed the
+    /// size).
+    pub async fn download(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        file: &UpstreamFile,
+        dest: &Path,
+        on_progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
+        let span =
+            tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
+        let result = fetch_into(self, repo_id, commit, file, dest, false, on_progress)
+            .instrument(span)
+            .await;
+        if result.is_err()
+            && let Err(err) = fs_err::remove_file(dest)
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove the failed download: {err}");
+        }
+        result
     }
-    result
-}
 
-/// See [`HubClient::download_resumable`].
-pub(super) async fn download_resumable(
-    client: &HubClient,
-    repo_id: &str,
-    commit: &str,
-    file: &UpstreamFile,
-    part: &Path,
-    on_progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<()> {
-    let span = tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
-    async {
-        let mut verify_failures = 0;
-        loop {
-            let parallel = file.size >= client.config.parallel_min_size
-                && file.size > client.config.chunk_size
-                && client.config.connections_per_file > 0;
-            let mut result = if parallel {
-                chunked::fetch(client, repo_id, commit, file, part, on_progress).await
-            } else {
-                Ok(false)
-            };
-            if matches!(result, Ok(false)) {
-                // Small file, or a server that ignores Range: one sequential stream that
-                // continues from what an earlier run left in `part`.
-                result = fetch_into(client, repo_id, commit, file, part, true, on_progress)
-                    .await
-                    .map(|()| true);
-            }
-            match result {
-                Ok(_) => {
-                    chunked::remove_state(part);
-                    return Ok(());
+    /// Downloads `file` into `part` so that an interrupted download can be continued, by this
+    /// call (dropped connections) or by a later one (a killed process): see
+    /// [`chunked`](self) for the state file beside `part`. Large files come in parallel Range
+    /// chunks. Network errors keep `part` for the next run; wrong bytes (`E_VERIFY`) discard it
+    /// and fetch the file once more before giving up. On success `part` holds the verified
+    /// bytes and the state file is gone.
+    pub async fn download_resumable(
+        &self,
+        repo_id: &str,
+        commit: &str,
+        file: &UpstreamFile,
+        part: &Path,
+        on_progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
+        let client = self;
+        let span =
+            tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
+        async {
+            let mut verify_failures = 0;
+            loop {
+                let parallel = file.size >= client.config.parallel_min_size
+                    && file.size > client.config.chunk_size
+                    && client.config.connections_per_file > 0;
+                let mut result = if parallel {
+                    chunked::fetch(client, repo_id, commit, file, part, on_progress).await
+                } else {
+                    Ok(false)
+                };
+                if matches!(result, Ok(false)) {
+                    // Small file, or a server that ignores Range: one sequential stream that
+                    // continues from what an earlier run left in `part`.
+                    result = fetch_into(client, repo_id, commit, file, part, true, on_progress)
+                        .await
+                        .map(|()| true);
                 }
-                Err(error) if error.code() == ErrorCode::Verify => {
-                    // The bytes on disk are wrong: none of them can be trusted for a resume.
-                    chunked::remove_state(part);
-                    if let Err(err) = fs_err::remove_file(part)
-                        && err.kind() != std::io::ErrorKind::NotFound
-                    {
-                        tracing::warn!("could not remove the bad download: {err}");
+                match result {
+                    Ok(_) => {
+                        chunked::remove_state(part);
+                        return Ok(());
                     }
-                    verify_failures += 1;
-                    if verify_failures > 1 {
-                        return Err(error);
+                    Err(error) if error.code() == ErrorCode::Verify => {
+                        // The bytes on disk are wrong: none of them can be trusted for a resume.
+                        chunked::remove_state(part);
+                        if let Err(err) = fs_err::remove_file(part)
+                            && err.kind() != std::io::ErrorKind::NotFound
+                        {
+                            tracing::warn!("could not remove the bad download: {err}");
+                        }
+                        verify_failures += 1;
+                        if verify_failures > 1 {
+                            return Err(error);
+                        }
+                        tracing::warn!(file = %file.path, "{error}; fetching the file once more");
                     }
-                    tracing::warn!(file = %file.path, "{error}; fetching the file once more");
+                    // Network, disk, ...: `part` and its state stay for the next run.
+                    Err(error) => return Err(error),
                 }
-                // Network, disk, ...: `part` and its state stay for the next run.
-                Err(error) => return Err(error),
             }
         }
+        .instrument(span)
+        .await
     }
-    .instrument(span)
-    .await
 }
 
 async fn fetch_into(
@@ -129,12 +147,7 @@ async fn fetch_into(
     on_progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<()> {
     let target = Target::file(repo_id, commit, &file.path);
-    let resolve = client.parse_url(&urls::resolve_url(
-        client.endpoint(),
-        repo_id,
-        commit,
-        &file.path,
-    ))?;
+    let resolve = client.resolve_url(repo_id, commit, &file.path)?;
     let mut state = Transfer {
         sink: if resume {
             Sink::resume(file, dest)?
@@ -147,47 +160,31 @@ async fn fetch_into(
         target,
         file,
     };
-    let max_retries = client.config.max_retries;
-    let max_attempts = max_retries.saturating_add(1).saturating_mul(4);
-    let mut attempts = 0u32;
-    let mut failures_without_progress = 0u32;
+    let mut budget = RetryBudget::new(client.config.max_retries, client.config.retry_base_delay);
     // An earlier run got every byte but stopped before the rename: only the hash is left.
     let complete = resume && state.sink.written == file.size && file.size > 0;
     loop {
         if complete {
             break;
         }
-        attempts += 1;
+        budget.start_attempt();
         let before = state.sink.written;
         let (transient, retry_after) = match state.attempt(client, on_progress).await {
             Ok(()) => break,
             Err(Step::Fatal(error)) => return Err(error),
             Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
         };
-        if state.sink.written > before {
-            failures_without_progress = 0;
-        } else {
-            failures_without_progress += 1;
-        }
-        if failures_without_progress > max_retries
-            || attempts >= max_attempts
-            || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
-        {
+        let Some(delay) = budget.after_failure(state.sink.written > before, retry_after) else {
             return Err(errors::retries_exhausted(
                 &state.target,
                 &redact_url(state.url.as_str()),
-                attempts,
+                budget.attempts(),
                 &transient,
             ));
-        }
-        let delay = retry::delay_before_retry(
-            client.config.retry_base_delay,
-            failures_without_progress.saturating_sub(1),
-            retry_after,
-        );
+        };
         tracing::debug!(
             file = %file.path,
-            attempt = attempts,
+            attempt = budget.attempts(),
             written = state.sink.written,
             failure = ?transient,
             ?delay,
@@ -246,53 +243,41 @@ impl Transfer<'_> {
                 self.sink.restart()?;
                 response.content_length()
             }
-            206 => {
-                let content_range = response
-                    .headers()
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(parse_content_range);
-                match content_range {
-                    Some((start, total)) if start == self.sink.written => total,
-                    _ => {
-                        self.sink.restart()?;
-                        return Err(Step::Retry(
-                            Transient::Interrupted(format!(
-                                "the server answered `Range: bytes={}-` with another range",
-                                resume_from
-                            )),
-                            None,
-                        ));
-                    }
+            206 => match content_range(response.headers()) {
+                Some(range) if range.start == self.sink.written => range.total,
+                _ => {
+                    self.sink.restart()?;
+                    return Err(Step::Retry(
+                        Transient::Interrupted(format!(
+                            "the server answered `Range: bytes={}-` with another range",
+                            resume_from
+                        )),
+                        None,
+                    ));
                 }
-            }
+            },
             416 => {
                 self.sink.restart()?;
                 return Err(Step::Retry(Transient::Status(416), None));
             }
-            _ if retry::is_retryable_status(status) => {
-                return Err(Step::Retry(
-                    Transient::Status(status),
-                    retry::parse_retry_after(response.headers()),
-                ));
-            }
-            401 | 403 | 404 | 410 if self.url != self.resolve => {
-                // The signed CDN URL from an earlier attempt has expired: resolve again.
-                self.url = self.resolve.clone();
-                return Err(Step::Retry(Transient::Status(status), None));
-            }
             _ => {
-                let final_url = redact_url(response.url().as_str());
-                let headers = response.headers().clone();
-                let body = response.bytes().await.unwrap_or_default();
-                return Err(Step::Fatal(errors::error_from_status(
+                let from_resolve_url = self.url == self.resolve;
+                let failed = classify_failure(
+                    response,
                     status,
-                    &headers,
-                    &body[..body.len().min(64 << 10)],
+                    from_resolve_url,
                     &self.target,
-                    &final_url,
                     client.secret(),
-                )));
+                )
+                .await;
+                return Err(match failed {
+                    Failed::Retry(transient, after) => Step::Retry(transient, after),
+                    Failed::ResolveAgain(transient) => {
+                        self.url = self.resolve.clone();
+                        Step::Retry(transient, None)
+                    }
+                    Failed::Fatal(error) => Step::Fatal(error),
+                });
             }
         };
         if let Some(total) = announced_total
@@ -336,18 +321,6 @@ impl Transfer<'_> {
         }
         Ok(())
     }
-}
-
-/// `Content-Range: bytes {start}-{end}/{total|*}` -> (start, total).
-fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
-    let range = value.trim().strip_prefix("bytes")?.trim_start();
-    let (span, total) = range.split_once('/')?;
-    let (start, _end) = span.split_once('-')?;
-    let total = match total.trim() {
-        "*" => None,
-        total => Some(total.parse().ok()?),
-    };
-    Some((start.trim().parse().ok()?, total))
 }
 
 /// The destination file and the running hash of what it holds.
@@ -476,18 +449,6 @@ impl<'a> Sink<'a> {
 mod tests {
     use super::*;
     use crate::upstream::git_sha1_hex;
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(
-            parse_content_range("bytes 100-199/300"),
-            Some((100, Some(300)))
-        );
-        assert_eq!(parse_content_range("bytes 0-0/*"), Some((0, None)));
-        assert_eq!(parse_content_range("bytes */300"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
-        assert_eq!(parse_content_range("bytes x-1/2"), None);
-    }
 
     #[test]
     fn sink_refuses_bytes_beyond_the_size_and_restarts_cleanly() {

@@ -28,11 +28,11 @@ mod chunked;
 mod download;
 mod errors;
 mod parse;
+mod response;
 mod retry;
 mod urls;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -380,40 +380,6 @@ impl HubClient {
         .await
     }
 
-    /// Downloads `file` of `repo_id` at `commit` into `dest` (created or truncated), hashing as
-    /// the bytes land; resumes dropped connections with `Range` within this call; returns only
-    /// when `dest` holds exactly `file.size` bytes with `file.hash`. Wrong bytes: `E_VERIFY`.
-    /// On any error `dest` is removed. `on_progress` receives the number of new bytes written
-    /// (a server that ignores `Range` makes the download restart, so the sum can exceed the
-    /// size).
-    pub async fn download(
-        &self,
-        repo_id: &str,
-        commit: &str,
-        file: &UpstreamFile,
-        dest: &Path,
-        on_progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<()> {
-        download::download(self, repo_id, commit, file, dest, on_progress).await
-    }
-
-    /// Downloads `file` into `part` so that an interrupted download can be continued, by this
-    /// call (dropped connections) or by a later one (a killed process): see
-    /// [`chunked`](self) for the state file beside `part`. Large files come in parallel Range
-    /// chunks. Network errors keep `part` for the next run; wrong bytes (`E_VERIFY`) discard it
-    /// and fetch the file once more before giving up. On success `part` holds the verified
-    /// bytes and the state file is gone.
-    pub async fn download_resumable(
-        &self,
-        repo_id: &str,
-        commit: &str,
-        file: &UpstreamFile,
-        part: &Path,
-        on_progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<()> {
-        download::download_resumable(self, repo_id, commit, file, part, on_progress).await
-    }
-
     /// An answer that is neither a success nor handled by the caller: a retryable status gives
     /// what to retry on (and any `Retry-After`); any other is the error it means (`E_NOT_FOUND`,
     /// `E_LICENSE`, ...), with the final URL redacted.
@@ -460,12 +426,7 @@ impl HubClient {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let url = self.parse_url(&urls::resolve_url(
-            &self.config.endpoint,
-            repo_id,
-            commit,
-            path,
-        ))?;
+        let url = self.resolve_url(repo_id, commit, path)?;
         let target = Target::file(repo_id, commit, path);
         let shown = redact_url(url.as_str());
         let range = (start, Some(start + len - 1));
@@ -547,6 +508,17 @@ impl HubClient {
         self.get_bytes(url, &Target::repo(repo_id), MAX_ERROR_BODY_BYTES)
             .await
             .map(|_| ())
+    }
+
+    /// The resolve URL of `path` in `repo_id` at `commit` on this client's endpoint: where
+    /// every download of a file starts (the hub answers it or redirects to its CDN).
+    fn resolve_url(&self, repo_id: &str, commit: &str, path: &str) -> Result<Url> {
+        self.parse_url(&urls::resolve_url(
+            &self.config.endpoint,
+            repo_id,
+            commit,
+            path,
+        ))
     }
 
     fn parse_url(&self, url: &str) -> Result<Url> {
@@ -901,26 +873,26 @@ mod tests {
 
     #[tokio::test]
     async fn endless_and_garbage_listings_are_e_schema() {
-        let (url, _) = serve(Reply::Endless(
+        // The tree listing of a server that answers `reply`: its error and the server's URL.
+        async fn listing_error(reply: Reply) -> (Error, String) {
+            let (url, _) = serve(reply).await;
+            let error = quick_client(&url)
+                .list_tree("org/m", SHA)
+                .await
+                .unwrap_err();
+            assert_eq!(error.code(), crate::error::ErrorCode::Schema);
+            (error, url)
+        }
+        let (error, _) = listing_error(Reply::Endless(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n[",
         ))
         .await;
-        let error = quick_client(&url)
-            .list_tree("org/m", SHA)
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), crate::error::ErrorCode::Schema);
         assert!(error.message().contains("larger than 64 MiB"), "{error}");
 
-        let (url, _) = serve(Reply::Raw(
+        let (error, url) = listing_error(Reply::Raw(
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n[{,]}",
         ))
         .await;
-        let error = quick_client(&url)
-            .list_tree("org/m", SHA)
-            .await
-            .unwrap_err();
-        assert_eq!(error.code(), crate::error::ErrorCode::Schema);
         assert!(
             error
                 .message()

@@ -24,6 +24,66 @@ pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// The retry budget of one download loop (a single stream, or one chunk): at most
+/// `max_retries` failed attempts in a row that brought no bytes, and at most four times as
+/// many attempts in all, so a link that drops every few bytes still ends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryBudget {
+    max_retries: u32,
+    max_attempts: u32,
+    base_delay: Duration,
+    attempts: u32,
+    failures_without_progress: u32,
+}
+
+impl RetryBudget {
+    pub(crate) fn new(max_retries: u32, base_delay: Duration) -> RetryBudget {
+        RetryBudget {
+            max_retries,
+            max_attempts: max_retries.saturating_add(1).saturating_mul(4),
+            base_delay,
+            attempts: 0,
+            failures_without_progress: 0,
+        }
+    }
+
+    /// Counts an attempt about to start.
+    pub(crate) fn start_attempt(&mut self) {
+        self.attempts += 1;
+    }
+
+    /// Attempts started so far.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// After a failed attempt (`progressed`: it brought bytes): how long to wait before the
+    /// next one, or `None` when the budget is spent (or the server asks for a wait longer than
+    /// [`MAX_RETRY_AFTER`]).
+    pub(crate) fn after_failure(
+        &mut self,
+        progressed: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        if progressed {
+            self.failures_without_progress = 0;
+        } else {
+            self.failures_without_progress += 1;
+        }
+        if self.failures_without_progress > self.max_retries
+            || self.attempts >= self.max_attempts
+            || retry_after.is_some_and(|wait| wait > MAX_RETRY_AFTER)
+        {
+            return None;
+        }
+        Some(delay_before_retry(
+            self.base_delay,
+            self.failures_without_progress.saturating_sub(1),
+            retry_after,
+        ))
+    }
+}
+
 /// `Retry-After` as integer seconds (the only form the Hub sends; HTTP dates are ignored and
 /// fall back to backoff).
 pub(crate) fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {

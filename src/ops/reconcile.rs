@@ -115,8 +115,7 @@ pub async fn apply_manifest(
     cwd: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Applied> {
-    let session = Session::open(overrides, env, cwd).await?;
-    let desired = session.resolve_with_lock(mode).await?;
+    let (session, desired) = Session::open_resolved(overrides, mode, env, cwd).await?;
     session.update_lock(&desired, mode, reporter)?;
     let _lock = session.lock_store(reporter)?;
     let plan = plan_checked(&session, &desired, options).await?;
@@ -141,8 +140,7 @@ pub async fn plan_manifest(
     env: EnvLookup<'_>,
     cwd: &Path,
 ) -> Result<Plan> {
-    let session = Session::open(overrides, env, cwd).await?;
-    let desired = session.resolve_with_lock(mode).await?;
+    let (session, desired) = Session::open_resolved(overrides, mode, env, cwd).await?;
     session.plan_with(&desired, options)
 }
 
@@ -155,8 +153,7 @@ pub async fn migrate_layout(
     cwd: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Applied> {
-    let session = Session::open(overrides, env, cwd).await?;
-    let desired = session.resolve_with_lock(mode).await?;
+    let (session, desired) = Session::open_resolved(overrides, mode, env, cwd).await?;
     let options = ApplyOptions {
         plan: PlanOptions {
             layout_only: true,

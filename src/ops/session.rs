@@ -53,6 +53,19 @@ pub struct Session {
 }
 
 impl Session {
+    /// [`Session::open`], then the whole manifest resolved with the lock as `mode` allows (the
+    /// lock file is not written here).
+    pub async fn open_resolved(
+        overrides: &Overrides,
+        mode: LockMode,
+        env: EnvLookup<'_>,
+        cwd: &Path,
+    ) -> Result<(Session, Vec<DesiredModel>)> {
+        let session = Session::open(overrides, env, cwd).await?;
+        let desired = session.resolve_with_lock(mode).await?;
+        Ok((session, desired))
+    }
+
     /// Opens the manifest `overrides`/the environment name (`E_SCHEMA` when it is missing or
     /// unreadable), its lock, the settings and the hub client.
     pub async fn open(overrides: &Overrides, env: EnvLookup<'_>, cwd: &Path) -> Result<Session> {

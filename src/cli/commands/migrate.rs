@@ -6,7 +6,7 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::cli::flags::{LockArgs, PlanFormat};
+use crate::cli::flags::PlanViewArgs;
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::plan_output::{print_applied, print_plan};
@@ -18,10 +18,8 @@ pub struct MigrateArgs {
     /// Print what would move, without changing anything.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: PlanFormat,
     #[command(flatten)]
-    pub lock: LockArgs,
+    pub view: PlanViewArgs,
 }
 
 /// `kmm migrate [--dry-run]`.
@@ -33,14 +31,14 @@ pub async fn run(
     out: Output,
 ) -> Result<i32> {
     let overrides = global.overrides();
-    let mode = args.lock.mode();
+    let mode = args.view.lock.mode();
     if args.dry_run {
         let options = PlanOptions {
             layout_only: true,
             ..PlanOptions::default()
         };
         let plan = ops::plan_manifest(&overrides, mode, options, env, cwd).await?;
-        print_plan(out, &plan, args.format);
+        print_plan(out, &plan, args.view.format);
         return Ok(0);
     }
     let applied = ops::migrate_layout(&overrides, mode, env, cwd, &out).await?;

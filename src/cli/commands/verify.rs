@@ -5,7 +5,7 @@ use std::path::Path;
 
 use clap::Args;
 
-use crate::cli::flags::{LockArgs, PlanFormat};
+use crate::cli::flags::PlanViewArgs;
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::plan_output::print_plan;
@@ -14,10 +14,8 @@ use crate::ops::{self, EnvLookup, PlanOptions};
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
-    #[arg(long, value_enum, default_value_t)]
-    pub format: PlanFormat,
     #[command(flatten)]
-    pub lock: LockArgs,
+    pub view: PlanViewArgs,
 }
 
 /// `kmm verify`: exit code 0 when every declared file is in place with its upstream bytes, 2
@@ -33,7 +31,14 @@ pub async fn run(
         verify: true,
         ..PlanOptions::default()
     };
-    let plan = ops::plan_manifest(&global.overrides(), args.lock.mode(), options, env, cwd).await?;
-    print_plan(out, &plan, args.format);
+    let plan = ops::plan_manifest(
+        &global.overrides(),
+        args.view.lock.mode(),
+        options,
+        env,
+        cwd,
+    )
+    .await?;
+    print_plan(out, &plan, args.view.format);
     Ok(if plan.is_empty() { 0 } else { 2 })
 }
