@@ -42,6 +42,16 @@ impl FileHash {
     pub fn is_lfs(&self) -> bool {
         matches!(self, FileHash::Sha256(_))
     }
+
+    /// The hash a lock entry or registry record stores as two optional hex fields, lowercased;
+    /// sha256 wins (LFS files have both). `None` when neither is there.
+    pub fn from_hex_fields(sha256: Option<&str>, git_sha1: Option<&str>) -> Option<FileHash> {
+        match (sha256, git_sha1) {
+            (Some(hex), _) => Some(FileHash::Sha256(hex.to_ascii_lowercase())),
+            (None, Some(hex)) => Some(FileHash::GitSha1(hex.to_ascii_lowercase())),
+            (None, None) => None,
+        }
+    }
 }
 
 /// One file of a revision as the hub lists it.
