@@ -109,11 +109,8 @@ impl LockedModel {
                     .with_hint("run `kmm lock` to write it again")
             };
             layout::check_repo_path(&file.path).map_err(bad)?;
-            let hash = match (&file.sha256, &file.git_sha1) {
-                (Some(hex), _) => FileHash::Sha256(hex.to_ascii_lowercase()),
-                (None, Some(hex)) => FileHash::GitSha1(hex.to_ascii_lowercase()),
-                (None, None) => return Err(bad(format!("`{}` has no hash", file.path))),
-            };
+            let hash = FileHash::from_hex_fields(file.sha256.as_deref(), file.git_sha1.as_deref())
+                .ok_or_else(|| bad(format!("`{}` has no hash", file.path)))?;
             if hash.hex().is_empty() || !hash.hex().bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(bad(format!("`{}` has a malformed hash", file.path)));
             }

@@ -84,13 +84,7 @@ pub struct RecordFile {
 impl RecordFile {
     /// The upstream hash recorded for this file, if any (sha256 wins: LFS files have both).
     pub fn hash(&self) -> Option<FileHash> {
-        if let Some(hex) = &self.sha256 {
-            Some(FileHash::Sha256(hex.to_ascii_lowercase()))
-        } else {
-            self.git_sha1
-                .as_ref()
-                .map(|hex| FileHash::GitSha1(hex.to_ascii_lowercase()))
-        }
+        FileHash::from_hex_fields(self.sha256.as_deref(), self.git_sha1.as_deref())
     }
 }
 

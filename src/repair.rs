@@ -13,7 +13,6 @@
 //! registry through [`Registry::save`]. The caller holds the store lock and has resolved the
 //! declared models (with an empty registry: the broken one cannot give hints).
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -22,7 +21,7 @@ use crate::desired::DesiredModel;
 use crate::error::{Error, Result};
 use crate::registry::{Record, RecordFile, Registry};
 use crate::store::StorePaths;
-use crate::upstream::{ContentHasher, FileHash};
+use crate::upstream::{FileHash, HASH_BUFFER_LEN, hash_reader};
 
 /// What a repair did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -139,27 +138,17 @@ fn hash_file(path: &Path, kind: &FileHash) -> Result<Option<(u64, FileHash, Opti
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(Error::io(format!("reading `{}`", path.display()), &error)),
     };
-    let mut file = fs_err::File::open(path)
-        .map_err(|error| Error::io(format!("reading `{}`", path.display()), &error))?;
-    let mut hasher = ContentHasher::for_hash(kind, metadata.len());
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut read_total = 0u64;
-    loop {
-        let read = file
-            .read(&mut buffer)
-            .map_err(|error| Error::io(format!("reading `{}`", path.display()), &error))?;
-        if read == 0 {
-            break;
-        }
-        read_total += read as u64;
-        hasher.update(&buffer[..read]);
-    }
+    let failed = |error: &std::io::Error| Error::io(format!("reading `{}`", path.display()), error);
+    let mut file = fs_err::File::open(path).map_err(|error| failed(&error))?;
+    let mut buffer = vec![0u8; HASH_BUFFER_LEN];
+    let (read_total, hash) = hash_reader(&mut file, kind, metadata.len(), &mut buffer)
+        .map_err(|error| failed(&error))?;
     if read_total != metadata.len() {
         // The file changed while we read it (git sha1's header holds the size): not trusted.
         return Ok(None);
     }
     let mtime_ns = metadata.modified().ok().and_then(crate::store::unix_nanos);
-    Ok(Some((read_total, hasher.finish(), mtime_ns)))
+    Ok(Some((read_total, hash, mtime_ns)))
 }
 
 #[cfg(test)]

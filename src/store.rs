@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::registry::Registry;
-use crate::upstream::{ContentHasher, FileHash};
+use crate::upstream::{FileHash, HASH_BUFFER_LEN, hash_reader};
 
 /// Well-known paths of one store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -262,8 +262,7 @@ pub fn hash_files(
     requests: &[(PathBuf, HashKind)],
     observed: &mut Observed,
 ) -> Result<()> {
-    use std::io::Read as _;
-    let mut buffer = vec![0u8; 1 << 20];
+    let mut buffer = vec![0u8; HASH_BUFFER_LEN];
     for (relative, kind) in requests {
         let key = (relative.clone(), *kind);
         if observed.hashes.contains_key(&key) {
@@ -285,21 +284,11 @@ pub fn hash_files(
             HashKind::Sha256 => FileHash::Sha256(String::new()),
             HashKind::GitSha1 => FileHash::GitSha1(String::new()),
         };
-        let mut hasher = ContentHasher::for_hash(&like, size);
-        let mut read = 0u64;
-        loop {
-            let n = file
-                .read(&mut buffer)
-                .map_err(|error| Error::io(format!("hashing `{}`", full.display()), &error))?;
-            if n == 0 {
-                break;
-            }
-            read += n as u64;
-            hasher.update(&buffer[..n]);
-        }
+        let (read, hash) = hash_reader(&mut file, &like, size, &mut buffer)
+            .map_err(|error| Error::io(format!("hashing `{}`", full.display()), &error))?;
         // A file that grew or shrank while being read is not the file that was sized.
         if read == size {
-            observed.hashes.insert(key, hasher.finish());
+            observed.hashes.insert(key, hash);
         }
     }
     Ok(())

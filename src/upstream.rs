@@ -5,7 +5,8 @@
 //! `ETag`). These types are shared by `hub` (which produces them), `plan` (which compares them
 //! with the registry) and `apply` (which verifies downloads against them).
 //!
-//! Edges: pure data and hashing; no I/O.
+//! Edges: pure data and hashing; the only reads are those of [`hash_reader`], from the reader it
+//! is handed.
 
 use serde::{Deserialize, Serialize};
 use sha1::Digest as _;
@@ -40,6 +41,16 @@ impl FileHash {
 
     pub fn is_lfs(&self) -> bool {
         matches!(self, FileHash::Sha256(_))
+    }
+
+    /// The hash a lock entry or registry record stores as two optional hex fields, lowercased;
+    /// sha256 wins (LFS files have both). `None` when neither is there.
+    pub fn from_hex_fields(sha256: Option<&str>, git_sha1: Option<&str>) -> Option<FileHash> {
+        match (sha256, git_sha1) {
+            (Some(hex), _) => Some(FileHash::Sha256(hex.to_ascii_lowercase())),
+            (None, Some(hex)) => Some(FileHash::GitSha1(hex.to_ascii_lowercase())),
+            (None, None) => None,
+        }
     }
 }
 
@@ -91,6 +102,33 @@ impl ContentHasher {
             ContentHasher::GitSha1(h) => FileHash::GitSha1(hex::encode(h.finalize())),
         }
     }
+}
+
+/// Buffer length that callers of [`hash_reader`] read files with.
+pub const HASH_BUFFER_LEN: usize = 1 << 20;
+
+/// Reads `reader` to its end in `buffer`-sized reads and hashes the bytes the way `kind` is
+/// computed, for content expected to be `size` bytes long (the git blob header holds the size).
+/// Returns how many bytes were read and their hash: a count other than `size` means the bytes
+/// are not the ones that were sized, which each caller treats in its own way. Read errors are
+/// returned as they are, for the caller to word.
+pub fn hash_reader(
+    reader: &mut impl std::io::Read,
+    kind: &FileHash,
+    size: u64,
+    buffer: &mut [u8],
+) -> std::io::Result<(u64, FileHash)> {
+    let mut hasher = ContentHasher::for_hash(kind, size);
+    let mut total = 0u64;
+    loop {
+        let read = reader.read(buffer)?;
+        if read == 0 {
+            break;
+        }
+        total += read as u64;
+        hasher.update(&buffer[..read]);
+    }
+    Ok((total, hasher.finish()))
 }
 
 /// Hashes a whole buffer the way `expected` is computed (tests, small files).
@@ -151,6 +189,21 @@ mod tests {
             hash_bytes(&FileHash::Sha256(String::new()), &data).hex(),
             sha256_hex(&data)
         );
+    }
+
+    #[test]
+    fn hash_reader_counts_the_bytes_it_hashes() {
+        let data = b"some model bytes".repeat(1000);
+        let mut buffer = [0u8; 777];
+        for kind in [
+            FileHash::Sha256(String::new()),
+            FileHash::GitSha1(String::new()),
+        ] {
+            let (read, hash) =
+                hash_reader(&mut &data[..], &kind, data.len() as u64, &mut buffer).unwrap();
+            assert_eq!(read, data.len() as u64);
+            assert_eq!(hash, hash_bytes(&kind, &data));
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::hf_cache::HfCache;
 use crate::hub::{partial_download_bytes, partial_state_path};
 use crate::plan::{Action, Plan};
 use crate::store::StorePaths;
-use crate::upstream::{ContentHasher, UpstreamFile};
+use crate::upstream::{HASH_BUFFER_LEN, UpstreamFile, hash_reader};
 
 /// Where files may come from besides the network, and what happens to partial downloads.
 #[derive(Debug, Clone, Default)]
@@ -298,22 +298,11 @@ async fn take_from_cache(blob: PathBuf, dest: PathBuf, file: UpstreamFile) -> Re
 }
 
 fn hash_file(path: &Path, file: &UpstreamFile) -> Result<crate::upstream::FileHash> {
-    use std::io::Read;
-    let mut reader = fs_err::File::open(path)
-        .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
-    let mut hasher = ContentHasher::for_hash(&file.hash, file.size);
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buffer)
-            .map_err(|e| Error::io(format!("reading {}", path.display()), &e))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        hasher.update(&buffer[..n]);
-    }
+    let failed = |e: &std::io::Error| Error::io(format!("reading {}", path.display()), e);
+    let mut reader = fs_err::File::open(path).map_err(|e| failed(&e))?;
+    let mut buffer = vec![0u8; HASH_BUFFER_LEN];
+    let (total, hash) =
+        hash_reader(&mut reader, &file.hash, file.size, &mut buffer).map_err(|e| failed(&e))?;
     if total != file.size {
         return Err(Error::verify(format!(
             "{} has {total} bytes, expected {}",
@@ -321,5 +310,5 @@ fn hash_file(path: &Path, file: &UpstreamFile) -> Result<crate::upstream::FileHa
             file.size
         )));
     }
-    Ok(hasher.finish())
+    Ok(hash)
 }

@@ -227,21 +227,29 @@ pub async fn inspect(hub: &HubClient, model: &DesiredModel) -> Result<ModelFacts
     Ok(facts)
 }
 
+/// The first window of a header read: [`FIRST_FETCH`] bytes, or the whole file when it is smaller.
+async fn fetch_first_window(
+    hub: &HubClient,
+    model: &DesiredModel,
+    file: &UpstreamFile,
+) -> Result<Vec<u8>> {
+    hub.fetch_range(
+        &model.id,
+        &model.commit,
+        &file.path,
+        0,
+        FIRST_FETCH.min(file.size),
+    )
+    .await
+}
+
 /// Fetches a GGUF header: a first window, then only the missing bytes until it parses.
 async fn read_gguf(
     hub: &HubClient,
     model: &DesiredModel,
     file: &UpstreamFile,
 ) -> Result<(gguf::GgufHeader, u64)> {
-    let mut bytes = hub
-        .fetch_range(
-            &model.id,
-            &model.commit,
-            &file.path,
-            0,
-            FIRST_FETCH.min(file.size),
-        )
-        .await?;
+    let mut bytes = fetch_first_window(hub, model, file).await?;
     loop {
         match gguf::parse(&bytes) {
             Ok(header) => return Ok((header, bytes.len() as u64)),
@@ -285,15 +293,7 @@ async fn read_safetensors(
     file: &UpstreamFile,
 ) -> Result<(safetensors::SafetensorsHeader, u64)> {
     let bad = |reason: String| Error::schema(format!("{} of {}: {reason}", file.path, model.id));
-    let mut bytes = hub
-        .fetch_range(
-            &model.id,
-            &model.commit,
-            &file.path,
-            0,
-            FIRST_FETCH.min(file.size),
-        )
-        .await?;
+    let mut bytes = fetch_first_window(hub, model, file).await?;
     let len = safetensors::header_len(&bytes).map_err(bad)?;
     let needed = 8 + len;
     if needed > file.size {
