@@ -14,7 +14,6 @@ use crate::store::{HashKind, ObservedDir};
 use crate::upstream::UpstreamFile;
 
 use super::model::*;
-use super::observe::recorded_hash;
 use super::planner::Planner;
 
 impl<'a> Planner<'a> {
@@ -226,8 +225,9 @@ impl<'a> Planner<'a> {
         let Some(dir) = &now.previous_dir else {
             return Err((FileChangeKind::Replace, Some("missing on disk")));
         };
-        let same_bytes = recorded_hash(old).as_ref() == Some(&file.hash) && old.size == file.size;
-        if recorded_hash(old).is_none() {
+        let recorded = old.hash();
+        let same_bytes = recorded.as_ref() == Some(&file.hash) && old.size == file.size;
+        if recorded.is_none() {
             *unhashed = true;
             return Err((FileChangeKind::Replace, Some("no hash recorded")));
         }

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use crate::desired::{DesiredModel, is_shared_folder, recorded_install_dir};
 use crate::registry::RecordFile;
 use crate::store::{HashKind, Observed, ObservedDir};
-use crate::upstream::FileHash;
 
 /// The folders (relative to the models directory) that [`crate::store::observe`] must scan for
 /// [`super::compute`] to judge `desired` against `registry`: every desired install dir, every
@@ -72,7 +71,7 @@ pub fn hash_requests(
         for file in &model.files {
             let kind = HashKind::of(&file.hash);
             let old = recorded.get(file.path.as_str()).copied();
-            let vouched = old.is_some_and(|old| recorded_hash(old).as_ref() == Some(&file.hash));
+            let vouched = old.is_some_and(|old| old.hash().as_ref() == Some(&file.hash));
             let in_previous = on_disk(previous_seen, &file.path, file.size);
             if vouched && in_previous {
                 let dir = previous.as_deref().expect("in_previous implies a folder");
@@ -125,13 +124,4 @@ pub fn hash_requests(
     requests.sort();
     requests.dedup();
     requests
-}
-
-/// The upstream hash a registry file records, if any (seed records have none).
-pub(super) fn recorded_hash(file: &RecordFile) -> Option<FileHash> {
-    match (&file.sha256, &file.git_sha1) {
-        (Some(hex), _) => Some(FileHash::Sha256(hex.clone())),
-        (None, Some(hex)) => Some(FileHash::GitSha1(hex.clone())),
-        (None, None) => None,
-    }
 }
