@@ -23,8 +23,7 @@ use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::plan_output::print_applied;
 use crate::cli::verb_support;
-use crate::ops::EnvLookup;
-use crate::ops::{self, Session};
+use crate::ops::{self, EnvLookup, Session};
 
 #[derive(Debug, Clone, Args)]
 pub struct DownloadArgs {

@@ -9,13 +9,10 @@ use serde::Serialize;
 
 use crate::baselines::BaselineResult;
 use crate::error::{Error, Result};
-use crate::ops::{self, BaselineRequest, settings};
+use crate::ops::{self, BaselineRequest, EnvLookup, Session, settings};
 
 use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
-
-use crate::ops::EnvLookup;
-use crate::ops::Session;
 
 #[derive(Debug, Clone, Args)]
 pub struct EnsureArgs {

@@ -19,8 +19,7 @@ use crate::cli::global_args::GlobalArgs;
 use crate::cli::output::Output;
 use crate::cli::table::{Align, Table};
 use crate::cli::verb_support;
-use crate::ops::EnvLookup;
-use crate::ops::Session;
+use crate::ops::{EnvLookup, Session};
 
 #[derive(Debug, Clone, Args)]
 pub struct InfoArgs {
