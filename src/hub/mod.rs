@@ -92,28 +92,10 @@ pub struct HubConfig {
 
 impl HubConfig {
     /// Defaults for `endpoint` (5 retries, 1 s base delay, 10 s connect, 30 s read timeouts).
-    ///
-    /// Operators on slow or flaky links (and the reliability tests, which cannot wait minutes
-    /// for a stalled server) may override the retry and timeout defaults through the
-    /// environment: `KMM_HUB_MAX_RETRIES` (a number), `KMM_HUB_RETRY_DELAY`,
-    /// `KMM_HUB_CONNECT_TIMEOUT` and `KMM_HUB_READ_TIMEOUT` (durations such as `200ms`, `30s`).
-    /// Values that do not parse are ignored with a warning.
+    /// The CLI takes overrides from `KMM_HUB_*` (see [`crate::ops::settings`]); a library
+    /// caller sets the fields.
     pub fn new(endpoint: impl Into<String>) -> Self {
-        let mut config = Self::defaults(endpoint);
-        if let Some(retries) = env_override("KMM_HUB_MAX_RETRIES", |text| text.parse().ok()) {
-            config.max_retries = retries;
-        }
-        let duration = |text: &str| humantime::parse_duration(text).ok();
-        if let Some(delay) = env_override("KMM_HUB_RETRY_DELAY", duration) {
-            config.retry_base_delay = delay;
-        }
-        if let Some(timeout) = env_override("KMM_HUB_CONNECT_TIMEOUT", duration) {
-            config.connect_timeout = timeout;
-        }
-        if let Some(timeout) = env_override("KMM_HUB_READ_TIMEOUT", duration) {
-            config.read_timeout = timeout;
-        }
-        config
+        Self::defaults(endpoint)
     }
 
     fn defaults(endpoint: impl Into<String>) -> Self {
@@ -131,17 +113,6 @@ impl HubConfig {
             direct_io: true,
         }
     }
-}
-
-/// The value of the environment variable `name` parsed by `parse`; unset is `None`, and so is a
-/// value that does not parse (with a warning, so a typo does not go unnoticed).
-fn env_override<T>(name: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
-    let text = std::env::var(name).ok()?;
-    let value = parse(text.trim());
-    if value.is_none() {
-        tracing::warn!("ignoring {name}={text:?}: not a valid value");
-    }
-    value
 }
 
 /// Whether a repository is gated.
