@@ -7,12 +7,16 @@
 //! manifest meant for git and for other users unreadable to them (found by the permission test
 //! in `tests/it/reliability.rs`).
 //!
-//! Edges: writes only `path` and its temp file. Used for the registry, the pending license
+//! A `path` that is a symbolic link (dotfiles, a registry shared by two checkouts) is written
+//! through: the temp file and the rename happen beside the link's final target, and the link
+//! stays a link. Replacing the link by a regular file would let the target silently drift.
+//!
+//! Edges: writes only `path` (or the file its link names) and its temp file. Used for the registry, the pending license
 //! acceptances, the lock, saved plans, manifest edits and generated schemas.
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -21,6 +25,8 @@ use crate::error::{Error, Result};
 pub(crate) fn write(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
     let failed =
         |error: &std::io::Error| Error::io(format!("writing {what} `{}`", path.display()), error);
+    let target = link_target(path).map_err(|error| failed(&error))?;
+    let path = target.as_path();
     let folder = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -49,6 +55,29 @@ pub(crate) fn write(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Where a write to `path` lands: `path` itself, or the file at the end of its chain of links
+/// (relative link targets resolve against the link's folder). A chain of more than 40 links is
+/// a loop (`ELOOP`), as the kernel counts.
+pub(crate) fn link_target(path: &Path) -> std::io::Result<PathBuf> {
+    let mut current = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&current) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                let target = std::fs::read_link(&current)?;
+                current = match current.parent() {
+                    Some(folder) if target.is_relative() => folder.join(target),
+                    _ => target,
+                };
+            }
+            _ => return Ok(current),
+        }
+    }
+    Err(std::io::Error::other(format!(
+        "too many levels of symbolic links at `{}`",
+        path.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,5 +93,28 @@ mod tests {
         write(&path, b"two\n", "the lock file").unwrap();
         assert_eq!(mode(&path), 0o600);
         assert_eq!(fs_err::read(&path).unwrap(), b"two\n");
+    }
+
+    #[test]
+    fn a_linked_file_is_written_through_and_stays_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let dotfiles = dir.path().join("dotfiles");
+        fs_err::create_dir_all(&dotfiles).unwrap();
+        let target = dotfiles.join("kari-models.toml");
+        fs_err::write(&target, "old\n").unwrap();
+        let checkout = dir.path().join("checkout");
+        fs_err::create_dir_all(&checkout).unwrap();
+        // A relative link to a relative link: both hops resolve against their own folder.
+        std::os::unix::fs::symlink("../dotfiles/kari-models.toml", checkout.join("hop")).unwrap();
+        let link = checkout.join("kari-models.toml");
+        std::os::unix::fs::symlink("hop", &link).unwrap();
+        write(&link, b"new\n", "the manifest").unwrap();
+        assert!(fs_err::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(fs_err::read(&target).unwrap(), b"new\n");
+        let stray: Vec<_> = fs_err::read_dir(&checkout).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(stray.len(), 2, "no temp file left beside the link: {stray:?}");
+        let looped = dir.path().join("loop");
+        std::os::unix::fs::symlink(&looped, &looped).unwrap();
+        assert!(write(&looped, b"x", "the lock file").is_err());
     }
 }

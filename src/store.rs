@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt as _;
+use fs_err::os::unix::fs::OpenOptionsExt as _;
 use std::path::Component;
 use std::time::Instant;
 
@@ -93,6 +94,7 @@ impl StoreLock {
         timeout: Option<Duration>,
         on_wait: &mut dyn FnMut(),
     ) -> Result<StoreLock> {
+        crate::confine::check_own_folders(paths)?;
         let kmm_dir = paths.kmm_dir();
         fs_err::create_dir_all(&kmm_dir)
             .map_err(|error| Error::io(format!("creating `{}`", kmm_dir.display()), &error))?;
@@ -102,6 +104,8 @@ impl StoreLock {
             .write(true)
             .create(true)
             .truncate(false)
+            // Checked above; this closes the gap of a link planted since.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|error| Error::io("opening the store lock", &error))?
             .into_file();
@@ -153,13 +157,21 @@ impl StoreLock {
 }
 
 /// Removes the temporary files of atomic writes that a killed kmm left behind: the registry's
-/// (`models/.model_registry.json.*.tmp`), the license acceptances' (`.kmm/.licenses.json.*`)
+/// (`models/.model_registry.json.*.tmp`, or beside the registry link's target), the license acceptances' (`.kmm/.licenses.json.*`)
 /// and the config mirrors' (`models/configs/.kmm-*.tmp`). Every such write happens under the
 /// store lock, so once we hold it, any of them is an orphan (found by the crash harness in
 /// `tests/it/reliability.rs`). Best effort: a file that cannot be removed is only logged.
 fn sweep_stale_temp_files(paths: &StorePaths) {
+    // A registry that is a link is written beside its target (see `atomic_file`).
+    let registry = crate::atomic_file::link_target(&paths.registry_file())
+        .unwrap_or_else(|_| paths.registry_file());
+    let registry_dir = registry.parent().unwrap_or(paths.root()).to_path_buf();
+    let registry_prefix = format!(
+        ".{}.",
+        registry.file_name().unwrap_or_default().to_string_lossy()
+    );
     let sites: [(PathBuf, &str, &str); 3] = [
-        (paths.root().to_path_buf(), ".model_registry.json.", ".tmp"),
+        (registry_dir, &registry_prefix, ".tmp"),
         (paths.kmm_dir(), ".licenses.json.", ""),
         (paths.root().join("configs"), ".kmm-", ".tmp"),
     ];

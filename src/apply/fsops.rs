@@ -105,27 +105,12 @@ fn discard(path: &Path, trash: &Path) {
 }
 
 fn remove_any(path: &Path) -> io::Result<()> {
-    match fs_err::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs_err::remove_dir_all(path),
-        Ok(_) => fs_err::remove_file(path),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
+    crate::confine::remove_tree(path)
 }
 
 /// Deletes everything inside `dir` (leftovers of an interrupted run); `dir` itself stays.
 pub(crate) fn empty_dir(dir: &Path) -> Result<()> {
-    let entries = match fs_err::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), &e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(format!("reading {}", dir.display()), &e))?;
-        remove_any(&entry.path())
-            .map_err(|e| Error::io(format!("cleaning {}", dir.display()), &e))?;
-    }
-    Ok(())
+    crate::confine::empty_dir(dir).map_err(|e| Error::io(format!("cleaning {}", dir.display()), &e))
 }
 
 /// Removes empty folders from `start` upwards, stopping below `stop` (never removing it).

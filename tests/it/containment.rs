@@ -1,0 +1,179 @@
+//! Containment (issue 19): kmm never deletes or writes outside its models directory, keeps the
+//! user's own links, and keeps the files of one model its own. Each test plants what a user (or
+//! an attacker) can plant, runs the real binary against the fake hub, and checks that the files
+//! outside the store survive byte for byte.
+//!
+//! Edges: the real binary against the fake hub; the workspace helpers come from
+//! `reliability.rs`.
+
+use std::os::unix::fs::{MetadataExt as _, symlink};
+use std::path::{Path, PathBuf};
+
+use crate::fake_hub::{FakeHub, FileSpec, RepoSpec};
+use crate::reliability::{Workspace, noise, read_tree};
+
+const FIRST: &str = "acme/first";
+const SECOND: &str = "acme/second";
+
+fn repos() -> Vec<RepoSpec> {
+    let model = |id: &str, seed: u64| {
+        RepoSpec::new(id).commit(vec![
+            FileSpec::regular("config.json", br#"{"model_type":"bert"}"#.to_vec()),
+            // The same vocabulary in both models, as MiniLM and distilbert share `vocab.txt`.
+            FileSpec::regular("vocab.txt", b"[PAD]\n[UNK]\nhello\nworld\n".to_vec()),
+            FileSpec::lfs("model.safetensors", noise(200 << 10, seed)),
+        ])
+    };
+    vec![model(FIRST, 0xC1), model(SECOND, 0xC2)]
+}
+
+/// A folder of the user's own files (with a subfolder) outside the store.
+fn users_folder(root: &Path, name: &str) -> PathBuf {
+    let folder = root.join(name);
+    fs_err::create_dir_all(folder.join("sub")).unwrap();
+    fs_err::write(folder.join("thesis.tex"), "years of work").unwrap();
+    fs_err::write(folder.join("sub/photo.jpg"), noise(4096, 7)).unwrap();
+    folder
+}
+
+fn is_link(path: &Path) -> bool {
+    fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+#[test]
+fn planted_links_in_kmms_own_folders_are_refused_and_their_targets_survive() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[(FIRST, "main")]);
+    ws.run(&["apply", "--quiet"]).ok();
+    ws.write_manifest(&[(FIRST, "main"), (SECOND, "main")]);
+    let outside = ws.dir.path().join("outside");
+    for internal in ["trash", "staging", "downloads"] {
+        let folder = users_folder(&outside, internal);
+        let before = read_tree(&folder);
+        let link = ws.models.join(".kmm").join(internal);
+        let _ = fs_err::remove_dir_all(&link);
+        symlink(&folder, &link).unwrap();
+        for verb in [&["apply", "--quiet"][..], &["gc", "--quiet"]] {
+            let run = ws.run(verb);
+            assert_eq!(run.code, 12, "{verb:?} with {internal} linked: {}", run.stderr);
+            assert!(
+                run.stderr.contains(&format!(".kmm/{internal}")) && run.stderr.contains("link"),
+                "{}",
+                run.stderr
+            );
+            assert_eq!(read_tree(&folder), before, "{verb:?} touched the user's {internal}");
+        }
+        assert!(is_link(&link), "the link itself is left for the user");
+        fs_err::remove_file(&link).unwrap();
+    }
+    // With the links gone, the store works again.
+    ws.run(&["apply", "--quiet"]).ok();
+    assert!(ws.model_dir(SECOND).join("model.safetensors").is_file());
+}
+
+#[test]
+fn a_kmm_folder_linked_to_the_users_files_is_refused() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[(FIRST, "main")]);
+    fs_err::create_dir_all(&ws.models).unwrap();
+    let documents = users_folder(ws.dir.path(), "documents");
+    fs_err::create_dir_all(documents.join("trash")).unwrap();
+    fs_err::write(documents.join("trash/keep.txt"), "mine").unwrap();
+    let before = read_tree(&documents);
+    symlink(&documents, ws.models.join(".kmm")).unwrap();
+    let run = ws.run(&["apply", "--quiet"]);
+    assert_eq!(run.code, 12, "{}", run.stderr);
+    assert_eq!(read_tree(&documents), before);
+    // A link to an empty folder (a bigger disk) is kmm's to use.
+    fs_err::remove_file(ws.models.join(".kmm")).unwrap();
+    let big_disk = ws.dir.path().join("big-disk/kmm");
+    fs_err::create_dir_all(&big_disk).unwrap();
+    symlink(&big_disk, ws.models.join(".kmm")).unwrap();
+    ws.run(&["apply", "--quiet"]).ok();
+    assert!(big_disk.join("lock").is_file());
+    assert!(ws.model_dir(FIRST).join("model.safetensors").is_file());
+}
+
+#[test]
+fn the_users_links_to_manifest_lock_and_registry_stay_links_with_updated_targets() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[(FIRST, "main")]);
+    let dotfiles = ws.dir.path().join("dotfiles");
+    fs_err::create_dir_all(&dotfiles).unwrap();
+    fs_err::create_dir_all(&ws.models).unwrap();
+    // The manifest and the registry are links (relative and absolute); the lock is a link to a
+    // file that does not exist yet, as a fresh dotfiles checkout has.
+    fs_err::rename(ws.manifest_path(), dotfiles.join("kari-models.toml")).unwrap();
+    symlink("dotfiles/kari-models.toml", ws.manifest_path()).unwrap();
+    let lock = ws.dir.path().join("kari-models.lock");
+    symlink(dotfiles.join("kari-models.lock"), &lock).unwrap();
+    let shared_registry = dotfiles.join("registry.json");
+    symlink(&shared_registry, ws.registry_path()).unwrap();
+
+    ws.run(&["apply", "--quiet"]).ok();
+    ws.run(&["pin", "--model", FIRST, "--quiet"]).ok();
+    ws.run(&["download", "--model", SECOND, "--save", "--quiet"])
+        .ok();
+    for link in [ws.manifest_path(), lock.clone(), ws.registry_path()] {
+        assert!(is_link(&link), "{} was replaced by a file", link.display());
+    }
+    let manifest = fs_err::read_to_string(dotfiles.join("kari-models.toml")).unwrap();
+    assert!(manifest.contains(SECOND), "{manifest}");
+    let lock_text = fs_err::read_to_string(dotfiles.join("kari-models.lock")).unwrap();
+    assert!(lock_text.contains(FIRST), "{lock_text}");
+    let registry: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&shared_registry).unwrap()).unwrap();
+    assert_eq!(registry[FIRST]["pinned"], true, "{registry}");
+    assert!(registry[SECOND].is_object(), "{registry}");
+    let leftovers: Vec<_> = fs_err::read_dir(&dotfiles)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn identical_files_of_two_models_are_not_shared_and_an_edit_stays_in_its_model() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[(FIRST, "main"), (SECOND, "main")]);
+    ws.run(&["apply", "--quiet"]).ok();
+    let (one, two) = (
+        ws.model_dir(FIRST).join("vocab.txt"),
+        ws.model_dir(SECOND).join("vocab.txt"),
+    );
+    assert_ne!(
+        fs_err::metadata(&one).unwrap().ino(),
+        fs_err::metadata(&two).unwrap().ino(),
+        "one inode in two model folders"
+    );
+    let before = fs_err::read(&two).unwrap();
+    let mut file = fs_err::OpenOptions::new().append(true).open(&one).unwrap();
+    std::io::Write::write_all(&mut file, b"my own token\n").unwrap();
+    assert_eq!(fs_err::read(&two).unwrap(), before);
+}
+
+#[test]
+fn a_file_found_in_another_models_folder_is_copied_and_the_plan_says_what_it_costs() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[(FIRST, "main")]);
+    ws.run(&["apply", "--quiet"]).ok();
+    ws.write_manifest(&[(FIRST, "main"), (SECOND, "main")]);
+    let plan = ws.run(&["plan", "--json"]);
+    let summary = &plan.json()["data"]["summary"];
+    let vocab = b"[PAD]\n[UNK]\nhello\nworld\n".len() as u64;
+    assert_eq!(summary["copy_bytes"], vocab, "{}", plan.stdout);
+    let text = ws.run(&["plan"]);
+    assert!(text.stdout.contains("copied"), "{}", text.stdout);
+    ws.run(&["apply", "--quiet"]).ok();
+    let (one, two) = (
+        ws.model_dir(FIRST).join("vocab.txt"),
+        ws.model_dir(SECOND).join("vocab.txt"),
+    );
+    assert_ne!(
+        fs_err::metadata(&one).unwrap().ino(),
+        fs_err::metadata(&two).unwrap().ino()
+    );
+    assert_eq!(fs_err::read(&one).unwrap(), fs_err::read(&two).unwrap());
+}
