@@ -14,18 +14,51 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Hard-links `from` to `to`, or copies when linking is impossible (another file system,
-/// a file system without links). `to` must not exist.
-pub(crate) fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
-    if std::fs::hard_link(from, to).is_ok() {
+/// How a file gets into a model folder being assembled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// The source is kmm's (a verified download) or this model's own (its current folder, a
+    /// loose file being moved in): hard-linked, as long as nothing else shares its inode.
+    Take,
+    /// The source stays in another model's folder, or a second model installs the same
+    /// download: reflinked or copied, so an edit to one model's file never changes another's.
+    Copy,
+}
+
+/// Puts `from` at `to` (which must not exist) as `placement` says. A hard link is made only
+/// when `from` has no other link (else the new file would share an inode with whatever holds
+/// it, as a store made by an older kmm may); where linking is impossible (another file
+/// system), it is a copy.
+pub(crate) fn place(from: &Path, to: &Path, placement: Placement) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let sole = fs_err::metadata(from).is_ok_and(|meta| meta.nlink() == 1);
+    if placement == Placement::Take && sole && std::fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
-    fs_err::copy(from, to).map(|_| ()).map_err(|e| {
+    clone_or_copy(from, to).map_err(|e| {
         Error::io(
             format!("copying {} to {}", from.display(), to.display()),
             &e,
         )
     })
+}
+
+/// A reflink (`FICLONE`: shared extents, copy on write, no bytes moved) where the file system
+/// has them (btrfs, XFS, bcachefs), else a byte copy. Keeps the permissions.
+fn clone_or_copy(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let source = std::fs::File::open(from)?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&source.metadata()?.permissions());
+    let mut target = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o777)
+        .open(to)?;
+    if rustix::fs::ioctl_ficlone(&target, &source).is_ok() {
+        return Ok(());
+    }
+    // `io::copy` between files uses `copy_file_range`, in the kernel.
+    io::copy(&mut &source, &mut target).map(|_| ())
 }
 
 /// Makes `new` appear at `target` in one step. If `target` existed, its old content is moved
@@ -268,13 +301,21 @@ mod tests {
     }
 
     #[test]
-    fn atomic_copy_and_link_or_copy_copy_bytes() {
+    fn atomic_copy_and_placements_copy_bytes_and_never_share_a_shared_inode() {
+        use std::os::unix::fs::MetadataExt as _;
         let root = tempfile::tempdir().unwrap();
         let from = root.path().join("a");
         write(&from, "bytes");
         copy_atomic(&from, &root.path().join("configs/b.json")).unwrap();
-        link_or_copy(&from, &root.path().join("c")).unwrap();
-        for name in ["configs/b.json", "c"] {
+        let ino = |name: &str| fs_err::metadata(root.path().join(name)).unwrap().ino();
+        place(&from, &root.path().join("c"), Placement::Take).unwrap();
+        assert_eq!(ino("c"), ino("a"), "a sole file is taken by a hard link");
+        // `a` now has two links: taking it again would put one inode in a third place.
+        place(&from, &root.path().join("d"), Placement::Take).unwrap();
+        assert_ne!(ino("d"), ino("a"));
+        place(&root.path().join("d"), &root.path().join("e"), Placement::Copy).unwrap();
+        assert_ne!(ino("e"), ino("d"));
+        for name in ["configs/b.json", "c", "d", "e"] {
             assert_eq!(
                 fs_err::read_to_string(root.path().join(name)).unwrap(),
                 "bytes"

@@ -38,6 +38,7 @@ use crate::plan::{Action, CarriedFile, ChangeKind, FileSource, InstallFile, Plan
 use crate::registry::{Record, Registry};
 use crate::store::StorePaths;
 use crate::upstream::{FileHash, UpstreamFile};
+use fsops::Placement;
 
 /// Progress events. The CLI turns them into progress bars; tests record them.
 pub trait Reporter: Send + Sync {
@@ -177,6 +178,11 @@ struct Engine<'a> {
     /// Hashes whose bytes an earlier boot wrote without confirming them on disk: a store
     /// download with such a hash is hashed again before it is trusted.
     unconfirmed: BTreeSet<String>,
+    /// Loose files the plan moves into model folders (deleted after): taken, not copied.
+    moved_loose: BTreeSet<&'a Path>,
+    /// Downloads already taken (hard-linked) by one install: the next installs of the same
+    /// bytes get a copy, so two model folders never share an inode.
+    taken_downloads: Mutex<BTreeSet<String>>,
 }
 
 impl<'a> Engine<'a> {
@@ -217,6 +223,15 @@ impl<'a> Engine<'a> {
             sources,
             defer_sync: false,
             unconfirmed: BTreeSet::new(),
+            moved_loose: plan
+                .actions
+                .iter()
+                .filter_map(|planned| match &planned.action {
+                    Action::DeleteMoved { path } => Some(path.as_path()),
+                    _ => None,
+                })
+                .collect(),
+            taken_downloads: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -306,14 +321,31 @@ impl<'a> Engine<'a> {
                     file.path
                 )));
             }
-            let from = match &file.source {
-                FileSource::Fetch { .. } => self.download_path(&file.hash),
+            let own = |path: &Path| {
+                path.starts_with(install_dir) || previous.is_some_and(|dir| path.starts_with(dir))
+            };
+            let (from, placement) = match &file.source {
+                FileSource::Fetch { .. } => {
+                    let mut taken = self.taken_downloads.lock().expect("taken downloads lock");
+                    let first = taken.insert(file.hash.hex().to_ascii_lowercase());
+                    let placement = if first {
+                        Placement::Take
+                    } else {
+                        Placement::Copy
+                    };
+                    (self.download_path(&file.hash), placement)
+                }
                 FileSource::Keep { path } => {
                     check_inside(path)?;
-                    self.root.join(path)
+                    let placement = if own(path) || self.moved_loose.contains(path.as_path()) {
+                        Placement::Take
+                    } else {
+                        Placement::Copy
+                    };
+                    (self.root.join(path), placement)
                 }
             };
-            sources.push((from, file.path.clone(), file.size));
+            sources.push((from, file.path.clone(), file.size, placement));
         }
         for file in carry {
             if !is_safe_relative(Path::new(&file.path)) || file.path.contains('\\') {
@@ -323,7 +355,13 @@ impl<'a> Engine<'a> {
                 )));
             }
             check_inside(&file.from)?;
-            sources.push((self.root.join(&file.from), file.path.clone(), file.size));
+            // The user's own files of this model's recorded folder.
+            sources.push((
+                self.root.join(&file.from),
+                file.path.clone(),
+                file.size,
+                Placement::Take,
+            ));
         }
         let job = InstallJob {
             model: model.to_string(),
@@ -522,8 +560,8 @@ struct InstallJob {
     trash: PathBuf,
     install_dir: PathBuf,
     previous: Option<PathBuf>,
-    /// (absolute source, repo path, expected size)
-    sources: Vec<(PathBuf, String, u64)>,
+    /// (absolute source, repo path, expected size, how it is placed)
+    sources: Vec<(PathBuf, String, u64, Placement)>,
 }
 
 impl InstallJob {
@@ -543,13 +581,13 @@ impl InstallJob {
                     &e,
                 )
             })?;
-        for (from, path, size) in &self.sources {
+        for (from, path, size, placement) in &self.sources {
             let to = staged.path().join(path);
             if let Some(parent) = to.parent() {
                 fs_err::create_dir_all(parent)
                     .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
             }
-            fsops::link_or_copy(from, &to)
+            fsops::place(from, &to, *placement)
                 .map_err(|e| e.context(format!("{}: assembling {path}", self.model)))?;
             let actual = fs_err::metadata(&to)
                 .map_err(|e| Error::io(format!("reading {}", to.display()), &e))?

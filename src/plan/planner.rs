@@ -341,6 +341,7 @@ impl<'a> Planner<'a> {
             files: Vec::new(),
             kept_files: 0,
             download_bytes: 0,
+            copy_bytes: 0,
             free_bytes,
         });
     }
@@ -441,12 +442,29 @@ impl<'a> Planner<'a> {
             }
             summary.free_bytes += model.free_bytes;
         }
+        // Installs per download: the first takes the downloaded file, the others a copy.
+        let mut installs_of: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for planned in &actions {
-            if let Action::Fetch { file, .. } = &planned.action {
-                summary.download_files += 1;
-                summary.download_bytes += file.size;
+            match &planned.action {
+                Action::Fetch { file, .. } => {
+                    summary.download_files += 1;
+                    summary.download_bytes += file.size;
+                }
+                Action::InstallModel { files, .. } => {
+                    for file in files {
+                        if let FileSource::Fetch { action } = &file.source {
+                            installs_of.entry(action).or_insert((file.size, 0)).1 += 1;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
+        summary.copy_bytes = self.models.iter().map(|m| m.copy_bytes).sum::<u64>()
+            + installs_of
+                .values()
+                .map(|(size, installs)| size * installs.saturating_sub(1))
+                .sum::<u64>();
         Plan {
             models_dir: self.input.models_dir.to_path_buf(),
             models: self.models,
