@@ -109,10 +109,23 @@ mod tests {
         let link = checkout.join("kari-models.toml");
         std::os::unix::fs::symlink("hop", &link).unwrap();
         write(&link, b"new\n", "the manifest").unwrap();
-        assert!(fs_err::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(
+            fs_err::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(fs_err::read(&target).unwrap(), b"new\n");
-        let stray: Vec<_> = fs_err::read_dir(&checkout).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(stray.len(), 2, "no temp file left beside the link: {stray:?}");
+        let stray: Vec<_> = fs_err::read_dir(&checkout)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            stray.len(),
+            2,
+            "no temp file left beside the link: {stray:?}"
+        );
         let looped = dir.path().join("loop");
         std::os::unix::fs::symlink(&looped, &looped).unwrap();
         assert!(write(&looped, b"x", "the lock file").is_err());

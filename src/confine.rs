@@ -238,7 +238,10 @@ mod tests {
         let error = check_own_folders(&paths).unwrap_err();
         assert_eq!(error.code(), ErrorCode::Perm);
         let text = error.to_string();
-        assert!(text.contains(".kmm/trash") && text.contains("precious"), "{text}");
+        assert!(
+            text.contains(".kmm/trash") && text.contains("precious"),
+            "{text}"
+        );
         fs_err::remove_file(paths.trash_dir()).unwrap();
         check_own_folders(&paths).unwrap();
     }

@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use fs_err::os::unix::fs::OpenOptionsExt as _;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt as _;
-use fs_err::os::unix::fs::OpenOptionsExt as _;
 use std::path::Component;
 use std::time::Instant;
 
@@ -515,7 +515,9 @@ impl Walk<'_> {
             if file_type.is_dir() {
                 // A scanned folder's files and strays were listed by its scan (which also
                 // covers the unscanned folders below it): one `readdir` per folder in all.
-                if path == self.kmm_dir || self.scanned.contains(&path) {
+                // `.kmm-*`: apply's work folders beside a destination on another file system.
+                if path == self.kmm_dir || self.scanned.contains(&path) || name.starts_with(".kmm-")
+                {
                     continue;
                 }
                 // Mirrors are derived data, not loose files; strays still count there.

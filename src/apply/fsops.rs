@@ -5,7 +5,10 @@
 //! folder and the old one atomically; where that is unsupported the old folder is renamed away
 //! and the new one renamed in (a reader may then briefly see no folder, never a half-filled one).
 //! Old folders are first renamed into `.kmm/trash/` (atomic) and only then deleted, so a crash
-//! mid-delete leaves garbage in the trash, not a half-deleted model.
+//! mid-delete leaves garbage in the trash, not a half-deleted model. Where the trash is on
+//! another file system than the folder, the folder is parked beside itself instead (a rename
+//! cannot cross file systems), and deleted from there; deletes never follow a link or cross a
+//! mount point (`crate::confine`).
 //!
 //! Edges: blocking std I/O (callers run it in `spawn_blocking`); knows nothing about plans.
 
@@ -57,8 +60,10 @@ fn clone_or_copy(from: &Path, to: &Path) -> io::Result<()> {
     if rustix::fs::ioctl_ficlone(&target, &source).is_ok() {
         return Ok(());
     }
-    // `io::copy` between files uses `copy_file_range`, in the kernel.
-    io::copy(&mut &source, &mut target).map(|_| ())
+    // `io::copy` between files uses `copy_file_range`, in the kernel. Synced: these bytes are
+    // not covered by the download journal, and the registry will say they are installed.
+    io::copy(&mut &source, &mut target)?;
+    target.sync_all()
 }
 
 /// Makes `new` appear at `target` in one step. If `target` existed, its old content is moved
@@ -80,8 +85,7 @@ pub(crate) fn swap_in(new: &Path, target: &Path, trash: &Path) -> Result<()> {
             Ok(())
         }
         Err(_) => {
-            let parked = unique_in(trash, target)?;
-            rename(target, &parked)?;
+            let parked = park(target, trash)?;
             if let Err(error) = rename(new, target) {
                 // Put the old folder back: better the old model than none.
                 let _ = std::fs::rename(&parked, target);
@@ -106,10 +110,104 @@ pub(crate) fn remove_via_trash(path: &Path, trash: &Path) -> Result<()> {
     if fs_err::symlink_metadata(path).is_err() {
         return Ok(());
     }
-    let parked = unique_in(trash, path)?;
-    rename(path, &parked)?;
+    let parked = park(path, trash)?;
     discard(&parked, trash);
     Ok(())
+}
+
+/// Renames `path` out of the way, into `trash` when that is on its file system, else into a
+/// work folder beside it (`.kmm-old.<name>.*`, see [`work_dir_beside`]). Returns where it went.
+fn park(path: &Path, trash: &Path) -> Result<PathBuf> {
+    let parked = unique_in(trash, path)?;
+    match std::fs::rename(path, &parked) {
+        Ok(()) => Ok(parked),
+        Err(error) if error.raw_os_error() == Some(libc::EXDEV) => {
+            let _ = std::fs::remove_dir(parked.parent().expect("a holder folder"));
+            let holder = work_dir_beside(path, "old")?;
+            let parked = holder.join(path.file_name().unwrap_or_default());
+            rename(path, &parked)?;
+            Ok(parked)
+        }
+        Err(error) => Err(Error::io(
+            format!("moving {} to {}", path.display(), parked.display()),
+            &error,
+        )),
+    }
+}
+
+/// A fresh hidden folder beside `path`, on its file system: `.kmm-<kind>.<name>.<random>`.
+/// Used where kmm's own folders are on another file system (`models/.kmm` on a bigger disk, a
+/// model folder linked to another disk), since a rename cannot cross file systems. The store's
+/// walk skips folders named `.kmm-*`; leftovers of a killed run are removed by
+/// [`sweep_work_dirs`] at the next install of the same folder.
+pub(crate) fn work_dir_beside(path: &Path, kind: &str) -> Result<PathBuf> {
+    let parent = path.parent().expect("a model folder has a parent");
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    Ok(tempfile::Builder::new()
+        .prefix(&format!(".kmm-{kind}.{name}."))
+        .tempdir_in(parent)
+        .map_err(|e| Error::io(format!("creating a folder in {}", parent.display()), &e))?
+        .keep())
+}
+
+/// Deletes the work folders [`work_dir_beside`] made for `path` in an earlier, interrupted run.
+/// The caller holds the store lock and installs `path` once per run, so any it finds is an
+/// orphan. Best effort.
+pub(crate) fn sweep_work_dirs(path: &Path) {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let name = name.to_string_lossy();
+    for entry in entries.flatten() {
+        let entry_name = entry.file_name();
+        let entry_name = entry_name.to_string_lossy();
+        let ours = ["staging", "old"]
+            .iter()
+            .any(|kind| entry_name.starts_with(&format!(".kmm-{kind}.{name}.")));
+        if ours && let Err(error) = crate::confine::remove_tree(&entry.path()) {
+            tracing::warn!(path = %entry.path().display(), %error, "could not delete a leftover work folder");
+        }
+    }
+}
+
+/// Whether `a` and `b` (or their nearest existing ancestors) are on one file system, so that a
+/// rename between them works.
+pub(crate) fn same_file_system(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let device = |path: &Path| {
+        path.ancestors()
+            .find_map(|ancestor| std::fs::metadata(ancestor).ok())
+            .map(|meta| meta.dev())
+    };
+    matches!((device(a), device(b)), (Some(a), Some(b)) if a == b)
+}
+
+/// Where a model folder's new content is swapped in: `target` itself, or, when `target` is a
+/// link the user made (a model kept on another disk), the folder it points to, so that the
+/// link stays. A dangling link, or a link to something that is not a folder, is `E_PERM`
+/// naming it: kmm does not replace a user's link with a folder of its own.
+pub(crate) fn swap_destination(target: &Path) -> Result<PathBuf> {
+    let is_link = std::fs::symlink_metadata(target).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link {
+        return Ok(target.to_path_buf());
+    }
+    let points_to = std::fs::read_link(target)
+        .map(|to| to.display().to_string())
+        .unwrap_or_default();
+    match std::fs::canonicalize(target) {
+        Ok(real) if real.is_dir() => Ok(real),
+        _ => Err(Error::new(
+            crate::error::ErrorCode::Perm,
+            format!(
+                "the model folder `{}` is a link to `{points_to}`, which is not a folder",
+                target.display()
+            ),
+        )
+        .with_hint("make the link point to an existing folder (kmm installs into it and keeps the link), or remove the link")),
+    }
 }
 
 /// Deletes something already parked in (or about to be moved to) the trash. Failures only
@@ -118,15 +216,23 @@ fn discard(path: &Path, trash: &Path) {
     let parked = if path.starts_with(trash) {
         Ok(path.to_path_buf())
     } else {
-        unique_in(trash, path).and_then(|parked| rename(path, &parked).map(|()| parked))
+        park(path, trash)
     };
     let result = parked
         .map_err(|e| io::Error::other(e.to_string()))
         .and_then(|parked| {
             remove_any(&parked)?;
-            // The parked item sits in a holder folder of its own (see `unique_in`).
+            // The parked item sits in a holder folder of its own (see `unique_in` and
+            // `work_dir_beside`).
             match parked.parent() {
                 Some(holder) if holder != trash && holder.starts_with(trash) => {
+                    fs_err::remove_dir(holder)
+                }
+                Some(holder)
+                    if holder
+                        .file_name()
+                        .is_some_and(|name| name.to_string_lossy().starts_with(".kmm-old.")) =>
+                {
                     fs_err::remove_dir(holder)
                 }
                 _ => Ok(()),
@@ -313,7 +419,12 @@ mod tests {
         // `a` now has two links: taking it again would put one inode in a third place.
         place(&from, &root.path().join("d"), Placement::Take).unwrap();
         assert_ne!(ino("d"), ino("a"));
-        place(&root.path().join("d"), &root.path().join("e"), Placement::Copy).unwrap();
+        place(
+            &root.path().join("d"),
+            &root.path().join("e"),
+            Placement::Copy,
+        )
+        .unwrap();
         assert_ne!(ino("e"), ino("d"));
         for name in ["configs/b.json", "c", "d", "e"] {
             assert_eq!(

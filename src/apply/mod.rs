@@ -571,16 +571,35 @@ impl InstallJob {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
+        let target = self.root.join(&self.install_dir);
+        let destination = fsops::swap_destination(&target)?;
+        // The new folder is assembled on the destination's file system, so that it can be
+        // renamed into place: in `.kmm/staging`, or beside the destination when `.kmm` is on
+        // another disk or the model folder is a link to one.
+        let (stage_in, prefix) = if fsops::same_file_system(&self.staging, &destination) {
+            (self.staging.clone(), format!("{prefix}-"))
+        } else {
+            fsops::sweep_work_dirs(&destination);
+            let parent = destination.parent().expect("a model folder has a parent");
+            fs_err::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+            let name = destination
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            tracing::info!(
+                "{}: assembling beside {} (not on the file system of {}; files are copied)",
+                self.model,
+                destination.display(),
+                self.staging.display()
+            );
+            (parent.to_path_buf(), format!(".kmm-staging.{name}."))
+        };
         // Removed automatically if anything below fails: a failed install leaves no trace.
         let staged = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-"))
-            .tempdir_in(&self.staging)
-            .map_err(|e| {
-                Error::io(
-                    format!("creating a folder in {}", self.staging.display()),
-                    &e,
-                )
-            })?;
+            .prefix(&prefix)
+            .tempdir_in(&stage_in)
+            .map_err(|e| Error::io(format!("creating a folder in {}", stage_in.display()), &e))?;
         for (from, path, size, placement) in &self.sources {
             let to = staged.path().join(path);
             if let Some(parent) = to.parent() {
@@ -600,14 +619,13 @@ impl InstallJob {
                 .with_hint("run `kmm plan` again; the file changed since the plan was made"));
             }
         }
-        let target = self.root.join(&self.install_dir);
         // Installs run in parallel: one may remove an owner folder (`transformers/acme/`) it
         // just emptied between another's creating it and renaming its model into it (found by
         // the SIGKILL-migrate test). Changes to the layout's folders take turns.
         let _layout = LAYOUT_FOLDERS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        fsops::swap_in(&staged.keep(), &target, &self.trash)?;
+        fsops::swap_in(&staged.keep(), &destination, &self.trash)?;
         if let Some(previous) = &self.previous
             && *previous != self.install_dir
         {

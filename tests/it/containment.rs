@@ -55,13 +55,21 @@ fn planted_links_in_kmms_own_folders_are_refused_and_their_targets_survive() {
         symlink(&folder, &link).unwrap();
         for verb in [&["apply", "--quiet"][..], &["gc", "--quiet"]] {
             let run = ws.run(verb);
-            assert_eq!(run.code, 12, "{verb:?} with {internal} linked: {}", run.stderr);
+            assert_eq!(
+                run.code, 12,
+                "{verb:?} with {internal} linked: {}",
+                run.stderr
+            );
             assert!(
                 run.stderr.contains(&format!(".kmm/{internal}")) && run.stderr.contains("link"),
                 "{}",
                 run.stderr
             );
-            assert_eq!(read_tree(&folder), before, "{verb:?} touched the user's {internal}");
+            assert_eq!(
+                read_tree(&folder),
+                before,
+                "{verb:?} touched the user's {internal}"
+            );
         }
         assert!(is_link(&link), "the link itself is left for the user");
         fs_err::remove_file(&link).unwrap();
@@ -177,4 +185,155 @@ fn a_file_found_in_another_models_folder_is_copied_and_the_plan_says_what_it_cos
         fs_err::metadata(&two).unwrap().ino()
     );
     assert_eq!(fs_err::read(&one).unwrap(), fs_err::read(&two).unwrap());
+}
+
+/// A manifest declaring `FIRST` with the given include globs.
+fn manifest_with_include(ws: &Workspace, include: &[&str]) {
+    let globs: Vec<String> = include.iter().map(|g| format!("\"{g}\"")).collect();
+    let text = format!(
+        "[settings]\nmodels_dir = \"{}\"\n\n[models.\"{FIRST}\"]\ninclude = [{}]\n",
+        ws.models.display(),
+        globs.join(", ")
+    );
+    fs_err::write(ws.manifest_path(), text).unwrap();
+}
+
+/// Hidden work folders or staging leftovers anywhere under `root`.
+fn work_leftovers(root: &Path) -> Vec<String> {
+    read_tree(root)
+        .into_keys()
+        .filter(|path| path.contains(".kmm-staging") || path.contains(".kmm-old"))
+        .collect()
+}
+
+#[test]
+fn a_model_folder_linked_to_another_disk_stays_a_link_when_its_selection_changes() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[]);
+    manifest_with_include(&ws, &["config.json"]);
+    ws.run(&["apply", "--quiet"]).ok();
+    // The user moves the model to another disk (/dev/shm where it is another file system)
+    // and leaves a link behind.
+    let other_disk =
+        tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
+    let moved = other_disk.path().join("first");
+    let folder = ws.model_dir(FIRST);
+    fs_err::create_dir_all(&moved).unwrap();
+    for entry in fs_err::read_dir(&folder).unwrap().flatten() {
+        fs_err::copy(entry.path(), moved.join(entry.file_name())).unwrap();
+    }
+    fs_err::remove_dir_all(&folder).unwrap();
+    symlink(&moved, &folder).unwrap();
+    fs_err::write(other_disk.path().join("neighbour.txt"), "not kmm's").unwrap();
+
+    manifest_with_include(&ws, &["config.json", "*.safetensors"]);
+    ws.run(&["apply", "--quiet"]).ok();
+    assert!(is_link(&folder), "the link was replaced by a folder");
+    assert!(moved.join("model.safetensors").is_file());
+    assert!(moved.join("config.json").is_file());
+    assert_eq!(
+        fs_err::read_to_string(other_disk.path().join("neighbour.txt")).unwrap(),
+        "not kmm's"
+    );
+    assert!(
+        work_leftovers(other_disk.path()).is_empty(),
+        "{:?}",
+        work_leftovers(other_disk.path())
+    );
+    let plan = ws.run(&["plan", "--json"]);
+    assert_eq!(
+        plan.json()["data"]["summary"]["to_change"],
+        0,
+        "{}",
+        plan.stdout
+    );
+
+    // A link to nothing is refused, naming the link; nothing is replaced.
+    fs_err::remove_file(&folder).unwrap();
+    symlink(other_disk.path().join("gone"), &folder).unwrap();
+    manifest_with_include(&ws, &["config.json"]);
+    let run = ws.run(&["apply", "--quiet"]);
+    assert_eq!(run.code, 12, "{}", run.stderr);
+    assert!(run.stderr.contains("is a link"), "{}", run.stderr);
+    assert!(is_link(&folder));
+}
+
+/// Puts `models/.kmm` on another file system: a tmpfs mounted there where the test may mount
+/// one (root), else a link to a folder on `/dev/shm` when that is another file system. `None`:
+/// neither is possible here, and the caller skips.
+fn kmm_dir_on_another_file_system(ws: &Workspace) -> Option<(PathBuf, Option<tempfile::TempDir>)> {
+    let kmm = ws.models.join(".kmm");
+    fs_err::create_dir_all(&kmm).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&kmm)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if mounted {
+        return Some((kmm, None));
+    }
+    fs_err::remove_dir(&kmm).unwrap();
+    let shm = tempfile::tempdir_in("/dev/shm").ok()?;
+    let dev = |path: &Path| fs_err::metadata(path).unwrap().dev();
+    if dev(shm.path()) == dev(&ws.models) {
+        return None;
+    }
+    symlink(shm.path(), &kmm).unwrap();
+    Some((shm.path().to_path_buf(), Some(shm)))
+}
+
+#[test]
+fn a_kmm_folder_on_another_file_system_installs_updates_and_removes() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[]);
+    let Some((kmm, _keep)) = kmm_dir_on_another_file_system(&ws) else {
+        eprintln!("skipped: cannot put models/.kmm on another file system here");
+        return;
+    };
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(ws.models.join(".kmm"));
+    manifest_with_include(&ws, &["config.json"]);
+    let first = ws.run(&["apply", "-v"]);
+    first.ok();
+    assert!(!first.stderr.contains("os error 18"), "{}", first.stderr);
+    manifest_with_include(&ws, &["config.json", "*.safetensors", "vocab.txt"]);
+    ws.run(&["apply", "--quiet"]).ok();
+    let folder = ws.model_dir(FIRST);
+    for file in ["config.json", "model.safetensors", "vocab.txt"] {
+        assert!(folder.join(file).is_file(), "{file}");
+    }
+    assert!(
+        kmm.join("lock").is_file(),
+        "the lock lives on the other file system"
+    );
+    ws.write_manifest(&[(SECOND, "main")]);
+    let text = fs_err::read_to_string(ws.manifest_path()).unwrap();
+    fs_err::write(
+        ws.manifest_path(),
+        text.replace("[settings]\n", "[settings]\nprune = true\n"),
+    )
+    .unwrap();
+    ws.run(&["apply", "--quiet"]).ok();
+    assert!(!folder.exists());
+    assert!(ws.model_dir(SECOND).join("model.safetensors").is_file());
+    assert!(
+        work_leftovers(&ws.models).is_empty(),
+        "{:?}",
+        work_leftovers(&ws.models)
+    );
+    let plan = ws.run(&["plan", "--json"]);
+    assert!(
+        plan.json()["data"]["actions"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{}",
+        plan.stdout
+    );
 }
