@@ -313,10 +313,24 @@ pub struct ObservedDir {
 }
 
 /// A regular file as `stat` sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObservedFile {
     pub size: u64,
     pub modified: Option<SystemTime>,
+    /// (device, inode): two names of one file have the same (a move that was interrupted
+    /// between linking the file into its model folder and deleting the old name).
+    pub inode: Option<(u64, u64)>,
+}
+
+impl ObservedFile {
+    fn of(metadata: &std::fs::Metadata) -> ObservedFile {
+        use std::os::unix::fs::MetadataExt as _;
+        ObservedFile {
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            inode: Some((metadata.dev(), metadata.ino())),
+        }
+    }
 }
 
 /// Loads the registry and scans `dirs` (relative to the models directory; missing folders are
@@ -471,13 +485,7 @@ impl Scan<'_> {
                 if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
                     self.strays.push(self.base.join(&key));
                 }
-                self.files.insert(
-                    key,
-                    ObservedFile {
-                        size: metadata.len(),
-                        modified: metadata.modified().ok(),
-                    },
-                );
+                self.files.insert(key, ObservedFile::of(&metadata));
             } else if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
                 self.strays.push(self.base.join(&key));
             }
@@ -533,13 +541,7 @@ impl Walk<'_> {
                 let Ok(metadata) = entry.metadata() else {
                     continue;
                 };
-                self.loose.insert(
-                    relative,
-                    ObservedFile {
-                        size: metadata.len(),
-                        modified: metadata.modified().ok(),
-                    },
-                );
+                self.loose.insert(relative, ObservedFile::of(&metadata));
             }
         }
         Ok(())

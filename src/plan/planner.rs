@@ -346,6 +346,31 @@ impl<'a> Planner<'a> {
         });
     }
 
+    /// A loose file that is another name of a file of the same name in a model folder (one
+    /// inode) is the old name of a move that was interrupted after the file was linked into
+    /// place (a kill, a full disk at the registry write): deleting that name loses no byte,
+    /// and a resumed run ends where an uninterrupted one ends.
+    fn finish_interrupted_moves(&mut self) {
+        let mut in_folders: HashMap<(u64, u64), &str> = HashMap::new();
+        for dir in self.input.observed.dirs.values() {
+            for (path, file) in &dir.files {
+                if let Some(inode) = file.inode {
+                    in_folders.insert(inode, path.rsplit('/').next().unwrap_or(path));
+                }
+            }
+        }
+        for (path, file) in &self.input.observed.loose {
+            let same_name = file
+                .inode
+                .and_then(|inode| in_folders.get(&inode))
+                .is_some_and(|name| path.file_name().is_some_and(|own| own == *name));
+            if same_name && self.moved_loose.insert(path.clone()) {
+                self.actions
+                    .push(Action::DeleteMoved { path: path.clone() });
+            }
+        }
+    }
+
     fn finish(mut self, strays: Vec<PathBuf>) -> Plan {
         // `layout_only` installs take no download: drop the fetches (and loose-file deletions)
         // that no remaining install uses.
@@ -368,6 +393,7 @@ impl<'a> Planner<'a> {
                 _ => true,
             });
         }
+        self.finish_interrupted_moves();
         // Loose files nothing takes: reported, never deleted (kmm cannot tell whose they are).
         let taken: BTreeSet<&Path> = self
             .actions
