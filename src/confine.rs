@@ -209,6 +209,29 @@ mod tests {
     }
 
     #[test]
+    fn a_mount_point_inside_a_tree_is_not_entered() {
+        let root = tempfile::tempdir().unwrap();
+        let tree = root.path().join("trash/old");
+        let mounted = tree.join("mnt");
+        fs_err::create_dir_all(&mounted).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&mounted)
+            .stderr(std::process::Stdio::null())
+            .status();
+        if !status.is_ok_and(|status| status.success()) {
+            eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+            return;
+        }
+        write(&mounted.join("other-disk.txt"), "not on this file system");
+        let error = remove_tree(&tree).unwrap_err();
+        let survived = mounted.join("other-disk.txt").exists();
+        let _ = std::process::Command::new("umount").arg(&mounted).status();
+        assert!(error.to_string().contains("mount point"), "{error}");
+        assert!(survived, "the delete crossed into another file system");
+    }
+
+    #[test]
     fn emptying_a_folder_keeps_it_and_refuses_a_link() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("staging");

@@ -259,19 +259,13 @@ fn a_model_folder_linked_to_another_disk_stays_a_link_when_its_selection_changes
 }
 
 /// Puts `models/.kmm` on another file system: a tmpfs mounted there where the test may mount
-/// one (root), else a link to a folder on `/dev/shm` when that is another file system. `None`:
-/// neither is possible here, and the caller skips.
-fn kmm_dir_on_another_file_system(ws: &Workspace) -> Option<(PathBuf, Option<tempfile::TempDir>)> {
+/// one (root), else a link to a folder on `/dev/shm` when that is another file system. Returns
+/// where `.kmm`'s files land and what to keep alive (the mount, or the folder); `None`: neither
+/// is possible here, and the caller skips.
+fn kmm_dir_on_another_file_system(ws: &Workspace) -> Option<(PathBuf, Box<dyn std::any::Any>)> {
     let kmm = ws.models.join(".kmm");
-    fs_err::create_dir_all(&kmm).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&kmm)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if mounted {
-        return Some((kmm, None));
+    if let Some(mount) = crate::support::Tmpfs::mount(&kmm, "64m") {
+        return Some((kmm, Box::new(mount)));
     }
     fs_err::remove_dir(&kmm).unwrap();
     let shm = tempfile::tempdir_in("/dev/shm").ok()?;
@@ -280,7 +274,7 @@ fn kmm_dir_on_another_file_system(ws: &Workspace) -> Option<(PathBuf, Option<tem
         return None;
     }
     symlink(shm.path(), &kmm).unwrap();
-    Some((shm.path().to_path_buf(), Some(shm)))
+    Some((shm.path().to_path_buf(), Box::new(shm)))
 }
 
 #[test]
@@ -291,13 +285,6 @@ fn a_kmm_folder_on_another_file_system_installs_updates_and_removes() {
         eprintln!("skipped: cannot put models/.kmm on another file system here");
         return;
     };
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(ws.models.join(".kmm"));
     manifest_with_include(&ws, &["config.json"]);
     let first = ws.run(&["apply", "-v"]);
     first.ok();
