@@ -139,7 +139,8 @@ fn park(path: &Path, trash: &Path) -> Result<PathBuf> {
 /// Used where kmm's own folders are on another file system (`models/.kmm` on a bigger disk, a
 /// model folder linked to another disk), since a rename cannot cross file systems. The store's
 /// walk skips folders named `.kmm-*`; leftovers of a killed run are removed by
-/// [`sweep_work_dirs`] at the next install of the same folder.
+/// [`sweep_work_dirs`] at the next install of the same folder, and inside the models directory
+/// by [`sweep_all_work_dirs`] at the start of every apply.
 pub(crate) fn work_dir_beside(path: &Path, kind: &str) -> Result<PathBuf> {
     let parent = path.parent().expect("a model folder has a parent");
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -169,6 +170,34 @@ pub(crate) fn sweep_work_dirs(path: &Path) {
             .any(|kind| entry_name.starts_with(&format!(".kmm-{kind}.{name}.")));
         if ours && let Err(error) = crate::confine::remove_tree(&entry.path()) {
             tracing::warn!(path = %entry.path().display(), %error, "could not delete a leftover work folder");
+        }
+    }
+}
+
+/// Deletes the work folders [`work_dir_beside`] left anywhere in the layout's upper levels
+/// (`models/*/`, `models/*/*/`, where model folders live) by a run killed between a swap and
+/// the delete of the old folder, which no later install of that folder would sweep. The caller
+/// holds the store lock. A few `readdir`s; best effort.
+pub(crate) fn sweep_all_work_dirs(root: &Path) {
+    let mut folders = vec![(root.to_path_buf(), 0)];
+    while let Some((folder, depth)) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let is_dir = entry.file_type().is_ok_and(|kind| kind.is_dir());
+            if !is_dir || (depth == 0 && name == ".kmm") {
+                continue;
+            }
+            if name.starts_with(".kmm-staging.") || name.starts_with(".kmm-old.") {
+                if let Err(error) = crate::confine::remove_tree(&entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), %error, "could not delete a leftover work folder");
+                }
+            } else if depth < 2 {
+                folders.push((entry.path(), depth + 1));
+            }
         }
     }
 }
@@ -434,5 +463,56 @@ mod tests {
         }
         empty_dir(root.path()).unwrap();
         assert_eq!(fs_err::read_dir(root.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn leftover_work_folders_are_swept_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let models = root.path();
+        write(
+            &models.join("transformers/acme/.kmm-staging.m.x1/config.json"),
+            "{}",
+        );
+        write(
+            &models.join("transformers/acme/.kmm-old.m.x2/m/w.bin"),
+            "old",
+        );
+        write(&models.join("transformers/.kmm-old.gpt2.x3/gpt2/f"), "old");
+        write(&models.join("transformers/acme/m/config.json"), "{}");
+        write(
+            &models.join("transformers/acme/.hidden-user-folder/f"),
+            "mine",
+        );
+        write(
+            &models.join(".kmm/staging/.kmm-staging.m.x4/f"),
+            "kmm's own, emptied elsewhere",
+        );
+        sweep_all_work_dirs(models);
+        let mut left: Vec<String> = walk(models);
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".kmm/staging/.kmm-staging.m.x4/f",
+                "transformers/acme/.hidden-user-folder/f",
+                "transformers/acme/m/config.json",
+            ]
+        );
+    }
+
+    fn walk(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs_err::read_dir(&dir).unwrap().flatten() {
+                if entry.file_type().unwrap().is_dir() {
+                    stack.push(entry.path());
+                } else {
+                    let relative = entry.path().strip_prefix(root).unwrap().to_path_buf();
+                    out.push(relative.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out
     }
 }

@@ -249,6 +249,7 @@ impl<'a> Engine<'a> {
         }
         fsops::empty_dir(&paths.staging_dir())?;
         fsops::empty_dir(&paths.trash_dir())?;
+        fsops::sweep_all_work_dirs(paths.root());
         Ok(())
     }
 

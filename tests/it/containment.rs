@@ -324,3 +324,52 @@ fn a_kmm_folder_on_another_file_system_installs_updates_and_removes() {
         plan.stdout
     );
 }
+
+#[test]
+fn kills_while_models_dot_kmm_is_on_another_file_system_leave_no_work_folder_behind() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[]);
+    let Some((_kmm, _keep)) = kmm_dir_on_another_file_system(&ws) else {
+        eprintln!("skipped: cannot put models/.kmm on another file system here");
+        return;
+    };
+    let mut landed = 0;
+    for round in 0..16u64 {
+        // Alternate between two selections so that every round replaces a folder.
+        let include: &[&str] = if round % 2 == 0 {
+            &["config.json", "*.safetensors"]
+        } else {
+            &["config.json", "vocab.txt"]
+        };
+        manifest_with_include(&ws, include);
+        let mut child = ws.spawn(&["apply", "--quiet"]);
+        std::thread::sleep(std::time::Duration::from_millis(1 + (round * 5) % 30));
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        ws.run(&["apply", "--quiet"]).ok();
+        assert!(
+            work_leftovers(&ws.models).is_empty(),
+            "round {round}: {:?}",
+            work_leftovers(&ws.models)
+        );
+        let plan = ws.run(&["plan", "--json"]);
+        assert!(
+            plan.json()["data"]["actions"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            "round {round}: {}",
+            plan.stdout
+        );
+        for file in include.iter().filter(|g| !g.contains('*')) {
+            assert!(
+                ws.model_dir(FIRST).join(file).is_file(),
+                "round {round}: {file}"
+            );
+        }
+    }
+    eprintln!("{landed} of 16 kills landed while apply ran");
+}
