@@ -202,6 +202,45 @@ pub(crate) fn sweep_all_work_dirs(root: &Path) {
     }
 }
 
+/// Recreates in `staged` every symbolic link the user put in the old folder `old` (a LoRA
+/// linked from elsewhere, a convenience name), with the same target text, where `staged` has
+/// nothing at that path: an install replaces the folder, and the user's links would otherwise
+/// go with the old one. Links are never followed (a linked folder is one link). Returns how
+/// many were carried.
+pub(crate) fn carry_links(old: &Path, staged: &Path) -> Result<usize> {
+    let mut carried = 0;
+    let mut folders = vec![std::path::PathBuf::new()];
+    while let Some(relative) = folders.pop() {
+        let Ok(entries) = std::fs::read_dir(old.join(&relative)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let path = relative.join(entry.file_name());
+            if kind.is_dir() {
+                folders.push(path);
+            } else if kind.is_symlink() {
+                let to = staged.join(&path);
+                if std::fs::symlink_metadata(&to).is_ok() {
+                    continue;
+                }
+                let target = fs_err::read_link(entry.path())
+                    .map_err(|e| Error::io("reading a link in a model folder", &e))?;
+                if let Some(parent) = to.parent() {
+                    fs_err::create_dir_all(parent)
+                        .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+                }
+                std::os::unix::fs::symlink(&target, &to)
+                    .map_err(|e| Error::io(format!("keeping the link {}", path.display()), &e))?;
+                carried += 1;
+            }
+        }
+    }
+    Ok(carried)
+}
+
 /// Whether `a` and `b` (or their nearest existing ancestors) are on one file system, so that a
 /// rename between them works.
 pub(crate) fn same_file_system(a: &Path, b: &Path) -> bool {

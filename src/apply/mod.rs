@@ -620,6 +620,20 @@ impl InstallJob {
                 .with_hint("run `kmm plan` again; the file changed since the plan was made"));
             }
         }
+        for old in std::iter::once(destination.clone()).chain(
+            self.previous
+                .iter()
+                .map(|previous| self.root.join(previous)),
+        ) {
+            let carried = fsops::carry_links(&old, staged.path())?;
+            if carried > 0 {
+                tracing::info!(
+                    "{}: kept {carried} link(s) of {}",
+                    self.model,
+                    old.display()
+                );
+            }
+        }
         // Installs run in parallel: one may remove an owner folder (`transformers/acme/`) it
         // just emptied between another's creating it and renaming its model into it (found by
         // the SIGKILL-migrate test). Changes to the layout's folders take turns.

@@ -373,3 +373,40 @@ fn kills_while_models_dot_kmm_is_on_another_file_system_leave_no_work_folder_beh
     }
     eprintln!("{landed} of 16 kills landed while apply ran");
 }
+
+#[test]
+fn the_users_links_inside_a_model_folder_survive_a_reinstall_and_their_targets_too() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[]);
+    manifest_with_include(&ws, &["config.json"]);
+    ws.run(&["apply", "--quiet"]).ok();
+    let folder = ws.model_dir(FIRST);
+    let outside = users_folder(ws.dir.path(), "loras");
+    let before = read_tree(&outside);
+    symlink(
+        outside.join("thesis.tex"),
+        folder.join("my-lora.safetensors"),
+    )
+    .unwrap();
+    fs_err::create_dir_all(folder.join("adapters")).unwrap();
+    symlink(&outside, folder.join("adapters/all")).unwrap();
+
+    manifest_with_include(&ws, &["config.json", "*.safetensors"]);
+    ws.run(&["apply", "--quiet"]).ok();
+    assert!(folder.join("model.safetensors").is_file());
+    assert!(is_link(&folder.join("my-lora.safetensors")));
+    assert_eq!(
+        fs_err::read_link(folder.join("adapters/all")).unwrap(),
+        outside
+    );
+    assert_eq!(read_tree(&outside), before, "a link was followed");
+    let plan = ws.run(&["plan", "--json"]);
+    assert!(
+        plan.json()["data"]["actions"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{}",
+        plan.stdout
+    );
+}
