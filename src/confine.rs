@@ -17,7 +17,8 @@
 //! entered: the deletion stops there with an error, as `rm --one-file-system` does.
 //!
 //! Edges: file-system calls only (through `rustix`); knows nothing of plans or the registry.
-//! Called by the store lock (the check) and by `apply`'s file moves (the deletes).
+//! Called by the store lock (the check) and by `apply`'s file moves (the deletes); imports no
+//! store module (it is given `models/.kmm`'s path).
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -28,7 +29,6 @@ use std::path::Path;
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::StorePaths;
 
 /// Entries of `models/.kmm/` that kmm creates and deletes in: a link there would send those
 /// deletes and writes outside the store.
@@ -43,10 +43,10 @@ const OWN_ENTRIES: [&str; 8] = [
     "licenses.json",
 ];
 
-/// Refuses a store whose internal folders or files are links (see the module doc). Read-only;
-/// missing entries are fine (kmm creates them).
-pub fn check_own_folders(paths: &StorePaths) -> Result<()> {
-    let kmm_dir = paths.kmm_dir();
+/// Refuses a store whose internal folders or files (in `kmm_dir`, the store's `models/.kmm`)
+/// are links (see the module doc). Read-only; missing entries are fine (kmm creates them).
+pub fn check_own_folders(kmm_dir: &Path) -> Result<()> {
+    let kmm_dir = kmm_dir.to_path_buf();
     if let Ok(metadata) = std::fs::symlink_metadata(&kmm_dir)
         && metadata.file_type().is_symlink()
     {
@@ -252,13 +252,13 @@ mod tests {
     #[test]
     fn a_store_with_linked_own_folders_is_refused_naming_the_link() {
         let root = tempfile::tempdir().unwrap();
-        let paths = StorePaths::new(root.path().join("models"));
-        check_own_folders(&paths).unwrap(); // nothing there yet
+        let paths = crate::store::StorePaths::new(root.path().join("models"));
+        check_own_folders(&paths.kmm_dir()).unwrap(); // nothing there yet
         fs_err::create_dir_all(paths.kmm_dir()).unwrap();
         let precious = root.path().join("precious");
         write(&precious.join("f"), "keep");
         std::os::unix::fs::symlink(&precious, paths.trash_dir()).unwrap();
-        let error = check_own_folders(&paths).unwrap_err();
+        let error = check_own_folders(&paths.kmm_dir()).unwrap_err();
         assert_eq!(error.code(), ErrorCode::Perm);
         let text = error.to_string();
         assert!(
@@ -266,7 +266,7 @@ mod tests {
             "{text}"
         );
         fs_err::remove_file(paths.trash_dir()).unwrap();
-        check_own_folders(&paths).unwrap();
+        check_own_folders(&paths.kmm_dir()).unwrap();
     }
 
     #[test]
@@ -274,20 +274,20 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let models = root.path().join("models");
         fs_err::create_dir_all(&models).unwrap();
-        let paths = StorePaths::new(&models);
+        let kmm_dir = models.join(".kmm");
         let elsewhere = root.path().join("big-disk/kmm");
         fs_err::create_dir_all(&elsewhere).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, paths.kmm_dir()).unwrap();
-        check_own_folders(&paths).unwrap(); // empty: kmm may make it its own
+        std::os::unix::fs::symlink(&elsewhere, &kmm_dir).unwrap();
+        check_own_folders(&kmm_dir).unwrap(); // empty: kmm may make it its own
         write(&elsewhere.join("lock"), "");
         write(&elsewhere.join("downloads/abc"), "");
-        check_own_folders(&paths).unwrap(); // already kmm's
+        check_own_folders(&kmm_dir).unwrap(); // already kmm's
         let documents = root.path().join("documents");
         write(&documents.join("thesis.tex"), "years of work");
-        fs_err::remove_file(paths.kmm_dir()).unwrap();
-        std::os::unix::fs::symlink(&documents, paths.kmm_dir()).unwrap();
+        fs_err::remove_file(&kmm_dir).unwrap();
+        std::os::unix::fs::symlink(&documents, &kmm_dir).unwrap();
         assert_eq!(
-            check_own_folders(&paths).unwrap_err().code(),
+            check_own_folders(&kmm_dir).unwrap_err().code(),
             ErrorCode::Perm
         );
     }

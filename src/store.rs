@@ -94,7 +94,7 @@ impl StoreLock {
         timeout: Option<Duration>,
         on_wait: &mut dyn FnMut(),
     ) -> Result<StoreLock> {
-        crate::confine::check_own_folders(paths)?;
+        crate::confine::check_own_folders(&paths.kmm_dir())?;
         let kmm_dir = paths.kmm_dir();
         fs_err::create_dir_all(&kmm_dir)
             .map_err(|error| Error::io(format!("creating `{}`", kmm_dir.display()), &error))?;
