@@ -798,6 +798,8 @@ mod tests {
         Endless(&'static [u8]),
         /// This head and a few body bytes, then silence.
         Stall(&'static [u8]),
+        /// This head, then one body byte every 20 ms until the client hangs up.
+        Trickle(&'static [u8]),
     }
 
     /// An HTTP/1.1 server on 127.0.0.1 for the cases the fake hub cannot produce (redirect
@@ -834,6 +836,12 @@ mod tests {
                             let _ = stream.write_all(head).await;
                             let _ = stream.write_all(b"0123456789").await;
                             tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        Reply::Trickle(head) => {
+                            let _ = stream.write_all(head).await;
+                            while stream.write_all(b"x").await.is_ok() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
                         }
                     }
                 });
@@ -928,6 +936,40 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(count.load(Ordering::SeqCst), 4);
+        assert!(!dest.exists());
+    }
+
+    #[tokio::test]
+    async fn a_trickling_body_is_dropped_below_the_minimum_rate_on_fresh_connections() {
+        // Keep-alive: only dropping the stalled response makes the client connect again.
+        let (url, count) = serve(Reply::Trickle(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        ))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let file = UpstreamFile {
+            path: "f.bin".into(),
+            size: 100,
+            hash: crate::upstream::FileHash::GitSha1(SHA.into()),
+        };
+        let mut client = quick_client(&url);
+        // 50 B/s, a byte every 20 ms: never silent for the 200 ms read timeout.
+        client.config.min_rate_bytes_per_sec = 1000;
+        client.config.min_rate_window = Duration::from_millis(200);
+        let error = client
+            .download("org/m", SHA, &file, &dest, &|_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Net);
+        let message = error.message();
+        assert!(message.contains("file `f.bin` of `org/m`"), "{error}");
+        assert!(message.contains("after 3 attempts"), "{error}");
+        assert!(message.contains("B/s over the last 200ms"), "{error}");
+        assert!(message.contains("below the 1.0 kB/s minimum"), "{error}");
+        assert!(error.hint().unwrap().contains("KMM_HUB_MIN_RATE_TIME"));
+        // Two retries (`max_retries`), each on a connection of its own.
+        assert_eq!(count.load(Ordering::SeqCst), 3);
         assert!(!dest.exists());
     }
 

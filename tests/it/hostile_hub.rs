@@ -660,7 +660,7 @@ fn a_trickling_hub_is_dropped_below_the_minimum_rate_and_ends_in_e_net() {
             ranges
                 .iter()
                 .flatten()
-                .any(|range| range_start(range) % (64 << 10) != 0),
+                .any(|range| !range_start(range).is_multiple_of(64 << 10)),
             "{case}: no retry continued mid-way: {ranges:?}"
         );
         // The same again through `--json`, with every promise of a hostile case checked.
@@ -693,7 +693,7 @@ fn a_hub_that_stalls_once_converges_with_the_bytes_it_sent_kept() {
             .iter()
             .flatten()
             .map(|range| range_start(range))
-            .filter(|start| start % (64 << 10) != 0)
+            .filter(|start| !start.is_multiple_of(64 << 10))
             .collect();
         assert_eq!(resumed.len(), 1, "{case}: {ranges:?}");
         if size > 256 << 10 {
