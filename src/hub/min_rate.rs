@@ -168,7 +168,8 @@ impl RateWatch {
             }
             last = at;
         }
-        // Unreachable: once every slot has aged out the window holds no bytes. Kept total.
+        // Not reached: once every slot has aged out the window holds no bytes, which is a
+        // stall. A deadline one window later keeps the function total all the same.
         last + self.rule.window
     }
 }
