@@ -19,6 +19,7 @@
 //! | most connections per large file (4 start; more join when connections are slow) | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 16 |
 //! | progress as JSON lines on stderr (with `--json`) | | `KMM_PROGRESS_JSON=1` | | off |
 //! | hub retries and timeouts (a bad value is `E_ARGS`) | | `KMM_HUB_MAX_RETRIES` (0-100), `KMM_HUB_RETRY_DELAY`, `KMM_HUB_CONNECT_TIMEOUT`, `KMM_HUB_READ_TIMEOUT` (durations) | | 5, 1s, 10s, 30s |
+//! | minimum download rate: a body below it over the window is dropped, retried on a fresh connection, and after 3 stalls in a row `E_NET` (a bad value is `E_ARGS`) | | `KMM_HUB_MIN_RATE` (bytes per second, 0 turns the rule off), `KMM_HUB_MIN_RATE_TIME` (a duration) | | 1024, 30s |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,6 +32,9 @@ use crate::manifest::Manifest;
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// Parallel downloads when nothing else says.
 pub const DEFAULT_MAX_WORKERS: usize = 8;
+
+/// Highest `KMM_HUB_MIN_RATE` (10 GB/s): anything above is a typo, not a link.
+const MAX_MIN_RATE: u64 = 10_000_000_000;
 
 /// Looks up an environment variable.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -92,6 +96,10 @@ pub struct HubTuning {
     pub connect_timeout: Option<Duration>,
     /// `KMM_HUB_READ_TIMEOUT`.
     pub read_timeout: Option<Duration>,
+    /// `KMM_HUB_MIN_RATE`, bytes per second (0: no minimum).
+    pub min_rate: Option<u64>,
+    /// `KMM_HUB_MIN_RATE_TIME`: the window the minimum rate is measured over.
+    pub min_rate_time: Option<Duration>,
 }
 
 impl HubTuning {
@@ -108,6 +116,12 @@ impl HubTuning {
         }
         if let Some(timeout) = self.read_timeout {
             config.read_timeout = timeout;
+        }
+        if let Some(rate) = self.min_rate {
+            config.min_rate_bytes_per_sec = rate;
+        }
+        if let Some(window) = self.min_rate_time {
+            config.min_rate_window = window;
         }
     }
 }
@@ -198,6 +212,8 @@ pub fn resolve(
             retry_delay: duration_env(env, "KMM_HUB_RETRY_DELAY")?,
             connect_timeout: duration_env(env, "KMM_HUB_CONNECT_TIMEOUT")?,
             read_timeout: duration_env(env, "KMM_HUB_READ_TIMEOUT")?,
+            min_rate: number_env(env, "KMM_HUB_MIN_RATE", 0, MAX_MIN_RATE)?,
+            min_rate_time: duration_env(env, "KMM_HUB_MIN_RATE_TIME")?,
         },
     })
 }
@@ -436,6 +452,51 @@ mod tests {
         assert_eq!(config.max_retries, 2);
         assert_eq!(config.read_timeout, Duration::from_millis(300));
         assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.min_rate_bytes_per_sec, crate::hub::DEFAULT_MIN_RATE);
+        assert_eq!(config.min_rate_window, crate::hub::DEFAULT_MIN_RATE_WINDOW);
+    }
+
+    #[test]
+    fn the_minimum_rate_from_the_environment_and_bad_values_are_args_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_with("", dir.path());
+        let home = dir.path().join("hf");
+        let home = home.to_str().unwrap();
+        let settings_with = |pairs: &[(&str, &str)]| {
+            let mut pairs = pairs.to_vec();
+            pairs.push(("HF_HOME", home));
+            let env = env_of(&pairs);
+            resolve(&Overrides::default(), &env, &manifest, dir.path())
+        };
+        let tuning = settings_with(&[
+            ("KMM_HUB_MIN_RATE", "2048"),
+            ("KMM_HUB_MIN_RATE_TIME", "1s"),
+        ])
+        .unwrap()
+        .hub_tuning;
+        assert_eq!(tuning.min_rate, Some(2048));
+        assert_eq!(tuning.min_rate_time, Some(Duration::from_secs(1)));
+        let mut config = crate::hub::HubConfig::new("http://127.0.0.1:1");
+        tuning.apply_to(&mut config);
+        assert_eq!(config.min_rate_bytes_per_sec, 2048);
+        assert_eq!(config.min_rate_window, Duration::from_secs(1));
+        // 0 turns the rule off; unset leaves the default.
+        let off = settings_with(&[("KMM_HUB_MIN_RATE", "0")])
+            .unwrap()
+            .hub_tuning;
+        assert_eq!(off.min_rate, Some(0));
+        assert_eq!(off.min_rate_time, None);
+        for (name, bad) in [
+            ("KMM_HUB_MIN_RATE", "1kB"),
+            ("KMM_HUB_MIN_RATE", "-1"),
+            ("KMM_HUB_MIN_RATE", "99999999999999"),
+            ("KMM_HUB_MIN_RATE_TIME", "0s"),
+            ("KMM_HUB_MIN_RATE_TIME", "a while"),
+        ] {
+            let error = settings_with(&[(name, bad)]).unwrap_err();
+            assert_eq!(error.code(), crate::error::ErrorCode::Args, "{name}={bad}");
+            assert!(error.to_string().contains(name), "{error}");
+        }
     }
 
     fn manifest_with(text: &str, dir: &Path) -> Manifest {
