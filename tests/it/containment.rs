@@ -410,3 +410,93 @@ fn the_users_links_inside_a_model_folder_survive_a_reinstall_and_their_targets_t
         plan.stdout
     );
 }
+
+#[test]
+fn a_watch_interval_below_a_second_is_e_args() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[(FIRST, "main")]);
+    for args in [
+        &["watch", "--interval", "1ms"][..],
+        &["watch", "--interval", "999ms"],
+        &["watch", "--retry-delay", "1ms"],
+    ] {
+        let run = ws.run(args);
+        assert_eq!(run.code, 18, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("too short") && run.stderr.contains("hint:"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(!ws.models.exists(), "a refused watch touched the store");
+}
+
+#[test]
+fn json_version_and_help_print_one_envelope() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[]);
+    for args in [&["--json", "--version"][..], &["--version", "--json"]] {
+        let doc = ws.run(args).ok().json();
+        assert_eq!(doc["success"], true, "{doc}");
+        assert_eq!(doc["data"]["version"], env!("CARGO_PKG_VERSION"), "{doc}");
+    }
+    for args in [
+        &["--json", "help", "plan"][..],
+        &["--json", "plan", "--help"],
+        &["plan", "--json", "-h"],
+    ] {
+        let doc = ws.run(args).ok().json();
+        assert_eq!(
+            doc["data"]["command"],
+            serde_json::json!(["kmm", "plan"]),
+            "{args:?}: {doc}"
+        );
+        assert!(
+            doc["data"]["help"]
+                .as_str()
+                .unwrap()
+                .contains("Usage: kmm plan"),
+            "{doc}"
+        );
+    }
+    // Without --json, help and version stay text.
+    let text = ws.run(&["--version"]).ok().stdout.clone();
+    assert!(text.starts_with("kmm "), "{text}");
+}
+
+#[test]
+fn a_manifest_path_that_is_a_folder_or_too_long_is_e_args() {
+    let hub = FakeHub::start(repos());
+    let ws = Workspace::new(&hub, &[]);
+    let folder = ws.dir.path().to_string_lossy().into_owned();
+    let long_name = ws
+        .dir
+        .path()
+        .join("m".repeat(300))
+        .to_string_lossy()
+        .into_owned();
+    let long_path = ws
+        .dir
+        .path()
+        .join(vec!["d".repeat(200); 25].join("/"))
+        .to_string_lossy()
+        .into_owned();
+    for manifest in [&folder, &long_name, &long_path] {
+        for verb in ["plan", "apply"] {
+            let run = ws.run(&[verb, "--json", "--manifest", manifest]);
+            assert_eq!(
+                run.error_code(),
+                "E_ARGS",
+                "{verb} --manifest {}: {}",
+                &manifest[..60],
+                run.stdout
+            );
+        }
+    }
+    let run = ws.run(&["plan", "--manifest", &folder]);
+    assert!(
+        run.stderr.contains("kari-models.toml"),
+        "the hint names the file: {}",
+        run.stderr
+    );
+}
