@@ -34,11 +34,15 @@ pub(crate) fn write(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
     let name = path
         .file_name()
         .map_or_else(|| "file".into(), |name| name.to_string_lossy());
+    sweep_orphans(folder, &name);
     let mut temp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(folder)
         .map_err(|error| failed(&error))?;
+    // Held until the temp file is renamed or deleted: it tells a later writer that this temp
+    // file is not an orphan (see `sweep_orphans`). Advisory, so failing to take it is no error.
+    let _ = temp.as_file().try_lock();
     temp.write_all(bytes).map_err(|error| failed(&error))?;
     let permissions = match fs_err::metadata(path) {
         Ok(metadata) if metadata.is_file() => metadata.permissions(),
@@ -54,6 +58,45 @@ pub(crate) fn write(path: &Path, bytes: &[u8], what: &str) -> Result<()> {
         .map_err(|error| failed(&error))?;
     Ok(())
 }
+
+/// Removes the temp files (`.<name>.*.tmp` in `folder`) that killed writers of `name` left:
+/// a lock file or manifest is written without the store lock (`kmm lock`, `download --save`),
+/// so a SIGKILL mid-write would otherwise leave one in the user's checkout for good. A temp
+/// file is an orphan when its writer's lock on it can be taken (the kernel released it with the
+/// process) and it is more than a few seconds old (a writer between creating the file and
+/// locking it holds no lock yet). Best effort.
+fn sweep_orphans(folder: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        if !(file_name.starts_with(&prefix) && file_name.ends_with(".tmp")) {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        let old = file
+            .metadata()
+            .and_then(|metadata| metadata.modified())
+            .ok()
+            .and_then(|modified| modified.elapsed().ok())
+            .is_some_and(|age| age >= ORPHAN_AGE);
+        // Taking the lock (released when `file` closes) means nobody holds it.
+        let unlocked = file.metadata().is_ok_and(|m| m.is_file()) && file.try_lock().is_ok();
+        if old && unlocked {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// How old an unlocked temp file must be to count as an orphan.
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a write to `path` lands: `path` itself, or the file at the end of its chain of links
 /// (relative link targets resolve against the link's folder). A chain of more than 40 links is
@@ -129,5 +172,28 @@ mod tests {
         let looped = dir.path().join("loop");
         std::os::unix::fs::symlink(&looped, &looped).unwrap();
         assert!(write(&looped, b"x", "the lock file").is_err());
+    }
+
+    #[test]
+    fn temp_files_of_killed_writers_are_swept_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kari-models.lock");
+        let temp = |tag: &str| dir.path().join(format!(".kari-models.lock.{tag}.tmp"));
+        let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for tag in ["orphan", "live", "fresh"] {
+            let file = fs_err::File::create(temp(tag)).unwrap();
+            if tag != "fresh" {
+                file.set_modified(an_hour_ago).unwrap();
+            }
+        }
+        // A writer still at work holds the lock on its temp file.
+        let live = std::fs::File::open(temp("live")).unwrap();
+        live.lock().unwrap();
+        fs_err::write(dir.path().join(".other.tmp"), "").unwrap();
+        write(&path, b"lock\n", "the lock file").unwrap();
+        assert!(!temp("orphan").exists());
+        assert!(temp("live").exists() && temp("fresh").exists());
+        assert!(dir.path().join(".other.tmp").exists());
+        assert_eq!(fs_err::read(&path).unwrap(), b"lock\n");
     }
 }

@@ -500,3 +500,212 @@ fn a_manifest_path_that_is_a_folder_or_too_long_is_e_args() {
         run.stderr
     );
 }
+
+/// Every file under `dir` with its size, by relative path.
+fn sizes(dir: &Path) -> std::collections::BTreeMap<String, usize> {
+    read_tree(dir)
+        .into_iter()
+        .map(|(path, bytes)| (path, bytes.len()))
+        .collect()
+}
+
+/// A store of 1 declared model and 30 undeclared copies of it (150 files each) plus 2,000
+/// stale downloads: `kmm gc` then takes long enough to be killed mid-way.
+fn large_gc_store(hub: &FakeHub) -> (Workspace, u64) {
+    let ws = Workspace::new(hub, &[("many/base", "main")]);
+    ws.run(&["apply", "--quiet"]).ok();
+    let base = ws.model_dir("many/base");
+    let mut registry: serde_json::Value =
+        serde_json::from_str(&ws.registry_text().unwrap()).unwrap();
+    let record = registry["many/base"].clone();
+    let base_bytes = record["total_size"].as_u64().unwrap();
+    for i in 0..30 {
+        let id = format!("many/copy{i:02}");
+        let folder = ws.model_dir(&id);
+        fs_err::create_dir_all(&folder).unwrap();
+        for (path, bytes) in read_tree(&base) {
+            let to = folder.join(&path);
+            fs_err::create_dir_all(to.parent().unwrap()).unwrap();
+            fs_err::write(to, bytes).unwrap();
+        }
+        let mut copy = record.clone();
+        copy["model_id"] = id.clone().into();
+        copy["install_path"] = folder.to_string_lossy().into_owned().into();
+        registry[&id] = copy;
+    }
+    fs_err::write(
+        ws.registry_path(),
+        serde_json::to_string_pretty(&registry).unwrap(),
+    )
+    .unwrap();
+    let downloads = ws.models.join(".kmm/downloads");
+    fs_err::create_dir_all(&downloads).unwrap();
+    for i in 0..2000u32 {
+        fs_err::write(
+            downloads.join(format!("{:064x}", u64::from(i) + 1)),
+            b"stale",
+        )
+        .unwrap();
+    }
+    (ws, base_bytes)
+}
+
+fn many_files_repo() -> RepoSpec {
+    RepoSpec::new("many/base").commit(
+        (0..150)
+            .map(|i| {
+                FileSpec::regular(
+                    format!("part-{i:03}.json"),
+                    format!("{{\"part\":{i}}}").into_bytes(),
+                )
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn sigkill_during_gc_never_leaves_a_half_removed_model_and_a_rerun_ends_where_a_clean_one_ends() {
+    let hub = FakeHub::start(vec![many_files_repo()]);
+    let (clean, base_bytes) = large_gc_store(&hub);
+    // Keep only the declared model: every copy is evicted.
+    let quota = format!("{}", (base_bytes + 1) as f64 / 1e9);
+    let gc = ["gc", "--quiet", "--quota-gb", quota.as_str()];
+    let started = std::time::Instant::now();
+    clean.run(&gc).ok();
+    // Kill points spread over a clean run's length.
+    let took = started.elapsed();
+    let expected_registry: Vec<String> = {
+        let registry: serde_json::Value =
+            serde_json::from_str(&clean.registry_text().unwrap()).unwrap();
+        registry.as_object().unwrap().keys().cloned().collect()
+    };
+    assert_eq!(expected_registry, ["many/base"]);
+    let expected_files = sizes(&clean.models);
+    let base_files = sizes(&clean.model_dir("many/base"));
+
+    let mut landed = 0;
+    for round in 0..6u64 {
+        let (ws, _) = large_gc_store(&hub);
+        let mut child = ws.spawn(&gc);
+        std::thread::sleep(took * (round as u32 + 1) / 7);
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        // The registry parses; every model it lists is complete or (between the folder's
+        // removal and its record's) absent, never half-removed; so is every folder on disk.
+        let registry: serde_json::Value = serde_json::from_str(&ws.registry_text().unwrap())
+            .unwrap_or_else(|error| panic!("round {round}: torn registry: {error}"));
+        for id in registry.as_object().unwrap().keys() {
+            let folder = ws.model_dir(id);
+            if folder.exists() {
+                assert_eq!(
+                    sizes(&folder),
+                    base_files,
+                    "round {round}: {id} half-removed"
+                );
+            }
+        }
+        for entry in fs_err::read_dir(ws.models.join("transformers/many"))
+            .unwrap()
+            .flatten()
+        {
+            assert_eq!(
+                sizes(&entry.path()),
+                base_files,
+                "round {round}: {:?}",
+                entry.file_name()
+            );
+        }
+        ws.run(&gc).ok();
+        assert_eq!(
+            sizes(&ws.models),
+            expected_files,
+            "round {round}: a rerun ends elsewhere"
+        );
+    }
+    eprintln!("{landed} of 6 kills landed while gc ran (a clean gc took {took:?})");
+}
+
+#[test]
+fn sigkill_during_kmm_lock_leaves_the_old_lock_or_the_complete_new_one() {
+    let ids: Vec<String> = (0..30).map(|i| format!("many/m{i:02}")).collect();
+    let repos = ids
+        .iter()
+        .map(|id| {
+            RepoSpec::new(id).commit(vec![FileSpec::regular(
+                "config.json",
+                id.as_bytes().to_vec(),
+            )])
+        })
+        .collect();
+    let hub = FakeHub::start(repos);
+    let pairs: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "main")).collect();
+    let ws = Workspace::new(&hub, &pairs);
+    let lock = ws.dir.path().join("kari-models.lock");
+    ws.run(&["lock", "--quiet"]).ok();
+    let complete = fs_err::read_to_string(&lock).unwrap();
+    // Each hub answer takes 10 ms, so resolving 30 models takes a while.
+    hub.add_fault(crate::fake_hub::Fault::Latency {
+        path_contains: "/api/models/".into(),
+        millis: 10,
+        times: u32::MAX,
+    });
+    let started = std::time::Instant::now();
+    ws.run(&["lock", "--quiet"]).ok();
+    // Kill points spread over a clean run's length.
+    let took = started.elapsed();
+    let mut landed = 0;
+    for round in 0..8u64 {
+        // Half the rounds start from no lock, half from an older one (one model fewer).
+        let old = if round % 2 == 0 {
+            let _ = fs_err::remove_file(&lock);
+            None
+        } else {
+            ws.write_manifest(&pairs[1..]);
+            ws.run(&["lock", "--quiet"]).ok();
+            ws.write_manifest(&pairs);
+            Some(fs_err::read_to_string(&lock).unwrap())
+        };
+        let mut child = ws.spawn(&["lock", "--quiet"]);
+        std::thread::sleep(took * (round as u32 + 1) / 9);
+        if child.try_wait().unwrap().is_none() {
+            landed += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now = fs_err::read_to_string(&lock).ok();
+        assert!(
+            now == old || now.as_deref() == Some(complete.as_str()),
+            "round {round}: a torn lock: {now:?}"
+        );
+        // Orphaned temp files (backdated: the sweep leaves fresh ones to live writers) are
+        // removed by the next write.
+        for entry in fs_err::read_dir(ws.dir.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".kari-models.lock.") {
+                let an_hour_ago =
+                    std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+                fs_err::File::open(entry.path())
+                    .unwrap()
+                    .set_modified(an_hour_ago)
+                    .unwrap();
+            }
+        }
+        ws.run(&["lock", "--quiet"]).ok();
+        assert_eq!(
+            fs_err::read_to_string(&lock).unwrap(),
+            complete,
+            "round {round}"
+        );
+        let leftovers: Vec<String> = fs_err::read_dir(ws.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "round {round}: {leftovers:?}");
+    }
+    eprintln!("{landed} of 8 kills landed while lock ran (a clean lock took {took:?})");
+}
