@@ -249,9 +249,10 @@ mod tests {
         let manifest = Manifest::load(&missing).unwrap();
         assert_eq!(manifest.settings.models_dir, Some(dir.path().join("store")));
 
-        // A folder where the file should be is an I/O error, not "not found".
+        // A folder where the file should be is a usage error (the path is the user's), not
+        // "not found" and not a disk failure.
         let error = Manifest::load(dir.path()).unwrap_err();
-        assert_eq!(error.code(), ErrorCode::Disk, "{error}");
+        assert_eq!(error.code(), ErrorCode::Args, "{error}");
     }
 
     #[test]
