@@ -71,6 +71,7 @@ mod atomic_file;
 pub mod baselines;
 pub mod cli;
 pub mod compat;
+mod confine;
 pub mod desired;
 pub mod durability;
 pub mod error;

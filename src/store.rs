@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use fs_err::os::unix::fs::OpenOptionsExt as _;
 use std::collections::HashSet;
 use std::os::unix::fs::FileExt as _;
 use std::path::Component;
@@ -93,6 +94,7 @@ impl StoreLock {
         timeout: Option<Duration>,
         on_wait: &mut dyn FnMut(),
     ) -> Result<StoreLock> {
+        crate::confine::check_own_folders(&paths.kmm_dir())?;
         let kmm_dir = paths.kmm_dir();
         fs_err::create_dir_all(&kmm_dir)
             .map_err(|error| Error::io(format!("creating `{}`", kmm_dir.display()), &error))?;
@@ -102,6 +104,8 @@ impl StoreLock {
             .write(true)
             .create(true)
             .truncate(false)
+            // Checked above; this closes the gap of a link planted since.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|error| Error::io("opening the store lock", &error))?
             .into_file();
@@ -153,13 +157,21 @@ impl StoreLock {
 }
 
 /// Removes the temporary files of atomic writes that a killed kmm left behind: the registry's
-/// (`models/.model_registry.json.*.tmp`), the license acceptances' (`.kmm/.licenses.json.*`)
+/// (`models/.model_registry.json.*.tmp`, or beside the registry link's target), the license acceptances' (`.kmm/.licenses.json.*`)
 /// and the config mirrors' (`models/configs/.kmm-*.tmp`). Every such write happens under the
 /// store lock, so once we hold it, any of them is an orphan (found by the crash harness in
 /// `tests/it/reliability.rs`). Best effort: a file that cannot be removed is only logged.
 fn sweep_stale_temp_files(paths: &StorePaths) {
+    // A registry that is a link is written beside its target (see `atomic_file`).
+    let registry = crate::atomic_file::link_target(&paths.registry_file())
+        .unwrap_or_else(|_| paths.registry_file());
+    let registry_dir = registry.parent().unwrap_or(paths.root()).to_path_buf();
+    let registry_prefix = format!(
+        ".{}.",
+        registry.file_name().unwrap_or_default().to_string_lossy()
+    );
     let sites: [(PathBuf, &str, &str); 3] = [
-        (paths.root().to_path_buf(), ".model_registry.json.", ".tmp"),
+        (registry_dir, &registry_prefix, ".tmp"),
         (paths.kmm_dir(), ".licenses.json.", ""),
         (paths.root().join("configs"), ".kmm-", ".tmp"),
     ];
@@ -301,10 +313,24 @@ pub struct ObservedDir {
 }
 
 /// A regular file as `stat` sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ObservedFile {
     pub size: u64,
     pub modified: Option<SystemTime>,
+    /// (device, inode): two names of one file have the same (a move that was interrupted
+    /// between linking the file into its model folder and deleting the old name).
+    pub inode: Option<(u64, u64)>,
+}
+
+impl ObservedFile {
+    fn of(metadata: &std::fs::Metadata) -> ObservedFile {
+        use std::os::unix::fs::MetadataExt as _;
+        ObservedFile {
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            inode: Some((metadata.dev(), metadata.ino())),
+        }
+    }
 }
 
 /// Loads the registry and scans `dirs` (relative to the models directory; missing folders are
@@ -459,13 +485,7 @@ impl Scan<'_> {
                 if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
                     self.strays.push(self.base.join(&key));
                 }
-                self.files.insert(
-                    key,
-                    ObservedFile {
-                        size: metadata.len(),
-                        modified: metadata.modified().ok(),
-                    },
-                );
+                self.files.insert(key, ObservedFile::of(&metadata));
             } else if is_stray(key.rsplit('/').next().unwrap_or(&key)) {
                 self.strays.push(self.base.join(&key));
             }
@@ -503,7 +523,9 @@ impl Walk<'_> {
             if file_type.is_dir() {
                 // A scanned folder's files and strays were listed by its scan (which also
                 // covers the unscanned folders below it): one `readdir` per folder in all.
-                if path == self.kmm_dir || self.scanned.contains(&path) {
+                // `.kmm-*`: apply's work folders beside a destination on another file system.
+                if path == self.kmm_dir || self.scanned.contains(&path) || name.starts_with(".kmm-")
+                {
                     continue;
                 }
                 // Mirrors are derived data, not loose files; strays still count there.
@@ -519,13 +541,7 @@ impl Walk<'_> {
                 let Ok(metadata) = entry.metadata() else {
                     continue;
                 };
-                self.loose.insert(
-                    relative,
-                    ObservedFile {
-                        size: metadata.len(),
-                        modified: metadata.modified().ok(),
-                    },
-                );
+                self.loose.insert(relative, ObservedFile::of(&metadata));
             }
         }
         Ok(())

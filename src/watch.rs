@@ -7,7 +7,7 @@
 //!
 //! - Changes: `notify` watches the files' folders (editors often save by writing a temp file
 //!   and renaming it over the old one, which a watch on the file itself would lose). Events
-//!   are debounced: after the first, the loop waits until the files have been quiet for
+//!   are debounced (a watched file that is a link is watched at its target too): after the first, the loop waits until the files have been quiet for
 //!   `debounce`, so an editor's burst of writes is one reconcile. A change that leaves the
 //!   files' bytes as they were at the last reconcile (a touch; the lock that the reconcile
 //!   itself wrote) triggers nothing.
@@ -106,8 +106,17 @@ where
 {
     tokio::pin!(shutdown);
     let (sender, mut events) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let names: BTreeSet<OsString> = config
+    // A watched file that is a link (a manifest in a dotfiles checkout) changes where its
+    // target is: watch the target's folder and name too.
+    let watched: Vec<PathBuf> = config
         .files
+        .iter()
+        .flat_map(|path| {
+            let target = crate::atomic_file::link_target(path).unwrap_or_else(|_| path.clone());
+            [path.clone(), target]
+        })
+        .collect();
+    let names: BTreeSet<OsString> = watched
         .iter()
         .filter_map(|path| path.file_name().map(|name| name.to_os_string()))
         .collect();
@@ -125,8 +134,7 @@ where
         }
     })
     .map_err(|error| Error::internal(format!("starting the file watcher: {error}")))?;
-    let folders: BTreeSet<PathBuf> = config
-        .files
+    let folders: BTreeSet<PathBuf> = watched
         .iter()
         .map(|path| match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
@@ -213,6 +221,58 @@ mod tests {
         let delays: Vec<u64> = (1..=6).map(|n| backoff(second, n, max).as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
         assert_eq!(backoff(second, 200, Duration::MAX), second * 65_536);
+    }
+
+    /// A manifest that is a link to a dotfiles checkout: an edit of the target (the link's
+    /// folder sees no event) is a change. The interval is an hour, so only the event can
+    /// trigger the second reconcile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_edit_at_a_linked_manifests_target_is_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let dotfiles = dir.path().join("dotfiles");
+        let checkout = dir.path().join("checkout");
+        fs_err::create_dir_all(&dotfiles).unwrap();
+        fs_err::create_dir_all(&checkout).unwrap();
+        let target = dotfiles.join("models.toml");
+        fs_err::write(&target, "v0").unwrap();
+        let manifest = checkout.join("kari-models.toml");
+        std::os::unix::fs::symlink(&target, &manifest).unwrap();
+        let config = WatchConfig {
+            files: vec![manifest.clone(), checkout.join("kari-models.lock")],
+            interval: Duration::from_secs(3600),
+            debounce: Duration::from_millis(100),
+            retry_delay: Duration::from_millis(50),
+        };
+        let log: Arc<Mutex<Vec<(Trigger, String)>>> = Arc::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let loop_log = log.clone();
+        let task = tokio::spawn(run(
+            config,
+            move |trigger| {
+                let content = fs_err::read_to_string(&manifest).unwrap_or_default();
+                loop_log.lock().unwrap().push((trigger, content));
+                async { Verdict::Converged }
+            },
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while log.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // An editor's save: a new file renamed over the target.
+        fs_err::write(dotfiles.join(".models.toml.swp"), "v1").unwrap();
+        fs_err::rename(dotfiles.join(".models.toml.swp"), &target).unwrap();
+        while log.lock().unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "{:?}", log.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(log.lock().unwrap()[1], (Trigger::Change, "v1".to_string()));
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
     }
 
     /// Real files, real notify events: a burst of writes is one reconcile, an unchanged

@@ -264,7 +264,7 @@ impl Engine<'_> {
     }
 }
 
-/// Links (or copies) a Hugging Face cache blob into the store and verifies it. `Ok(false)`: the
+/// Copies (reflinks where it can) a Hugging Face cache blob into the store and verifies it. `Ok(false)`: the
 /// blob does not hold the bytes its name promises (nothing is left behind; download instead).
 async fn take_from_cache(blob: PathBuf, dest: PathBuf, file: UpstreamFile) -> Result<bool> {
     spawn_blocking(move || {
@@ -272,7 +272,9 @@ async fn take_from_cache(blob: PathBuf, dest: PathBuf, file: UpstreamFile) -> Re
         name.push(".hfcache");
         let staged = PathBuf::from(name);
         let _ = fs_err::remove_file(&staged);
-        fsops::link_or_copy(&blob, &staged)?;
+        // A copy (or reflink), not a hard link: the cache is another tool's store, and an edit
+        // to the installed model must not change its blob.
+        fsops::place(&blob, &staged, fsops::Placement::Copy)?;
         let actual = hash_file(&staged, &file);
         match actual {
             Ok(hash) if hash == file.hash => {

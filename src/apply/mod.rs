@@ -38,6 +38,7 @@ use crate::plan::{Action, CarriedFile, ChangeKind, FileSource, InstallFile, Plan
 use crate::registry::{Record, Registry};
 use crate::store::StorePaths;
 use crate::upstream::{FileHash, UpstreamFile};
+use fsops::Placement;
 
 /// Progress events. The CLI turns them into progress bars; tests record them.
 pub trait Reporter: Send + Sync {
@@ -177,6 +178,11 @@ struct Engine<'a> {
     /// Hashes whose bytes an earlier boot wrote without confirming them on disk: a store
     /// download with such a hash is hashed again before it is trusted.
     unconfirmed: BTreeSet<String>,
+    /// Loose files the plan moves into model folders (deleted after): taken, not copied.
+    moved_loose: BTreeSet<&'a Path>,
+    /// Downloads already taken (hard-linked) by one install: the next installs of the same
+    /// bytes get a copy, so two model folders never share an inode.
+    taken_downloads: Mutex<BTreeSet<String>>,
 }
 
 impl<'a> Engine<'a> {
@@ -217,6 +223,15 @@ impl<'a> Engine<'a> {
             sources,
             defer_sync: false,
             unconfirmed: BTreeSet::new(),
+            moved_loose: plan
+                .actions
+                .iter()
+                .filter_map(|planned| match &planned.action {
+                    Action::DeleteMoved { path } => Some(path.as_path()),
+                    _ => None,
+                })
+                .collect(),
+            taken_downloads: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -234,6 +249,7 @@ impl<'a> Engine<'a> {
         }
         fsops::empty_dir(&paths.staging_dir())?;
         fsops::empty_dir(&paths.trash_dir())?;
+        fsops::sweep_all_work_dirs(paths.root());
         Ok(())
     }
 
@@ -306,14 +322,31 @@ impl<'a> Engine<'a> {
                     file.path
                 )));
             }
-            let from = match &file.source {
-                FileSource::Fetch { .. } => self.download_path(&file.hash),
+            let own = |path: &Path| {
+                path.starts_with(install_dir) || previous.is_some_and(|dir| path.starts_with(dir))
+            };
+            let (from, placement) = match &file.source {
+                FileSource::Fetch { .. } => {
+                    let mut taken = self.taken_downloads.lock().expect("taken downloads lock");
+                    let first = taken.insert(file.hash.hex().to_ascii_lowercase());
+                    let placement = if first {
+                        Placement::Take
+                    } else {
+                        Placement::Copy
+                    };
+                    (self.download_path(&file.hash), placement)
+                }
                 FileSource::Keep { path } => {
                     check_inside(path)?;
-                    self.root.join(path)
+                    let placement = if own(path) || self.moved_loose.contains(path.as_path()) {
+                        Placement::Take
+                    } else {
+                        Placement::Copy
+                    };
+                    (self.root.join(path), placement)
                 }
             };
-            sources.push((from, file.path.clone(), file.size));
+            sources.push((from, file.path.clone(), file.size, placement));
         }
         for file in carry {
             if !is_safe_relative(Path::new(&file.path)) || file.path.contains('\\') {
@@ -323,7 +356,13 @@ impl<'a> Engine<'a> {
                 )));
             }
             check_inside(&file.from)?;
-            sources.push((self.root.join(&file.from), file.path.clone(), file.size));
+            // The user's own files of this model's recorded folder.
+            sources.push((
+                self.root.join(&file.from),
+                file.path.clone(),
+                file.size,
+                Placement::Take,
+            ));
         }
         let job = InstallJob {
             model: model.to_string(),
@@ -522,8 +561,8 @@ struct InstallJob {
     trash: PathBuf,
     install_dir: PathBuf,
     previous: Option<PathBuf>,
-    /// (absolute source, repo path, expected size)
-    sources: Vec<(PathBuf, String, u64)>,
+    /// (absolute source, repo path, expected size, how it is placed)
+    sources: Vec<(PathBuf, String, u64, Placement)>,
 }
 
 impl InstallJob {
@@ -533,23 +572,42 @@ impl InstallJob {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
             .collect();
+        let target = self.root.join(&self.install_dir);
+        let destination = fsops::swap_destination(&target)?;
+        // The new folder is assembled on the destination's file system, so that it can be
+        // renamed into place: in `.kmm/staging`, or beside the destination when `.kmm` is on
+        // another disk or the model folder is a link to one.
+        let (stage_in, prefix) = if fsops::same_file_system(&self.staging, &destination) {
+            (self.staging.clone(), format!("{prefix}-"))
+        } else {
+            fsops::sweep_work_dirs(&destination);
+            let parent = destination.parent().expect("a model folder has a parent");
+            fs_err::create_dir_all(parent)
+                .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
+            let name = destination
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy();
+            tracing::info!(
+                "{}: assembling beside {} (not on the file system of {}; files are copied)",
+                self.model,
+                destination.display(),
+                self.staging.display()
+            );
+            (parent.to_path_buf(), format!(".kmm-staging.{name}."))
+        };
         // Removed automatically if anything below fails: a failed install leaves no trace.
         let staged = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-"))
-            .tempdir_in(&self.staging)
-            .map_err(|e| {
-                Error::io(
-                    format!("creating a folder in {}", self.staging.display()),
-                    &e,
-                )
-            })?;
-        for (from, path, size) in &self.sources {
+            .prefix(&prefix)
+            .tempdir_in(&stage_in)
+            .map_err(|e| Error::io(format!("creating a folder in {}", stage_in.display()), &e))?;
+        for (from, path, size, placement) in &self.sources {
             let to = staged.path().join(path);
             if let Some(parent) = to.parent() {
                 fs_err::create_dir_all(parent)
                     .map_err(|e| Error::io(format!("creating {}", parent.display()), &e))?;
             }
-            fsops::link_or_copy(from, &to)
+            fsops::place(from, &to, *placement)
                 .map_err(|e| e.context(format!("{}: assembling {path}", self.model)))?;
             let actual = fs_err::metadata(&to)
                 .map_err(|e| Error::io(format!("reading {}", to.display()), &e))?
@@ -562,14 +620,27 @@ impl InstallJob {
                 .with_hint("run `kmm plan` again; the file changed since the plan was made"));
             }
         }
-        let target = self.root.join(&self.install_dir);
+        for old in std::iter::once(destination.clone()).chain(
+            self.previous
+                .iter()
+                .map(|previous| self.root.join(previous)),
+        ) {
+            let carried = fsops::carry_links(&old, staged.path())?;
+            if carried > 0 {
+                tracing::info!(
+                    "{}: kept {carried} link(s) of {}",
+                    self.model,
+                    old.display()
+                );
+            }
+        }
         // Installs run in parallel: one may remove an owner folder (`transformers/acme/`) it
         // just emptied between another's creating it and renaming its model into it (found by
         // the SIGKILL-migrate test). Changes to the layout's folders take turns.
         let _layout = LAYOUT_FOLDERS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        fsops::swap_in(&staged.keep(), &target, &self.trash)?;
+        fsops::swap_in(&staged.keep(), &destination, &self.trash)?;
         if let Some(previous) = &self.previous
             && *previous != self.install_dir
         {

@@ -96,20 +96,41 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
 }
 
 /// clap's errors become `E_ARGS` (exit code 18, not clap's 2); `--help` and `--version` print
-/// and exit 0.
+/// and exit 0, in the `--json` envelope when `--json` is among the arguments (a script that
+/// asks `kmm --json --version` parses stdout as it does for every other verb).
 fn usage_error(error: clap::Error, raw: &[std::ffi::OsString]) -> i32 {
     use clap::error::ErrorKind;
-    if matches!(
-        error.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        let _ = error.print();
-        return 0;
-    }
     let json = raw.iter().any(|arg| arg == "--json");
     let out = Output { json, quiet: false };
+    match error.kind() {
+        ErrorKind::DisplayVersion if json => {
+            let version = env!("CARGO_PKG_VERSION");
+            out.success(
+                &format!("kmm {version}"),
+                "",
+                &serde_json::json!({ "name": "kmm", "version": version }),
+            );
+            return 0;
+        }
+        ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand if json => {
+            // The verb path the help is for: the arguments that name subcommands.
+            let command: Vec<String> = help_path(raw);
+            let help = error.render().to_string();
+            out.success(
+                &format!("help for `{}`", command.join(" ")),
+                "",
+                &serde_json::json!({ "command": command, "help": help }),
+            );
+            return 0;
+        }
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = error.print();
+            return 0;
+        }
+        _ => {}
+    }
     let rendered = error.render().to_string();
     let first_line = rendered
         .lines()
@@ -120,6 +141,24 @@ fn usage_error(error: clap::Error, raw: &[std::ffi::OsString]) -> i32 {
     let error = Error::args(first_line).with_hint("run `kmm --help` for usage");
     out.error(&error);
     error.exit_code()
+}
+
+/// `kmm` and the subcommand names in `raw` (`kmm --json help plan` and `kmm plan --help`
+/// both give `["kmm", "plan"]`): each argument that names a subcommand of the last one found.
+fn help_path(raw: &[std::ffi::OsString]) -> Vec<String> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut path = vec!["kmm".to_string()];
+    for arg in raw.iter().skip(1).filter_map(|arg| arg.to_str()) {
+        let next = command
+            .find_subcommand(arg)
+            .filter(|sub| sub.get_name() != "help")
+            .cloned();
+        if let Some(next) = next {
+            path.push(next.get_name().to_string());
+            command = next;
+        }
+    }
+    path
 }
 
 /// Logs go to stderr; `RUST_LOG` wins over `-v`.

@@ -29,8 +29,9 @@
 //! discards the file and fetches it once more. A killed run loses at most the chunks that were
 //! in flight.
 //!
-//! In-run retries per chunk: a dropped or stalled body continues from the chunk's last written
-//! byte; 408/429/5xx back off (honouring `Retry-After`) as [`super::retry`] says; a server that
+//! In-run retries per chunk: a dropped or stalled body (the read timeout, or below the minimum
+//! rate of [`super::min_rate`], judged per response) continues on a fresh connection from the
+//! chunk's last received byte; 408/429/5xx back off (honouring `Retry-After`) as [`super::retry`] says; a server that
 //! answers a Range with a full `200` makes [`fetch`] return `Ok(false)` so the caller falls back
 //! to one sequential stream.
 //!
@@ -49,6 +50,7 @@ use super::chunk_io::{
     BufferPool, ChunkBuffer, ChunkLayout, HashFrontier, PartWriter, chunk_range, hash_in_order,
 };
 use super::errors::{self, Target, Transient};
+use super::min_rate::{self, RateWatch, Read, Stall};
 use super::response::{Failed, classify_failure, content_range};
 use super::retry::RetryBudget;
 use super::{HubClient, SendError, redact_url};
@@ -589,13 +591,21 @@ impl ChunkContext<'_> {
             budget.start_attempt();
             let before = buffer.filled();
             let url = self.shared.lock().expect("chunk state lock").url.clone();
-            let (transient, retry_after) = match self.attempt(&url, start, end, buffer).await {
+            let outcome = self.attempt(&url, start, end, buffer).await;
+            let progressed = buffer.filled() > before;
+            let (transient, delay) = match outcome {
                 Ok(()) => return Ok(()),
                 Err(Step::NoRanges) => return Err(ChunkError::NoRanges),
                 Err(Step::Fatal(error)) => return Err(ChunkError::Fatal(error)),
-                Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
+                Err(Step::Retry(transient, retry_after)) => {
+                    (transient, budget.after_failure(progressed, retry_after))
+                }
+                Err(Step::Stalled(stall)) => (
+                    Transient::Stalled(stall.to_string()),
+                    budget.after_stall(progressed, stall.healthy),
+                ),
             };
-            let Some(delay) = budget.after_failure(buffer.filled() > before, retry_after) else {
+            let Some(delay) = delay else {
                 return Err(ChunkError::Fatal(errors::retries_exhausted(
                     self.target,
                     &redact_url(url.as_str()),
@@ -661,9 +671,13 @@ impl ChunkContext<'_> {
             self.shared.lock().expect("chunk state lock").url = response.url().clone();
         }
         let length = end - start + 1;
+        let mut watch = self
+            .client
+            .min_rate()
+            .map(|rule| RateWatch::start(rule, Instant::now()));
         let result = loop {
-            match response.chunk().await {
-                Ok(Some(bytes)) => {
+            match min_rate::next_chunk(&mut response, watch.as_mut()).await {
+                Read::Bytes(bytes) => {
                     if (buffer.filled() + bytes.len()) as u64 > length {
                         break Err(Step::Fatal(Error::verify(format!(
                             "`{}`: the server sent more bytes than the range asked for",
@@ -675,9 +689,11 @@ impl ChunkContext<'_> {
                         .fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     buffer.append(&bytes);
                 }
-                Ok(None) => break Ok(()),
-                // Bytes that arrived before a drop stay in the buffer for the retry.
-                Err(err) => break Err(Step::Retry(Transient::from_reqwest(&err), None)),
+                Read::End => break Ok(()),
+                // Bytes that arrived before a drop or a stall stay in the buffer for the retry;
+                // a stalled response is dropped unread, and its connection with it.
+                Read::Failed(err) => break Err(Step::Retry(Transient::from_reqwest(&err), None)),
+                Read::Stalled(stall) => break Err(Step::Stalled(stall)),
             }
         };
         result?;
@@ -747,6 +763,8 @@ fn after_chunk(
 
 enum Step {
     Retry(Transient, Option<std::time::Duration>),
+    /// Dropped below the minimum rate.
+    Stalled(Stall),
     NoRanges,
     Fatal(Error),
 }

@@ -2,7 +2,8 @@
 //!
 //! The body is streamed through a buffered writer and the file's [`ContentHasher`] as it lands,
 //! so verification costs no second read. A dropped connection, a stalled body (the client's
-//! read timeout), 408/429/5xx are retried: with `Range: bytes={written}-` against the URL that
+//! read timeout, or a body below the minimum rate of [`super::min_rate`], whose connection is
+//! dropped), 408/429/5xx are retried: with `Range: bytes={written}-` against the URL that
 //! last served bytes (the CDN for LFS files, whose signed URL carries no token), and from zero
 //! when the server answers a range with a plain `200` or `416`. A signed CDN URL that has
 //! expired (401/403/404/410 on a retry) sends the next attempt back through the resolve URL.
@@ -10,7 +11,8 @@
 //! Retry budget: `max_retries` consecutive failures without new bytes; an attempt that made
 //! progress resets that count (as `huggingface_hub` does), and the total number of attempts is
 //! capped at four times the budget so a server that trickles a few bytes per connection still
-//! ends in `E_NET`.
+//! ends in `E_NET`. Stalls below the minimum rate have their own, smaller count (see
+//! [`super::retry::MAX_STALL_RETRIES`]), so a trickling hub ends within a few windows.
 //!
 //! The size in the listing is a hard limit: a byte beyond it is `E_VERIFY` at once and never
 //! written. At the end the hash must match, else `E_VERIFY`. On every error [`download`] removes
@@ -36,6 +38,7 @@ use tracing::Instrument;
 use url::Url;
 
 use super::errors::{self, Target, Transient};
+use super::min_rate::{self, RateWatch, Read, Stall};
 use super::response::{Failed, classify_failure, content_range};
 use super::retry::RetryBudget;
 use super::{HubClient, SendError, chunked, redact_url};
@@ -169,12 +172,20 @@ async fn fetch_into(
         }
         budget.start_attempt();
         let before = state.sink.written;
-        let (transient, retry_after) = match state.attempt(client, on_progress).await {
+        let outcome = state.attempt(client, on_progress).await;
+        let progressed = state.sink.written > before;
+        let (transient, delay) = match outcome {
             Ok(()) => break,
             Err(Step::Fatal(error)) => return Err(error),
-            Err(Step::Retry(transient, retry_after)) => (transient, retry_after),
+            Err(Step::Retry(transient, retry_after)) => {
+                (transient, budget.after_failure(progressed, retry_after))
+            }
+            Err(Step::Stalled(stall)) => (
+                Transient::Stalled(stall.to_string()),
+                budget.after_stall(progressed, stall.healthy),
+            ),
         };
-        let Some(delay) = budget.after_failure(state.sink.written > before, retry_after) else {
+        let Some(delay) = delay else {
             return Err(errors::retries_exhausted(
                 &state.target,
                 &redact_url(state.url.as_str()),
@@ -199,6 +210,8 @@ async fn fetch_into(
 /// Why one attempt stopped short of the whole file.
 enum Step {
     Retry(Transient, Option<Duration>),
+    /// Dropped below the minimum rate.
+    Stalled(Stall),
     Fatal(Error),
 }
 
@@ -300,14 +313,19 @@ impl Transfer<'_> {
         {
             self.ranges_supported = false;
         }
+        let mut watch = client
+            .min_rate()
+            .map(|rule| RateWatch::start(rule, std::time::Instant::now()));
         loop {
-            match response.chunk().await {
-                Ok(Some(bytes)) => {
+            match min_rate::next_chunk(&mut response, watch.as_mut()).await {
+                Read::Bytes(bytes) => {
                     self.sink.write(&bytes)?;
                     on_progress(bytes.len() as u64);
                 }
-                Ok(None) => break,
-                Err(err) => return Err(Step::Retry(Transient::from_reqwest(&err), None)),
+                Read::End => break,
+                Read::Failed(err) => return Err(Step::Retry(Transient::from_reqwest(&err), None)),
+                // Returning drops the response unread, and with it the connection.
+                Read::Stalled(stall) => return Err(Step::Stalled(stall)),
             }
         }
         if self.sink.written < self.file.size {

@@ -61,6 +61,7 @@ pub(crate) const INVALID_TOKEN_HINT: &str = "the token from HF_TOKEN / HF_TOKEN_
 pub(crate) const GATED_HINT: &str = "request access on the model page and set HF_TOKEN";
 pub(crate) const ENDPOINT_HINT: &str =
     "check the network connection and the hub address (`--mirror`, `HF_ENDPOINT`)";
+pub(crate) const STALL_HINT: &str = "the hub or mirror sends too slowly; retry later, or on a slow link lower the minimum rate with KMM_HUB_MIN_RATE (bytes per second, 0 turns the rule off) or lengthen KMM_HUB_MIN_RATE_TIME";
 pub(crate) const RATE_LIMIT_HINT: &str = "the hub is rate limiting this machine: wait a few minutes and retry (a token in HF_TOKEN raises the limit)";
 
 const INVALID_CREDENTIALS: &str = "Invalid credentials in Authorization header";
@@ -142,6 +143,8 @@ pub(crate) enum Transient {
     Connect(String),
     /// The connection broke, stalled or ended early after it was established.
     Interrupted(String),
+    /// The body came in below the minimum rate ([`super::min_rate`]): what it brought.
+    Stalled(String),
 }
 
 impl Transient {
@@ -192,6 +195,12 @@ pub(crate) fn retries_exhausted(
         ))
         .with_hint(ENDPOINT_HINT)
         .caused_by(detail.clone()),
+        // The rate goes in the message itself: it is the answer to "why did it give up".
+        Transient::Stalled(detail) => Error::net(format!(
+            "could not get {} from {url} after {tries}: {detail}",
+            target.describe()
+        ))
+        .with_hint(STALL_HINT),
     }
 }
 
@@ -443,5 +452,17 @@ mod tests {
         );
         assert!(refused.hint().unwrap().contains("--mirror"));
         assert!(refused.message().contains("1 attempt"));
+        let stalled = retries_exhausted(
+            &target,
+            "u",
+            4,
+            &Transient::Stalled(
+                "stalled at 1 B/s over the last 30s, below the 1.0 kB/s minimum".into(),
+            ),
+        );
+        assert_eq!(stalled.code(), ErrorCode::Net);
+        assert!(stalled.message().contains("file `model.bin` of `org/m`"));
+        assert!(stalled.message().contains("stalled at 1 B/s"));
+        assert!(stalled.hint().unwrap().contains("KMM_HUB_MIN_RATE"));
     }
 }

@@ -18,7 +18,8 @@
 //! how long to wait), `errors` (status/headers -> `E_*`), `parse` (JSON -> kmm types, path
 //! checks), `download` (streaming, resume, verification), `chunked` (parallel Range chunks of
 //! large files, resumable across runs through a state file beside the partial download),
-//! `chunk_io` (chunk buffers, direct or buffered positioned writes, hashing in file order).
+//! `chunk_io` (chunk buffers, direct or buffered positioned writes, hashing in file order),
+//! `min_rate` (the minimum-rate rule that drops a trickling body, as curl's `--speed-limit`).
 //!
 //! Edges: talks HTTP and writes only the single destination file it is given by `apply`; it never
 //! touches the registry or the layout.
@@ -27,6 +28,7 @@ mod chunk_io;
 mod chunked;
 mod download;
 mod errors;
+mod min_rate;
 mod parse;
 mod response;
 mod retry;
@@ -65,6 +67,11 @@ impl std::fmt::Debug for Token {
     }
 }
 
+/// Default minimum rate of a file download, bytes per second ([`HubConfig::min_rate_window`]).
+pub const DEFAULT_MIN_RATE: u64 = 1024;
+/// Default window over which the minimum rate is measured.
+pub const DEFAULT_MIN_RATE_WINDOW: Duration = Duration::from_secs(30);
+
 /// How to reach a hub.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -79,6 +86,14 @@ pub struct HubConfig {
     pub connect_timeout: Duration,
     /// A body that stalls this long is treated as a dropped connection.
     pub read_timeout: Duration,
+    /// The minimum rate of file downloads (curl's `--speed-limit`/`--speed-time`): a response
+    /// whose body brings fewer than `min_rate_bytes_per_sec × min_rate_window` bytes during
+    /// the last `min_rate_window` is dropped and the download continues on a fresh connection;
+    /// a few such stalls in a row end it in `E_NET` (see `retry::MAX_STALL_RETRIES`). The read
+    /// timeout alone restarts on every byte, so it never ends a hub that trickles. 0 (either
+    /// field) turns the rule off.
+    pub min_rate_bytes_per_sec: u64,
+    pub min_rate_window: Duration,
     /// Resumable downloads ([`HubClient::download_resumable`]): files of at least
     /// `parallel_min_size` bytes are fetched in `chunk_size` Range chunks over up to
     /// `connections_per_file` connections.
@@ -91,29 +106,12 @@ pub struct HubConfig {
 }
 
 impl HubConfig {
-    /// Defaults for `endpoint` (5 retries, 1 s base delay, 10 s connect, 30 s read timeouts).
-    ///
-    /// Operators on slow or flaky links (and the reliability tests, which cannot wait minutes
-    /// for a stalled server) may override the retry and timeout defaults through the
-    /// environment: `KMM_HUB_MAX_RETRIES` (a number), `KMM_HUB_RETRY_DELAY`,
-    /// `KMM_HUB_CONNECT_TIMEOUT` and `KMM_HUB_READ_TIMEOUT` (durations such as `200ms`, `30s`).
-    /// Values that do not parse are ignored with a warning.
+    /// Defaults for `endpoint` (5 retries, 1 s base delay, 10 s connect, 30 s read timeouts,
+    /// downloads below 1 kB/s for 30 s are stalled).
+    /// The CLI takes overrides from `KMM_HUB_*` (see [`crate::ops::settings`]); a library
+    /// caller sets the fields.
     pub fn new(endpoint: impl Into<String>) -> Self {
-        let mut config = Self::defaults(endpoint);
-        if let Some(retries) = env_override("KMM_HUB_MAX_RETRIES", |text| text.parse().ok()) {
-            config.max_retries = retries;
-        }
-        let duration = |text: &str| humantime::parse_duration(text).ok();
-        if let Some(delay) = env_override("KMM_HUB_RETRY_DELAY", duration) {
-            config.retry_base_delay = delay;
-        }
-        if let Some(timeout) = env_override("KMM_HUB_CONNECT_TIMEOUT", duration) {
-            config.connect_timeout = timeout;
-        }
-        if let Some(timeout) = env_override("KMM_HUB_READ_TIMEOUT", duration) {
-            config.read_timeout = timeout;
-        }
-        config
+        Self::defaults(endpoint)
     }
 
     fn defaults(endpoint: impl Into<String>) -> Self {
@@ -125,23 +123,14 @@ impl HubConfig {
             retry_base_delay: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            min_rate_bytes_per_sec: DEFAULT_MIN_RATE,
+            min_rate_window: DEFAULT_MIN_RATE_WINDOW,
             chunk_size: chunked::DEFAULT_CHUNK_SIZE,
             parallel_min_size: chunked::DEFAULT_PARALLEL_MIN_SIZE,
             connections_per_file: chunked::DEFAULT_CONNECTIONS,
             direct_io: true,
         }
     }
-}
-
-/// The value of the environment variable `name` parsed by `parse`; unset is `None`, and so is a
-/// value that does not parse (with a warning, so a typo does not go unnoticed).
-fn env_override<T>(name: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
-    let text = std::env::var(name).ok()?;
-    let value = parse(text.trim());
-    if value.is_none() {
-        tracing::warn!("ignoring {name}={text:?}: not a valid value");
-    }
-    value
 }
 
 /// Whether a repository is gated.
@@ -308,6 +297,14 @@ impl HubClient {
             config,
             http,
         })
+    }
+
+    /// The minimum-rate rule of file downloads, if it is on.
+    fn min_rate(&self) -> Option<min_rate::MinRate> {
+        min_rate::MinRate::new(
+            self.config.min_rate_bytes_per_sec,
+            self.config.min_rate_window,
+        )
     }
 
     pub fn endpoint(&self) -> &str {
@@ -801,6 +798,8 @@ mod tests {
         Endless(&'static [u8]),
         /// This head and a few body bytes, then silence.
         Stall(&'static [u8]),
+        /// This head, then one body byte every 20 ms until the client hangs up.
+        Trickle(&'static [u8]),
     }
 
     /// An HTTP/1.1 server on 127.0.0.1 for the cases the fake hub cannot produce (redirect
@@ -837,6 +836,12 @@ mod tests {
                             let _ = stream.write_all(head).await;
                             let _ = stream.write_all(b"0123456789").await;
                             tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        Reply::Trickle(head) => {
+                            let _ = stream.write_all(head).await;
+                            while stream.write_all(b"x").await.is_ok() {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
                         }
                     }
                 });
@@ -931,6 +936,40 @@ mod tests {
             "{error:?}"
         );
         assert_eq!(count.load(Ordering::SeqCst), 4);
+        assert!(!dest.exists());
+    }
+
+    #[tokio::test]
+    async fn a_trickling_body_is_dropped_below_the_minimum_rate_on_fresh_connections() {
+        // Keep-alive: only dropping the stalled response makes the client connect again.
+        let (url, count) = serve(Reply::Trickle(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        ))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("f");
+        let file = UpstreamFile {
+            path: "f.bin".into(),
+            size: 100,
+            hash: crate::upstream::FileHash::GitSha1(SHA.into()),
+        };
+        let mut client = quick_client(&url);
+        // 50 B/s, a byte every 20 ms: never silent for the 200 ms read timeout.
+        client.config.min_rate_bytes_per_sec = 1000;
+        client.config.min_rate_window = Duration::from_millis(200);
+        let error = client
+            .download("org/m", SHA, &file, &dest, &|_| {})
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Net);
+        let message = error.message();
+        assert!(message.contains("file `f.bin` of `org/m`"), "{error}");
+        assert!(message.contains("after 3 attempts"), "{error}");
+        assert!(message.contains("B/s over the last 200ms"), "{error}");
+        assert!(message.contains("below the 1.0 kB/s minimum"), "{error}");
+        assert!(error.hint().unwrap().contains("KMM_HUB_MIN_RATE_TIME"));
+        // Two retries (`max_retries`), each on a connection of its own.
+        assert_eq!(count.load(Ordering::SeqCst), 3);
         assert!(!dest.exists());
     }
 

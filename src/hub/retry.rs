@@ -1,10 +1,12 @@
 //! When and how long to wait before trying a Hub request again.
 //!
-//! Retryable: dropped or refused connections, stalled bodies, and HTTP 408, 429, 500, 502, 503,
-//! 504 (the set `huggingface_hub`'s `http_backoff` uses, hf-protocol.md §6.7). The wait is the
-//! server's `Retry-After` (integer seconds) when it sends one, else exponential backoff from the
-//! configured base delay with "equal jitter" (half fixed, half random) so that a fleet of kmm
-//! processes behind one mirror does not retry in lockstep, capped at [`MAX_BACKOFF`].
+//! Retryable: dropped or refused connections, stalled bodies (the read timeout, or below the
+//! minimum rate, which has a budget of its own: [`MAX_STALL_RETRIES`]), and HTTP 408, 429,
+//! 500, 502, 503, 504 (the set `huggingface_hub`'s `http_backoff` uses, hf-protocol.md §6.7).
+//! The wait is the server's `Retry-After` (integer seconds) when it sends one, else exponential
+//! backoff from the configured base delay with "equal jitter" (half fixed, half random) so
+//! that a fleet of kmm processes behind one mirror does not retry in lockstep, capped at
+//! [`MAX_BACKOFF`].
 //!
 //! Edges: pure policy; the sleeping happens in the callers.
 
@@ -24,16 +26,39 @@ pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// Most retries after attempts dropped by the minimum-rate rule ([`super::min_rate`]), in a
+/// row, in one download loop (fewer when `max_retries` is lower).
+///
+/// A stalled attempt usually brought a few bytes, so the count of failures without progress
+/// never stops a trickling hub, and the cap on all attempts would let it run for
+/// `4 × (max_retries + 1)` windows (twelve minutes at the defaults). Stalls are counted on
+/// their own instead: each costs a whole window, so the count is what bounds the time. Three
+/// retries, four stalled windows: with the defaults (30 s, 1 s base delay, backoff doubling
+/// per stall) a hub that sends 1 B/s ends the download in `E_NET` after 4 × 30 s plus at most
+/// 7 s of backoff and the reconnects, within two and a half minutes; a fifth window would not
+/// be.
+/// A count rather than a time budget, so that a longer configured window scales the bound
+/// with it instead of cutting the retries off.
+///
+/// "In a row": an attempt that before it stalled brought a whole window's worth of bytes at
+/// the minimum rate starts the count over (it is the first stall of a new run), so a long
+/// download over a link that stalls now and then is not failed for stalls an hour apart.
+/// Such a server is still bounded by the cap on all attempts.
+pub(crate) const MAX_STALL_RETRIES: u32 = 3;
+
 /// The retry budget of one download loop (a single stream, or one chunk): at most
-/// `max_retries` failed attempts in a row that brought no bytes, and at most four times as
-/// many attempts in all, so a link that drops every few bytes still ends.
+/// `max_retries` failed attempts in a row that brought no bytes, at most
+/// [`MAX_STALL_RETRIES`] stalls in a row, and at most four times `max_retries + 1` attempts
+/// in all, so a link that drops every few bytes still ends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryBudget {
     max_retries: u32,
     max_attempts: u32,
+    max_stall_retries: u32,
     base_delay: Duration,
     attempts: u32,
     failures_without_progress: u32,
+    stalls: u32,
 }
 
 impl RetryBudget {
@@ -41,10 +66,28 @@ impl RetryBudget {
         RetryBudget {
             max_retries,
             max_attempts: max_retries.saturating_add(1).saturating_mul(4),
+            max_stall_retries: max_retries.min(MAX_STALL_RETRIES),
             base_delay,
             attempts: 0,
             failures_without_progress: 0,
+            stalls: 0,
         }
+    }
+
+    /// After an attempt dropped by the minimum-rate rule (`progressed`: it brought bytes;
+    /// `healthy`: a window's worth of them before it slowed down): how long to wait before the
+    /// next attempt, or `None` when the budget (stalls in a row included) is spent.
+    pub(crate) fn after_stall(&mut self, progressed: bool, healthy: bool) -> Option<Duration> {
+        self.stalls = if healthy { 1 } else { self.stalls + 1 };
+        if self.stalls > self.max_stall_retries {
+            return None;
+        }
+        let delay = self.after_failure(progressed, None)?;
+        Some(delay.max(delay_before_retry(
+            self.base_delay,
+            self.stalls.saturating_sub(1),
+            None,
+        )))
     }
 
     /// Counts an attempt about to start.
@@ -179,6 +222,56 @@ mod tests {
             assert!(delay >= backoff_delay(base, retry, 0.0), "{delay:?}");
             assert!(delay <= backoff_delay(base, retry, 1.0), "{delay:?}");
         }
+    }
+
+    #[test]
+    fn stalls_in_a_row_end_the_loop_even_when_each_brought_bytes() {
+        let base = Duration::from_millis(1);
+        let mut budget = RetryBudget::new(5, base);
+        for _ in 0..MAX_STALL_RETRIES {
+            budget.start_attempt();
+            assert!(budget.after_stall(true, false).is_some());
+        }
+        budget.start_attempt();
+        assert_eq!(budget.after_stall(true, false), None);
+        assert_eq!(budget.attempts(), MAX_STALL_RETRIES + 1);
+
+        // Fewer retries configured: fewer stalls too; none at all with no retries.
+        let mut budget = RetryBudget::new(1, base);
+        budget.start_attempt();
+        assert!(budget.after_stall(true, false).is_some());
+        budget.start_attempt();
+        assert_eq!(budget.after_stall(true, false), None);
+        let mut budget = RetryBudget::new(0, base);
+        budget.start_attempt();
+        assert_eq!(budget.after_stall(true, false), None);
+
+        // A stall after a healthy stretch starts the count over; other failures leave it.
+        let mut budget = RetryBudget::new(5, base);
+        for _ in 0..MAX_STALL_RETRIES {
+            budget.start_attempt();
+            assert!(budget.after_stall(true, false).is_some());
+        }
+        budget.start_attempt();
+        assert!(budget.after_stall(true, true).is_some());
+        budget.start_attempt();
+        assert!(budget.after_failure(false, None).is_some());
+        for _ in 1..MAX_STALL_RETRIES {
+            budget.start_attempt();
+            assert!(budget.after_stall(true, false).is_some());
+        }
+        budget.start_attempt();
+        assert_eq!(budget.after_stall(true, false), None);
+    }
+
+    #[test]
+    fn stalls_that_bring_nothing_also_spend_the_plain_budget() {
+        let mut budget = RetryBudget::new(1, Duration::from_millis(1));
+        budget.start_attempt();
+        assert!(budget.after_failure(false, None).is_some());
+        budget.start_attempt();
+        // The second failure in a row without bytes: over `max_retries` whatever the stalls.
+        assert_eq!(budget.after_stall(false, true), None);
     }
 
     #[test]

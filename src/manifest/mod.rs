@@ -155,6 +155,25 @@ impl Manifest {
                     "create kari-models.toml (see the example in the kmm README) or pass --manifest",
                 ));
             }
+            // The path came from the user (`--manifest`, `KMM_MANIFEST`): a folder or a name
+            // the OS cannot take is a usage error, not a disk failure.
+            Err(error) if error.kind() == std::io::ErrorKind::IsADirectory || path.is_dir() => {
+                return Err(Error::args(format!(
+                    "the manifest path `{}` is a folder",
+                    path.display()
+                ))
+                .with_hint(format!(
+                    "pass the manifest file, e.g. `--manifest {}`",
+                    path.join("kari-models.toml").display()
+                )));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidFilename => {
+                return Err(Error::args(format!(
+                    "the manifest path is longer than the OS allows ({} bytes; a name may have 255, a path 4096)",
+                    path.as_os_str().len()
+                ))
+                .with_hint("pass a shorter --manifest path"));
+            }
             Err(error) => {
                 return Err(Error::io(
                     format!("reading the manifest `{}`", path.display()),
@@ -230,9 +249,10 @@ mod tests {
         let manifest = Manifest::load(&missing).unwrap();
         assert_eq!(manifest.settings.models_dir, Some(dir.path().join("store")));
 
-        // A folder where the file should be is an I/O error, not "not found".
+        // A folder where the file should be is a usage error (the path is the user's), not
+        // "not found" and not a disk failure.
         let error = Manifest::load(dir.path()).unwrap_err();
-        assert_eq!(error.code(), ErrorCode::Disk, "{error}");
+        assert_eq!(error.code(), ErrorCode::Args, "{error}");
     }
 
     #[test]

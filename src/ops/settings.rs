@@ -18,6 +18,8 @@
 //! | direct writes of chunked downloads (`O_DIRECT`, past the page cache) | | `KMM_DIRECT_IO` (`0`/`off` to write through the page cache) | | on (Linux) |
 //! | most connections per large file (4 start; more join when connections are slow) | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 16 |
 //! | progress as JSON lines on stderr (with `--json`) | | `KMM_PROGRESS_JSON=1` | | off |
+//! | hub retries and timeouts (a bad value is `E_ARGS`) | | `KMM_HUB_MAX_RETRIES` (0-100), `KMM_HUB_RETRY_DELAY`, `KMM_HUB_CONNECT_TIMEOUT`, `KMM_HUB_READ_TIMEOUT` (durations) | | 5, 1s, 10s, 30s |
+//! | minimum download rate: a body below it over the window is dropped, retried on a fresh connection, and after 3 stalls in a row `E_NET` (a bad value is `E_ARGS`) | | `KMM_HUB_MIN_RATE` (bytes per second, 0 turns the rule off), `KMM_HUB_MIN_RATE_TIME` (a duration) | | 1024, 30s |
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +32,9 @@ use crate::manifest::Manifest;
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// Parallel downloads when nothing else says.
 pub const DEFAULT_MAX_WORKERS: usize = 8;
+
+/// Highest `KMM_HUB_MIN_RATE` (10 GB/s): anything above is a typo, not a link.
+const MAX_MIN_RATE: u64 = 10_000_000_000;
 
 /// Looks up an environment variable.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -75,6 +80,50 @@ pub struct Settings {
     pub direct_io: Option<bool>,
     /// With `--json`, progress events as JSON lines on stderr.
     pub progress_json: bool,
+    /// `KMM_HUB_*`: retries and timeouts of hub requests (`None`: the hub client's defaults).
+    pub hub_tuning: HubTuning,
+}
+
+/// Operators' overrides of the hub client's retry and timeout defaults, for slow or flaky links
+/// (and tests that cannot wait minutes for a stalled server).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HubTuning {
+    /// `KMM_HUB_MAX_RETRIES` (0 to 100).
+    pub max_retries: Option<u32>,
+    /// `KMM_HUB_RETRY_DELAY`, doubled per retry.
+    pub retry_delay: Option<Duration>,
+    /// `KMM_HUB_CONNECT_TIMEOUT`.
+    pub connect_timeout: Option<Duration>,
+    /// `KMM_HUB_READ_TIMEOUT`.
+    pub read_timeout: Option<Duration>,
+    /// `KMM_HUB_MIN_RATE`, bytes per second (0: no minimum).
+    pub min_rate: Option<u64>,
+    /// `KMM_HUB_MIN_RATE_TIME`: the window the minimum rate is measured over.
+    pub min_rate_time: Option<Duration>,
+}
+
+impl HubTuning {
+    /// Applies the overrides that are set to `config`.
+    pub fn apply_to(&self, config: &mut crate::hub::HubConfig) {
+        if let Some(retries) = self.max_retries {
+            config.max_retries = retries;
+        }
+        if let Some(delay) = self.retry_delay {
+            config.retry_base_delay = delay;
+        }
+        if let Some(timeout) = self.connect_timeout {
+            config.connect_timeout = timeout;
+        }
+        if let Some(timeout) = self.read_timeout {
+            config.read_timeout = timeout;
+        }
+        if let Some(rate) = self.min_rate {
+            config.min_rate_bytes_per_sec = rate;
+        }
+        if let Some(window) = self.min_rate_time {
+            config.min_rate_window = window;
+        }
+    }
 }
 
 /// Where the manifest is: `--manifest`, else `KMM_MANIFEST`, else `./kari-models.toml`,
@@ -158,6 +207,14 @@ pub fn resolve(
             .map(|n| n as usize),
         direct_io: switch_env(env, "KMM_DIRECT_IO")?,
         progress_json: env("KMM_PROGRESS_JSON").is_some_and(|value| is_truthy(&value)),
+        hub_tuning: HubTuning {
+            max_retries: number_env(env, "KMM_HUB_MAX_RETRIES", 0, 100)?.map(|n| n as u32),
+            retry_delay: duration_env(env, "KMM_HUB_RETRY_DELAY")?,
+            connect_timeout: duration_env(env, "KMM_HUB_CONNECT_TIMEOUT")?,
+            read_timeout: duration_env(env, "KMM_HUB_READ_TIMEOUT")?,
+            min_rate: number_env(env, "KMM_HUB_MIN_RATE", 0, MAX_MIN_RATE)?,
+            min_rate_time: duration_env(env, "KMM_HUB_MIN_RATE_TIME")?,
+        },
     })
 }
 
@@ -183,6 +240,7 @@ impl Settings {
             connections_per_file: None,
             direct_io: None,
             progress_json: false,
+            hub_tuning: HubTuning::default(),
         }
     }
 }
@@ -233,6 +291,20 @@ fn number_env(env: EnvLookup<'_>, name: &str, min: u64, max: u64) -> Result<Opti
         Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
         _ => Err(Error::args(format!(
             "{name} must be a number from {min} to {max}, got `{text}`"
+        ))),
+    }
+}
+
+/// An optional duration variable (`200ms`, `30s`, `2m`); a value that does not parse, or zero,
+/// is `E_ARGS` (as a bad `KMM_MAX_WORKERS` is), not a warning that scrolls by.
+fn duration_env(env: EnvLookup<'_>, name: &str) -> Result<Option<Duration>> {
+    let Some(text) = non_empty(env(name)) else {
+        return Ok(None);
+    };
+    match humantime::parse_duration(text.trim()) {
+        Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
+        _ => Err(Error::args(format!(
+            "{name} must be a duration such as `200ms` or `30s`, got `{text}`"
         ))),
     }
 }
@@ -344,6 +416,87 @@ mod tests {
         let error = switch_env(&switch("maybe"), "KMM_DIRECT_IO").unwrap_err();
         assert!(error.to_string().contains("KMM_DIRECT_IO"), "{error}");
         assert_eq!(number_env(&env, "NOPE", 1, 2).unwrap(), None);
+    }
+
+    #[test]
+    fn hub_tuning_from_the_environment_and_bad_values_are_args_errors() {
+        let env = env_of(&[
+            ("KMM_HUB_MAX_RETRIES", "2"),
+            ("KMM_HUB_READ_TIMEOUT", "300ms"),
+        ]);
+        assert_eq!(
+            number_env(&env, "KMM_HUB_MAX_RETRIES", 0, 100).unwrap(),
+            Some(2)
+        );
+        assert_eq!(
+            duration_env(&env, "KMM_HUB_READ_TIMEOUT").unwrap(),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(duration_env(&env, "KMM_HUB_RETRY_DELAY").unwrap(), None);
+        for bad in ["soon", "0s", "-1s"] {
+            let env = env_of(&[("KMM_HUB_READ_TIMEOUT", bad)]);
+            let error = duration_env(&env, "KMM_HUB_READ_TIMEOUT").unwrap_err();
+            assert_eq!(error.code(), crate::error::ErrorCode::Args, "{bad}");
+            assert!(
+                error.to_string().contains("KMM_HUB_READ_TIMEOUT"),
+                "{error}"
+            );
+        }
+        let mut config = crate::hub::HubConfig::new("http://127.0.0.1:1");
+        let tuning = HubTuning {
+            max_retries: Some(2),
+            read_timeout: Some(Duration::from_millis(300)),
+            ..HubTuning::default()
+        };
+        tuning.apply_to(&mut config);
+        assert_eq!(config.max_retries, 2);
+        assert_eq!(config.read_timeout, Duration::from_millis(300));
+        assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.min_rate_bytes_per_sec, crate::hub::DEFAULT_MIN_RATE);
+        assert_eq!(config.min_rate_window, crate::hub::DEFAULT_MIN_RATE_WINDOW);
+    }
+
+    #[test]
+    fn the_minimum_rate_from_the_environment_and_bad_values_are_args_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = manifest_with("", dir.path());
+        let home = dir.path().join("hf");
+        let home = home.to_str().unwrap();
+        let settings_with = |pairs: &[(&str, &str)]| {
+            let mut pairs = pairs.to_vec();
+            pairs.push(("HF_HOME", home));
+            let env = env_of(&pairs);
+            resolve(&Overrides::default(), &env, &manifest, dir.path())
+        };
+        let tuning = settings_with(&[
+            ("KMM_HUB_MIN_RATE", "2048"),
+            ("KMM_HUB_MIN_RATE_TIME", "1s"),
+        ])
+        .unwrap()
+        .hub_tuning;
+        assert_eq!(tuning.min_rate, Some(2048));
+        assert_eq!(tuning.min_rate_time, Some(Duration::from_secs(1)));
+        let mut config = crate::hub::HubConfig::new("http://127.0.0.1:1");
+        tuning.apply_to(&mut config);
+        assert_eq!(config.min_rate_bytes_per_sec, 2048);
+        assert_eq!(config.min_rate_window, Duration::from_secs(1));
+        // 0 turns the rule off; unset leaves the default.
+        let off = settings_with(&[("KMM_HUB_MIN_RATE", "0")])
+            .unwrap()
+            .hub_tuning;
+        assert_eq!(off.min_rate, Some(0));
+        assert_eq!(off.min_rate_time, None);
+        for (name, bad) in [
+            ("KMM_HUB_MIN_RATE", "1kB"),
+            ("KMM_HUB_MIN_RATE", "-1"),
+            ("KMM_HUB_MIN_RATE", "99999999999999"),
+            ("KMM_HUB_MIN_RATE_TIME", "0s"),
+            ("KMM_HUB_MIN_RATE_TIME", "a while"),
+        ] {
+            let error = settings_with(&[(name, bad)]).unwrap_err();
+            assert_eq!(error.code(), crate::error::ErrorCode::Args, "{name}={bad}");
+            assert!(error.to_string().contains(name), "{error}");
+        }
     }
 
     fn manifest_with(text: &str, dir: &Path) -> Manifest {

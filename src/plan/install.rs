@@ -112,6 +112,7 @@ impl<'a> Planner<'a> {
             files: planned.files,
             kept_files: planned.kept_files,
             download_bytes: planned.download_bytes,
+            copy_bytes: planned.copy_bytes,
             free_bytes,
         });
     }
@@ -174,15 +175,26 @@ impl<'a> Planner<'a> {
                 } else {
                     FileChangeKind::Add
                 };
+                let loose = self.input.observed.loose.contains_key(&path);
+                let own = now
+                    .previous_dir
+                    .as_deref()
+                    .is_some_and(|dir| path.starts_with(dir));
+                // A file in another model's folder is copied (or reflinked), never hard-linked:
+                // an edit to one model's file must not change the other's.
+                let reason = if loose || own {
+                    format!("found at {}, no download", slash_path(&path))
+                } else {
+                    planned.copy_bytes += file.size;
+                    format!("copied from {}, no download", slash_path(&path))
+                };
                 planned.files.push(FileChange {
                     path: file.path.clone(),
                     kind,
                     size: file.size,
-                    reason: Some(format!("found at {}, no download", slash_path(&path))),
+                    reason: Some(reason),
                 });
-                if self.input.observed.loose.contains_key(&path)
-                    && self.moved_loose.insert(path.clone())
-                {
+                if loose && self.moved_loose.insert(path.clone()) {
                     self.actions
                         .push(Action::DeleteMoved { path: path.clone() });
                 }
@@ -437,6 +449,8 @@ struct FilePlan {
     install_files: Vec<InstallFile>,
     kept_files: usize,
     download_bytes: u64,
+    /// Bytes copied from other model folders.
+    copy_bytes: u64,
     /// Some bytes come from elsewhere in the store: the folder must be assembled.
     gathered: bool,
     /// The record has files without hashes.
@@ -494,6 +508,7 @@ fn unchanged_in_place(model: &DesiredModel, now: &Installed<'_>, kept_files: usi
         files: Vec::new(),
         kept_files,
         download_bytes: 0,
+        copy_bytes: 0,
         free_bytes: 0,
     }
 }

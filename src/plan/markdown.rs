@@ -197,6 +197,7 @@ mod tests {
             }],
             kept_files: 0,
             download_bytes: 2_000_000,
+            copy_bytes: 0,
             free_bytes: 0,
         }
     }

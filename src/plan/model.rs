@@ -66,6 +66,10 @@ pub struct ModelChange {
     pub kept_files: usize,
     /// Bytes this model needs from the network (before deduplication across models).
     pub download_bytes: u64,
+    /// Bytes copied (reflinked where the file system can) from other model folders: identical
+    /// files are never hard-linked between two models.
+    #[serde(default)]
+    pub copy_bytes: u64,
     /// Bytes that go away (removed files, or the whole folder on remove).
     pub free_bytes: u64,
 }
@@ -105,6 +109,10 @@ pub struct Summary {
     /// Distinct downloads (deduplicated by upstream hash).
     pub download_files: usize,
     pub download_bytes: u64,
+    /// Bytes copied between model folders: files found in another model's folder, and the
+    /// second and later installs of a file downloaded once for several models.
+    #[serde(default)]
+    pub copy_bytes: u64,
     pub free_bytes: u64,
     pub strays: usize,
 }

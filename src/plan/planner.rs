@@ -341,8 +341,34 @@ impl<'a> Planner<'a> {
             files: Vec::new(),
             kept_files: 0,
             download_bytes: 0,
+            copy_bytes: 0,
             free_bytes,
         });
+    }
+
+    /// A loose file that is another name of a file of the same name in a model folder (one
+    /// inode) is the old name of a move that was interrupted after the file was linked into
+    /// place (a kill, a full disk at the registry write): deleting that name loses no byte,
+    /// and a resumed run ends where an uninterrupted one ends.
+    fn finish_interrupted_moves(&mut self) {
+        let mut in_folders: HashMap<(u64, u64), &str> = HashMap::new();
+        for dir in self.input.observed.dirs.values() {
+            for (path, file) in &dir.files {
+                if let Some(inode) = file.inode {
+                    in_folders.insert(inode, path.rsplit('/').next().unwrap_or(path));
+                }
+            }
+        }
+        for (path, file) in &self.input.observed.loose {
+            let same_name = file
+                .inode
+                .and_then(|inode| in_folders.get(&inode))
+                .is_some_and(|name| path.file_name().is_some_and(|own| own == *name));
+            if same_name && self.moved_loose.insert(path.clone()) {
+                self.actions
+                    .push(Action::DeleteMoved { path: path.clone() });
+            }
+        }
     }
 
     fn finish(mut self, strays: Vec<PathBuf>) -> Plan {
@@ -367,6 +393,7 @@ impl<'a> Planner<'a> {
                 _ => true,
             });
         }
+        self.finish_interrupted_moves();
         // Loose files nothing takes: reported, never deleted (kmm cannot tell whose they are).
         let taken: BTreeSet<&Path> = self
             .actions
@@ -441,12 +468,29 @@ impl<'a> Planner<'a> {
             }
             summary.free_bytes += model.free_bytes;
         }
+        // Installs per download: the first takes the downloaded file, the others a copy.
+        let mut installs_of: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
         for planned in &actions {
-            if let Action::Fetch { file, .. } = &planned.action {
-                summary.download_files += 1;
-                summary.download_bytes += file.size;
+            match &planned.action {
+                Action::Fetch { file, .. } => {
+                    summary.download_files += 1;
+                    summary.download_bytes += file.size;
+                }
+                Action::InstallModel { files, .. } => {
+                    for file in files {
+                        if let FileSource::Fetch { action } = &file.source {
+                            installs_of.entry(action).or_insert((file.size, 0)).1 += 1;
+                        }
+                    }
+                }
+                _ => {}
             }
         }
+        summary.copy_bytes = self.models.iter().map(|m| m.copy_bytes).sum::<u64>()
+            + installs_of
+                .values()
+                .map(|(size, installs)| size * installs.saturating_sub(1))
+                .sum::<u64>();
         Plan {
             models_dir: self.input.models_dir.to_path_buf(),
             models: self.models,

@@ -92,6 +92,12 @@ pub fn summary_line(plan: &Plan) -> String {
             format_bytes(s.download_bytes)
         )),
     }
+    if s.copy_bytes > 0 {
+        line.push_str(&format!(
+            ", {} copied between model folders",
+            format_bytes(s.copy_bytes)
+        ));
+    }
     if s.free_bytes > 0 {
         line.push_str(&format!(", {} freed", format_bytes(s.free_bytes)));
     }

@@ -7,7 +7,8 @@
 //! `BandwidthCap` throttles every file body until cleared; it is applied per response, which for
 //! HTTP/1.1 (one response at a time per connection) is a per-connection cap. `LinkCap` is one
 //! rate shared by all file bodies at once: a slow link or a busy machine, where more
-//! connections cannot help.
+//! connections cannot help. `Trickle` is a hub that keeps a body alive with one byte every
+//! `every_millis`: never silent long enough for a read timeout, far below any useful rate.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,12 @@ pub enum Fault {
         millis: u64,
         times: u32,
     },
+    /// Send a matching file body one byte every `every_millis`, for `times` responses.
+    Trickle {
+        path_contains: String,
+        every_millis: u64,
+        times: u32,
+    },
     /// Throttle every file body to `bytes_per_sec` until the faults are cleared.
     BandwidthCap { bytes_per_sec: u64 },
     /// Throttle all file bodies together to `bytes_per_sec` until the faults are cleared.
@@ -70,6 +77,8 @@ pub(crate) struct BodyFaults {
     pub drop_after: Option<u64>,
     pub wrong_bytes: bool,
     pub bytes_per_sec: Option<u64>,
+    /// `Trickle`: the pause before each byte.
+    pub trickle: Option<Duration>,
     /// `LinkCap`: the shared rate and the link.
     pub link: Option<(u64, Arc<SharedLink>)>,
 }
@@ -192,6 +201,10 @@ impl FaultSet {
                 matches!(fault, Fault::WrongBytes { .. }).then_some(())
             })
             .is_some();
+        let trickle = self.take(path, |fault| match fault {
+            Fault::Trickle { every_millis, .. } => Some(Duration::from_millis(*every_millis)),
+            _ => None,
+        });
         let bytes_per_sec = self.armed.iter().find_map(|fault| match fault {
             Fault::BandwidthCap { bytes_per_sec } => Some(*bytes_per_sec),
             _ => None,
@@ -204,6 +217,7 @@ impl FaultSet {
             drop_after,
             wrong_bytes,
             bytes_per_sec,
+            trickle,
             link,
         }
     }
@@ -232,6 +246,11 @@ impl FaultSet {
                     times,
                     ..
                 }
+                | Fault::Trickle {
+                    path_contains,
+                    times,
+                    ..
+                }
                 | Fault::Raw {
                     path_contains,
                     times,
@@ -247,6 +266,7 @@ impl FaultSet {
             | Fault::Status { times, .. }
             | Fault::WrongBytes { times, .. }
             | Fault::Latency { times, .. }
+            | Fault::Trickle { times, .. }
             | Fault::Raw { times, .. } => {
                 *times -= 1;
                 *times == 0
@@ -278,6 +298,7 @@ pub(crate) fn file_body(
         (rate, link) => rate.or(link.as_ref().map(|(rate, _)| *rate)),
     };
     let chunk_size = match capped {
+        _ if faults.trickle.is_some() => 1,
         // Ten chunks a second keeps the cap smooth without a syscall per byte.
         Some(rate) => (rate / 10).clamp(1, 64 * 1024) as usize,
         // Unthrottled: 1 MiB slices of the shared buffer (no copy) keep the server fast
@@ -291,6 +312,7 @@ pub(crate) fn file_body(
         limit,
         chunk_size,
         rate: faults.bytes_per_sec,
+        trickle: faults.trickle,
         link: faults.link,
         started: Instant::now(),
         served,
@@ -306,6 +328,7 @@ struct StreamState {
     limit: Option<usize>,
     chunk_size: usize,
     rate: Option<u64>,
+    trickle: Option<Duration>,
     link: Option<(u64, Arc<SharedLink>)>,
     started: Instant,
     served: [Arc<AtomicU64>; 2],
@@ -342,6 +365,9 @@ async fn next_chunk(
         if due > elapsed {
             tokio::time::sleep(due - elapsed).await;
         }
+    }
+    if let Some(every) = state.trickle {
+        tokio::time::sleep(every).await;
     }
     let end = (state.sent + state.chunk_size).min(end_of_body);
     if let Some((rate, link)) = &state.link {
@@ -402,5 +428,21 @@ mod tests {
         assert_eq!(body.bytes_per_sec, Some(1000));
         assert_eq!(set.take_body_faults("/x").drop_after, None);
         assert_eq!(set.take_latency("/x"), Some(5));
+    }
+
+    #[test]
+    fn a_trickle_is_used_up_per_body() {
+        let mut set = FaultSet::default();
+        set.add(Fault::Trickle {
+            path_contains: "w.bin".into(),
+            every_millis: 200,
+            times: 1,
+        });
+        assert_eq!(set.take_body_faults("/c.json").trickle, None);
+        assert_eq!(
+            set.take_body_faults("/w.bin").trickle,
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(set.take_body_faults("/w.bin").trickle, None);
     }
 }

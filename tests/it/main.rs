@@ -9,6 +9,7 @@ mod apply_engine;
 mod architecture;
 mod browse;
 mod cli;
+mod containment;
 mod downloads;
 mod fake_hub_selftest;
 mod gitops;

@@ -448,7 +448,7 @@ fn a_same_size_edit_with_a_new_mtime_is_caught_by_the_default_plan() {
 }
 
 #[test]
-fn a_file_another_installed_model_holds_is_linked_not_downloaded() {
+fn a_file_another_installed_model_holds_is_copied_not_downloaded() {
     let hub = FakeHub::start(hub_repos());
     let store = Store::empty(&hub, "[models.\"acme/tiny-bert\"]\n");
     store.run(&["apply"]).ok();
@@ -460,7 +460,7 @@ fn a_file_another_installed_model_holds_is_linked_not_downloaded() {
     let plan = store.run(&["plan"]).ok();
     assert!(
         plan.stdout
-            .contains("found at transformers/acme/tiny-bert/model.safetensors, no download"),
+            .contains("copied from transformers/acme/tiny-bert/model.safetensors, no download"),
         "{}",
         plan.stdout
     );
@@ -471,7 +471,13 @@ fn a_file_another_installed_model_holds_is_linked_not_downloaded() {
         store.read("transformers/acme/tiny-bert-copy/model.safetensors"),
         hub_file("acme/tiny-bert", "model.safetensors")
     );
-    // The source model is intact.
+    // The source model is intact, and the two are separate files.
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = |path: &str| fs_err::metadata(store.models().join(path)).unwrap().ino();
+    assert_ne!(
+        inode("transformers/acme/tiny-bert-copy/model.safetensors"),
+        inode("transformers/acme/tiny-bert/model.safetensors")
+    );
     assert_eq!(store.planned_actions(), Vec::<String>::new());
     assert_eq!(store.run(&["verify"]).code, 0);
 }
@@ -682,4 +688,105 @@ mod property {
             }
         }
     }
+}
+
+#[test]
+fn a_migrate_stopped_by_a_full_disk_at_the_registry_write_resumes_to_where_a_clean_one_ends() {
+    let hub = FakeHub::start(hub_repos());
+    // Without the case's `*.corrupt` leftover: deleting it first would free the blocks the
+    // registry write needs.
+    let stray = "llama-cpp/tinyllama.Q2_K.gguf.corrupt";
+    let clean = Store::from_case(&hub, "flat-gguf");
+    fs_err::remove_file(clean.models().join(stray)).unwrap();
+    clean.run(&["migrate"]).ok();
+
+    // The same store on a small tmpfs, filled to the last byte: moving files is hard links and
+    // renames (no blocks), but the registry write needs a block and fails.
+    let store = Store::from_case(&hub, "flat-gguf");
+    let saved = tempfile::tempdir().unwrap();
+    fs_err::remove_file(store.models().join(stray)).unwrap();
+    copy_tree(&store.models(), saved.path());
+    fs_err::remove_dir_all(store.models()).unwrap();
+    let Some(_fs) = crate::support::Tmpfs::mount(&store.models(), "8m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root); ENOSPC migrate not tested");
+        return;
+    };
+    copy_tree(saved.path(), &store.models());
+    let hog = store.models().join(".hog");
+    {
+        use std::io::Write as _;
+        let mut file = std::fs::File::create(&hog).unwrap();
+        while file.write_all(&[7u8; 16 << 10]).is_ok() {}
+        while file.write_all(&[7u8; 1]).is_ok() {}
+    }
+    let full = store.run(&["migrate", "--json"]);
+    assert_eq!(full.code, 11, "{}\n{}", full.stdout, full.stderr);
+    assert_eq!(full.json()["error_code"], "E_DISK");
+
+    fs_err::remove_file(&hog).unwrap();
+    store.run(&["migrate"]).ok();
+    assert_eq!(store.files(), clean.files());
+    assert_eq!(store.planned_actions(), clean.planned_actions());
+    let (again, clean_again) = (
+        store.run(&["migrate", "--dry-run", "--json"]).ok().json(),
+        clean.run(&["migrate", "--dry-run", "--json"]).ok().json(),
+    );
+    assert_eq!(
+        again["data"]["actions"],
+        Value::Array(Vec::new()),
+        "{again}"
+    );
+    let notes = |doc: &Value| {
+        doc["data"]["notes"]
+            .to_string()
+            .replace(&clean.models().to_string_lossy().to_string(), "")
+    };
+    assert_eq!(
+        notes(&again).replace(&store.models().to_string_lossy().to_string(), ""),
+        notes(&clean_again),
+        "a resumed migrate reports other leftovers than a clean one"
+    );
+}
+
+#[test]
+fn an_old_name_left_by_a_move_interrupted_after_its_registry_write_is_removed_by_the_next_run() {
+    let hub = FakeHub::start(hub_repos());
+    let store = Store::from_case(&hub, "flat-gguf");
+    store.run(&["migrate"]).ok();
+    let clean = store.files();
+    // What a kill (or a full disk) between the registry write and the deletion of the old name
+    // leaves: the record says the new folder, and the old flat name is a second link.
+    let moved = store
+        .models()
+        .join("llama-cpp/TheBloke/TinyLlama-GGUF/tinyllama.Q4_K_M.gguf");
+    let old_name = store.models().join("llama-cpp/tinyllama.Q4_K_M.gguf");
+    fs_err::hard_link(&moved, &old_name).unwrap();
+    // A file of the same bytes that is not another name of the installed one is the user's.
+    let users_copy = store
+        .models()
+        .join("llama-cpp/keep-me/tinyllama.Q4_K_M.gguf");
+    fs_err::create_dir_all(users_copy.parent().unwrap()).unwrap();
+    fs_err::copy(&moved, &users_copy).unwrap();
+
+    let plan = store.run(&["migrate", "--dry-run", "--json"]).ok().json();
+    let ids: Vec<&str> = plan["data"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["delete-moved:llama-cpp/tinyllama.Q4_K_M.gguf"],
+        "{plan}"
+    );
+    store.run(&["migrate"]).ok();
+    let mut expected = clean.clone();
+    expected.push("llama-cpp/keep-me/tinyllama.Q4_K_M.gguf".to_string());
+    expected.sort();
+    assert_eq!(store.files(), expected);
+    assert_eq!(
+        store.read("llama-cpp/TheBloke/TinyLlama-GGUF/tinyllama.Q4_K_M.gguf"),
+        hub_file("TheBloke/TinyLlama-GGUF", "tinyllama.Q4_K_M.gguf")
+    );
 }

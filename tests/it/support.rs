@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Variables a developer's shell may set that would change what kmm does (a token, another
 /// manifest or store, offline mode, tuning, logs). Tests start without them and set what they
 /// test.
-pub(crate) const SCRUBBED_ENV: [&str; 18] = [
+pub(crate) const SCRUBBED_ENV: [&str; 20] = [
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
     "HF_TOKEN_PATH",
@@ -28,6 +28,8 @@ pub(crate) const SCRUBBED_ENV: [&str; 18] = [
     "KMM_HUB_RETRY_DELAY",
     "KMM_HUB_CONNECT_TIMEOUT",
     "KMM_HUB_READ_TIMEOUT",
+    "KMM_HUB_MIN_RATE",
+    "KMM_HUB_MIN_RATE_TIME",
     "RUST_LOG",
 ];
 

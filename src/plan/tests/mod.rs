@@ -118,7 +118,7 @@ fn installed(models: &[DesiredModel]) -> Observed {
 fn seen(size: u64) -> ObservedFile {
     ObservedFile {
         size,
-        modified: None,
+        ..ObservedFile::default()
     }
 }
 
