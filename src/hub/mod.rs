@@ -35,6 +35,7 @@ mod retry;
 mod urls;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -103,6 +104,10 @@ pub struct HubConfig {
     /// Chunked downloads write block-aligned bytes with `O_DIRECT` (Linux), past the page
     /// cache; off, every write goes through the page cache.
     pub direct_io: bool,
+    /// PEM bundles whose certificates are trusted besides the bundled roots and the system
+    /// store, each with the variable that named it (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
+    /// `CURL_CA_BUNDLE`), for mirrors behind a private CA.
+    pub ca_bundles: Vec<(String, PathBuf)>,
 }
 
 impl HubConfig {
@@ -129,8 +134,30 @@ impl HubConfig {
             parallel_min_size: chunked::DEFAULT_PARALLEL_MIN_SIZE,
             connections_per_file: chunked::DEFAULT_CONNECTIONS,
             direct_io: true,
+            ca_bundles: Vec::new(),
         }
     }
+}
+
+/// The certificates of each configured PEM bundle; one that cannot be read or holds none is
+/// `E_ARGS` naming its variable (kmm would otherwise fail later with a certificate error that
+/// hides the typo).
+fn extra_roots(bundles: &[(String, PathBuf)]) -> Result<Vec<reqwest::Certificate>> {
+    let mut roots = Vec::new();
+    for (variable, path) in bundles {
+        let bad = |why: String| {
+            Error::args(format!("{variable}=`{}` {why}", path.display())).with_hint(format!(
+                "point {variable} at a PEM file of CA certificates, or unset it"
+            ))
+        };
+        let bytes = fs_err::read(path).map_err(|error| bad(format!("cannot be read: {error}")))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&bytes)
+            .ok()
+            .filter(|certificates| !certificates.is_empty())
+            .ok_or_else(|| bad("holds no PEM certificate".to_string()))?;
+        roots.extend(certificates);
+    }
+    Ok(roots)
 }
 
 /// Whether a repository is gated.
@@ -281,7 +308,11 @@ impl HubClient {
         if !matches!(endpoint.scheme(), "http" | "https") || endpoint.cannot_be_a_base() {
             return Err(bad_endpoint());
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for root in extra_roots(&config.ca_bundles)? {
+            builder = builder.add_root_certificate(root);
+        }
+        let http = builder
             .user_agent(config.user_agent.clone())
             // Redirects are followed by hand so that the token never leaves the endpoint's
             // origin and hops are counted (see `send`).
@@ -577,6 +608,10 @@ impl HubClient {
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(err) => {
+                    // Retrying cannot make a certificate trusted: fail at once, saying how to.
+                    if let Some(error) = errors::certificate_error(&err, &shown) {
+                        return Err(SendError::Fatal(error));
+                    }
                     let transient = Transient::from_reqwest(&err);
                     tracing::debug!(method = "GET", url = %shown, error = ?transient, "hub request failed");
                     return Err(SendError::Transport(transient));

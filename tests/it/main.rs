@@ -20,4 +20,5 @@ mod machine;
 mod migrate;
 mod reliability;
 mod support;
+mod tls;
 mod verbs;
