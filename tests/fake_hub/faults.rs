@@ -205,10 +205,10 @@ impl FaultSet {
         if let Some((every_429, every_503, retry_after)) = storm {
             self.storm_requests += 1;
             let n = self.storm_requests;
-            if n % every_429.max(1) == 0 {
+            if n.is_multiple_of(every_429.max(1)) {
                 return Some((429, retry_after));
             }
-            if n % every_503.max(1) == 0 {
+            if n.is_multiple_of(every_503.max(1)) {
                 return Some((503, None));
             }
         }
