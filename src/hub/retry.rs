@@ -119,11 +119,10 @@ impl RetryBudget {
         {
             return None;
         }
-        Some(delay_before_retry(
-            self.base_delay,
-            self.overloads_in_row.saturating_sub(1),
-            retry_after,
-        ))
+        // Never sooner than our own backoff, even for `Retry-After: 0`: on a time budget, a
+        // server that keeps saying "now" must not be hammered.
+        let backoff = delay_before_retry(self.base_delay, self.overloads_in_row - 1, None);
+        Some(retry_after.map_or(backoff, |wait| wait.max(backoff)))
     }
 
     /// [`Self::after_overload`] for an overload status, else [`Self::after_failure`].
