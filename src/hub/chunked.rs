@@ -586,7 +586,11 @@ impl ChunkContext<'_> {
     ) -> std::result::Result<(), ChunkError> {
         let (start, end) = chunk_range(index, self.chunk_size, self.file.size);
         let config = &self.client.config;
-        let mut budget = RetryBudget::new(config.max_retries, config.retry_base_delay);
+        let mut budget = RetryBudget::new(
+            config.max_retries,
+            config.retry_base_delay,
+            config.retry_budget,
+        );
         loop {
             budget.start_attempt();
             let before = buffer.filled();
@@ -598,7 +602,8 @@ impl ChunkContext<'_> {
                 Err(Step::NoRanges) => return Err(ChunkError::NoRanges),
                 Err(Step::Fatal(error)) => return Err(ChunkError::Fatal(error)),
                 Err(Step::Retry(transient, retry_after)) => {
-                    (transient, budget.after_failure(progressed, retry_after))
+                    let delay = budget.after(&transient, progressed, retry_after);
+                    (transient, delay)
                 }
                 Err(Step::Stalled(stall)) => (
                     Transient::Stalled(stall.to_string()),

@@ -163,7 +163,11 @@ async fn fetch_into(
         target,
         file,
     };
-    let mut budget = RetryBudget::new(client.config.max_retries, client.config.retry_base_delay);
+    let mut budget = RetryBudget::new(
+        client.config.max_retries,
+        client.config.retry_base_delay,
+        client.config.retry_budget,
+    );
     // An earlier run got every byte but stopped before the rename: only the hash is left.
     let complete = resume && state.sink.written == file.size && file.size > 0;
     loop {
@@ -178,7 +182,8 @@ async fn fetch_into(
             Ok(()) => break,
             Err(Step::Fatal(error)) => return Err(error),
             Err(Step::Retry(transient, retry_after)) => {
-                (transient, budget.after_failure(progressed, retry_after))
+                let delay = budget.after(&transient, progressed, retry_after);
+                (transient, delay)
             }
             Err(Step::Stalled(stall)) => (
                 Transient::Stalled(stall.to_string()),

@@ -59,6 +59,7 @@ pub(crate) const TOKEN_HINT: &str =
     "set HF_TOKEN (or HF_TOKEN_PATH) to a token that may read this repository";
 pub(crate) const INVALID_TOKEN_HINT: &str = "the token from HF_TOKEN / HF_TOKEN_PATH is invalid or expired: replace it, or unset it to access public models anonymously";
 pub(crate) const GATED_HINT: &str = "request access on the model page and set HF_TOKEN";
+pub(crate) const CERTIFICATE_HINT: &str = "for a hub or mirror behind a private CA, point SSL_CERT_FILE (or REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE) at its PEM bundle, or SSL_CERT_DIR at a folder of certificates; kmm trusts those, the system store and its bundled roots";
 pub(crate) const ENDPOINT_HINT: &str =
     "check the network connection and the hub address (`--mirror`, `HF_ENDPOINT`)";
 pub(crate) const STALL_HINT: &str = "the hub or mirror sends too slowly; retry later, or on a slow link lower the minimum rate with KMM_HUB_MIN_RATE (bytes per second, 0 turns the rule off) or lengthen KMM_HUB_MIN_RATE_TIME";
@@ -202,6 +203,34 @@ pub(crate) fn retries_exhausted(
         ))
         .with_hint(STALL_HINT),
     }
+}
+
+/// `E_NET` for a request that failed because the server's TLS certificate is not trusted (an
+/// unknown issuer: a private CA; expired; another name), with a hint naming the variables that
+/// add trust; `None` for any other failure.
+pub(crate) fn certificate_error(err: &reqwest::Error, url: &str) -> Option<Error> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(err);
+    while let Some(current) = cause {
+        if let Some(rustls::Error::InvalidCertificate(why)) = find_rustls(current) {
+            return Some(
+                Error::net(format!("the TLS certificate of {url} is not trusted"))
+                    .with_hint(CERTIFICATE_HINT)
+                    .caused_by(format!("{why:?}")),
+            );
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// The rustls error `error` is, or wraps: rustls errors reach us inside `io::Error`s (nested:
+/// the TLS stream's, then the connector's), whose `source` skips what they wrap.
+fn find_rustls<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
+    if let Some(found) = error.downcast_ref::<rustls::Error>() {
+        return Some(found);
+    }
+    let inner = error.downcast_ref::<std::io::Error>()?.get_ref()?;
+    find_rustls(inner)
 }
 
 /// The cause chain of a transport error, without the URL reqwest would add (it may carry a

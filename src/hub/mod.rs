@@ -35,6 +35,7 @@ mod retry;
 mod urls;
 
 use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -103,6 +104,13 @@ pub struct HubConfig {
     /// Chunked downloads write block-aligned bytes with `O_DIRECT` (Linux), past the page
     /// cache; off, every write goes through the page cache.
     pub direct_io: bool,
+    /// How long retries of overload answers (429, 502, 503, 504) go on without progress (see
+    /// `retry::RetryBudget`); other failures are retried `max_retries` times.
+    pub retry_budget: Duration,
+    /// PEM bundles whose certificates are trusted besides the bundled roots and the system
+    /// store, each with the variable that named it (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
+    /// `CURL_CA_BUNDLE`), for mirrors behind a private CA.
+    pub ca_bundles: Vec<(String, PathBuf)>,
 }
 
 impl HubConfig {
@@ -129,8 +137,31 @@ impl HubConfig {
             parallel_min_size: chunked::DEFAULT_PARALLEL_MIN_SIZE,
             connections_per_file: chunked::DEFAULT_CONNECTIONS,
             direct_io: true,
+            ca_bundles: Vec::new(),
+            retry_budget: retry::DEFAULT_RETRY_BUDGET,
         }
     }
+}
+
+/// The certificates of each configured PEM bundle; one that cannot be read or holds none is
+/// `E_ARGS` naming its variable (kmm would otherwise fail later with a certificate error that
+/// hides the typo).
+fn extra_roots(bundles: &[(String, PathBuf)]) -> Result<Vec<reqwest::Certificate>> {
+    let mut roots = Vec::new();
+    for (variable, path) in bundles {
+        let bad = |why: String| {
+            Error::args(format!("{variable}=`{}` {why}", path.display())).with_hint(format!(
+                "point {variable} at a PEM file of CA certificates, or unset it"
+            ))
+        };
+        let bytes = fs_err::read(path).map_err(|error| bad(format!("cannot be read: {error}")))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&bytes)
+            .ok()
+            .filter(|certificates| !certificates.is_empty())
+            .ok_or_else(|| bad("holds no PEM certificate".to_string()))?;
+        roots.extend(certificates);
+    }
+    Ok(roots)
 }
 
 /// Whether a repository is gated.
@@ -243,6 +274,10 @@ pub struct HubClient {
     http: reqwest::Client,
     /// The endpoint's origin: the only one that ever sees the token.
     origin: url::Origin,
+    /// Per origin (`scheme://host:port`), when a 429's `Retry-After` lets requests to it go
+    /// again: every request of this client to that host waits until then, not only the one
+    /// that was told (shared by clones).
+    paused_until: std::sync::Arc<std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>>,
 }
 
 /// A successful API answer, fully read.
@@ -281,7 +316,11 @@ impl HubClient {
         if !matches!(endpoint.scheme(), "http" | "https") || endpoint.cannot_be_a_base() {
             return Err(bad_endpoint());
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for root in extra_roots(&config.ca_bundles)? {
+            builder = builder.add_root_certificate(root);
+        }
+        let http = builder
             .user_agent(config.user_agent.clone())
             // Redirects are followed by hand so that the token never leaves the endpoint's
             // origin and hops are counted (see `send`).
@@ -293,6 +332,7 @@ impl HubClient {
                 Error::internal("cannot set up the HTTP client").caused_by(err.to_string())
             })?;
         Ok(HubClient {
+            paused_until: Default::default(),
             origin: endpoint.origin(),
             config,
             http,
@@ -377,6 +417,42 @@ impl HubClient {
         .await
     }
 
+    /// Waits until requests to `host` may go again (see [`HubClient::paused_until`]).
+    async fn wait_while_paused(&self, host: &str) {
+        loop {
+            let until = self
+                .paused_until
+                .lock()
+                .expect("pause lock")
+                .get(host)
+                .copied();
+            match until {
+                Some(until) if until > tokio::time::Instant::now() => {
+                    tracing::debug!(host, "waiting out the hub's Retry-After");
+                    tokio::time::sleep_until(until).await;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Holds every request to `host` for `wait` (a later deadline wins over an earlier one).
+    fn pause(&self, host: &str, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut paused = self.paused_until.lock().expect("pause lock");
+        let entry = paused.entry(host.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// A fresh retry budget for one request loop, from the configuration.
+    fn retry_budget(&self) -> retry::RetryBudget {
+        retry::RetryBudget::new(
+            self.config.max_retries,
+            self.config.retry_base_delay,
+            self.config.retry_budget,
+        )
+    }
+
     /// An answer that is neither a success nor handled by the caller: a retryable status gives
     /// what to retry on (and any `Retry-After`); any other is the error it means (`E_NOT_FOUND`,
     /// `E_LICENSE`, ...), with the final URL redacted.
@@ -427,9 +503,11 @@ impl HubClient {
         let target = Target::file(repo_id, commit, path);
         let shown = redact_url(url.as_str());
         let range = (start, Some(start + len - 1));
+        let mut budget = self.retry_budget();
         let mut attempts = 0;
         loop {
             attempts += 1;
+            budget.start_attempt();
             let (transient, retry_after) = match self.send_range(url.clone(), Some(range)).await {
                 Err(SendError::Fatal(error)) => return Err(error),
                 Err(SendError::Transport(transient)) => (transient, None),
@@ -447,15 +525,11 @@ impl HubClient {
                 Ok(response) if response.status().as_u16() == 416 => return Ok(Vec::new()),
                 Ok(response) => self.unsuccessful(response, &target).await?,
             };
-            if attempts > self.config.max_retries
-                || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
-            {
+            let Some(delay) = budget.after(&transient, false, retry_after) else {
                 return Err(errors::retries_exhausted(
                     &target, &shown, attempts, &transient,
                 ));
-            }
-            let delay =
-                retry::delay_before_retry(self.config.retry_base_delay, attempts - 1, retry_after);
+            };
             tokio::time::sleep(delay).await;
         }
     }
@@ -574,9 +648,15 @@ impl HubClient {
                 None => {}
             }
             let shown = redact_url(url.as_str());
+            let host = url.origin().ascii_serialization();
+            self.wait_while_paused(&host).await;
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(err) => {
+                    // Retrying cannot make a certificate trusted: fail at once, saying how to.
+                    if let Some(error) = errors::certificate_error(&err, &shown) {
+                        return Err(SendError::Fatal(error));
+                    }
                     let transient = Transient::from_reqwest(&err);
                     tracing::debug!(method = "GET", url = %shown, error = ?transient, "hub request failed");
                     return Err(SendError::Transport(transient));
@@ -584,6 +664,11 @@ impl HubClient {
             };
             let status = response.status();
             tracing::debug!(method = "GET", url = %shown, status = status.as_u16(), "hub request");
+            if status.as_u16() == 429
+                && let Some(wait) = retry::parse_retry_after(response.headers())
+            {
+                self.pause(&host, wait.min(retry::MAX_RETRY_AFTER));
+            }
             let is_followed_redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
             let location = response
                 .headers()
@@ -617,9 +702,11 @@ impl HubClient {
     /// [`retry`]; any other error status is mapped with [`errors::error_from_status`].
     async fn get_bytes(&self, url: Url, target: &Target<'_>, max_bytes: usize) -> Result<Fetched> {
         let shown = redact_url(url.as_str());
+        let mut budget = self.retry_budget();
         let mut attempts = 0;
         loop {
             attempts += 1;
+            budget.start_attempt();
             let (transient, retry_after) = match self.send(url.clone(), None).await {
                 Err(SendError::Fatal(error)) => return Err(error),
                 Err(SendError::Transport(transient)) => (transient, None),
@@ -646,15 +733,11 @@ impl HubClient {
                 }
                 Ok(response) => self.unsuccessful(response, target).await?,
             };
-            if attempts > self.config.max_retries
-                || retry_after.is_some_and(|wait| wait > retry::MAX_RETRY_AFTER)
-            {
+            let Some(delay) = budget.after(&transient, false, retry_after) else {
                 return Err(errors::retries_exhausted(
                     target, &shown, attempts, &transient,
                 ));
-            }
-            let delay =
-                retry::delay_before_retry(self.config.retry_base_delay, attempts - 1, retry_after);
+            };
             tracing::debug!(url = %shown, attempt = attempts, failure = ?transient, ?delay, "retrying");
             tokio::time::sleep(delay).await;
         }
@@ -860,6 +943,40 @@ mod tests {
     }
 
     const SHA: &str = "e7da7f221d5bf496a48136c0cd264e630fe9fcc8";
+
+    #[tokio::test]
+    async fn a_429_with_retry_after_holds_every_request_to_its_host_and_ends_on_the_time_budget() {
+        let (url, count) = serve(Reply::Raw(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ))
+        .await;
+        let mut config = HubConfig::new(&url);
+        config.retry_base_delay = Duration::from_millis(1);
+        config.max_retries = 0; // overload answers are not counted: only the budget ends them
+        config.retry_budget = Duration::from_millis(1500);
+        let client = HubClient::new(config).unwrap();
+        let started = std::time::Instant::now();
+        let error = client.model_info("org/m", "main").await.unwrap_err();
+        assert_eq!(error.code(), crate::error::ErrorCode::Net);
+        assert!(error.message().contains("rate limited"), "{error}");
+        // Each retry waited out the second the server asked for.
+        let requests = count.load(Ordering::SeqCst);
+        assert!((2..=3).contains(&requests), "{requests} requests");
+        assert!(started.elapsed() >= Duration::from_secs(requests as u64 - 1));
+        // A clone shares the pause: its request to the same host waits too.
+        let host = Url::parse(&url).unwrap().origin().ascii_serialization();
+        client.clone().pause(&host, Duration::from_millis(300));
+        let waited = std::time::Instant::now();
+        client.wait_while_paused(&host).await;
+        assert!(waited.elapsed() >= Duration::from_millis(300));
+        assert!(
+            !client
+                .paused_until
+                .lock()
+                .unwrap()
+                .contains_key("http://127.0.0.1:1")
+        );
+    }
 
     #[tokio::test]
     async fn redirect_loops_end_in_e_net() {

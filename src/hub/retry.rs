@@ -26,6 +26,16 @@ pub(crate) fn is_retryable_status(status: u16) -> bool {
     matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
+/// A live server saying "not now" (rate limited, overloaded, a gateway without a backend): such
+/// answers are retried on a time budget without progress ([`RetryBudget`]), not on a count, since
+/// a fleet behind one rate-limited hub sees many of them while every file still gets through.
+pub(crate) fn is_overload_status(status: u16) -> bool {
+    matches!(status, 429 | 502 | 503 | 504)
+}
+
+/// Default time budget of retries on overload answers without progress.
+pub(crate) const DEFAULT_RETRY_BUDGET: Duration = Duration::from_secs(120);
+
 /// Most retries after attempts dropped by the minimum-rate rule ([`super::min_rate`]), in a
 /// row, in one download loop (fewer when `max_retries` is lower).
 ///
@@ -46,10 +56,13 @@ pub(crate) fn is_retryable_status(status: u16) -> bool {
 /// Such a server is still bounded by the cap on all attempts.
 pub(crate) const MAX_STALL_RETRIES: u32 = 3;
 
-/// The retry budget of one download loop (a single stream, or one chunk): at most
-/// `max_retries` failed attempts in a row that brought no bytes, at most
+/// The retry budget of one request loop (an API request, a single stream, or one chunk): at
+/// most `max_retries` failed attempts in a row that brought no bytes, at most
 /// [`MAX_STALL_RETRIES`] stalls in a row, and at most four times `max_retries + 1` attempts
-/// in all, so a link that drops every few bytes still ends.
+/// in all, so a link that drops every few bytes still ends. Overload answers
+/// ([`is_overload_status`]) are not counted: they are retried until `overload_budget` has passed
+/// without progress (a success or bytes), so a storm of 429s and 503s that lets some requests
+/// through never fails a file that is still getting its turn.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryBudget {
     max_retries: u32,
@@ -59,10 +72,19 @@ pub(crate) struct RetryBudget {
     attempts: u32,
     failures_without_progress: u32,
     stalls: u32,
+    overload_budget: Duration,
+    overloads_in_row: u32,
+    /// Attempts answered with an overload status: not counted against `max_attempts`.
+    overload_attempts: u32,
+    last_progress: std::time::Instant,
 }
 
 impl RetryBudget {
-    pub(crate) fn new(max_retries: u32, base_delay: Duration) -> RetryBudget {
+    pub(crate) fn new(
+        max_retries: u32,
+        base_delay: Duration,
+        overload_budget: Duration,
+    ) -> RetryBudget {
         RetryBudget {
             max_retries,
             max_attempts: max_retries.saturating_add(1).saturating_mul(4),
@@ -71,6 +93,50 @@ impl RetryBudget {
             attempts: 0,
             failures_without_progress: 0,
             stalls: 0,
+            overload_budget,
+            overloads_in_row: 0,
+            overload_attempts: 0,
+            last_progress: std::time::Instant::now(),
+        }
+    }
+
+    /// After an attempt the server answered with an overload status: how long to wait, or
+    /// `None` once `overload_budget` has passed since the last progress (or the server asks
+    /// for a wait longer than [`MAX_RETRY_AFTER`]).
+    pub(crate) fn after_overload(
+        &mut self,
+        progressed: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        if progressed {
+            self.last_progress = std::time::Instant::now();
+            self.overloads_in_row = 0;
+        }
+        self.overloads_in_row += 1;
+        self.overload_attempts += 1;
+        if self.last_progress.elapsed() >= self.overload_budget
+            || retry_after.is_some_and(|wait| wait > MAX_RETRY_AFTER)
+        {
+            return None;
+        }
+        // Never sooner than our own backoff, even for `Retry-After: 0`: on a time budget, a
+        // server that keeps saying "now" must not be hammered.
+        let backoff = delay_before_retry(self.base_delay, self.overloads_in_row - 1, None);
+        Some(retry_after.map_or(backoff, |wait| wait.max(backoff)))
+    }
+
+    /// [`Self::after_overload`] for an overload status, else [`Self::after_failure`].
+    pub(crate) fn after(
+        &mut self,
+        failure: &super::errors::Transient,
+        progressed: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        match failure {
+            super::errors::Transient::Status(status) if is_overload_status(*status) => {
+                self.after_overload(progressed, retry_after)
+            }
+            _ => self.after_failure(progressed, retry_after),
         }
     }
 
@@ -110,11 +176,12 @@ impl RetryBudget {
     ) -> Option<Duration> {
         if progressed {
             self.failures_without_progress = 0;
+            self.last_progress = std::time::Instant::now();
         } else {
             self.failures_without_progress += 1;
         }
         if self.failures_without_progress > self.max_retries
-            || self.attempts >= self.max_attempts
+            || self.attempts - self.overload_attempts.min(self.attempts) >= self.max_attempts
             || retry_after.is_some_and(|wait| wait > MAX_RETRY_AFTER)
         {
             return None;
@@ -227,7 +294,7 @@ mod tests {
     #[test]
     fn stalls_in_a_row_end_the_loop_even_when_each_brought_bytes() {
         let base = Duration::from_millis(1);
-        let mut budget = RetryBudget::new(5, base);
+        let mut budget = RetryBudget::new(5, base, DEFAULT_RETRY_BUDGET);
         for _ in 0..MAX_STALL_RETRIES {
             budget.start_attempt();
             assert!(budget.after_stall(true, false).is_some());
@@ -237,17 +304,17 @@ mod tests {
         assert_eq!(budget.attempts(), MAX_STALL_RETRIES + 1);
 
         // Fewer retries configured: fewer stalls too; none at all with no retries.
-        let mut budget = RetryBudget::new(1, base);
+        let mut budget = RetryBudget::new(1, base, DEFAULT_RETRY_BUDGET);
         budget.start_attempt();
         assert!(budget.after_stall(true, false).is_some());
         budget.start_attempt();
         assert_eq!(budget.after_stall(true, false), None);
-        let mut budget = RetryBudget::new(0, base);
+        let mut budget = RetryBudget::new(0, base, DEFAULT_RETRY_BUDGET);
         budget.start_attempt();
         assert_eq!(budget.after_stall(true, false), None);
 
         // A stall after a healthy stretch starts the count over; other failures leave it.
-        let mut budget = RetryBudget::new(5, base);
+        let mut budget = RetryBudget::new(5, base, DEFAULT_RETRY_BUDGET);
         for _ in 0..MAX_STALL_RETRIES {
             budget.start_attempt();
             assert!(budget.after_stall(true, false).is_some());
@@ -266,7 +333,7 @@ mod tests {
 
     #[test]
     fn stalls_that_bring_nothing_also_spend_the_plain_budget() {
-        let mut budget = RetryBudget::new(1, Duration::from_millis(1));
+        let mut budget = RetryBudget::new(1, Duration::from_millis(1), DEFAULT_RETRY_BUDGET);
         budget.start_attempt();
         assert!(budget.after_failure(false, None).is_some());
         budget.start_attempt();
@@ -285,5 +352,27 @@ mod tests {
             delay_before_retry(base, 0, Some(Duration::from_secs(100_000))),
             MAX_RETRY_AFTER
         );
+    }
+
+    #[test]
+    fn overload_answers_are_retried_on_a_time_budget_not_a_count() {
+        use crate::hub::errors::Transient;
+        let mut budget = RetryBudget::new(0, Duration::from_millis(1), Duration::from_millis(50));
+        for _ in 0..20 {
+            budget.start_attempt();
+            assert!(budget.after(&Transient::Status(429), false, None).is_some());
+            assert!(budget.after(&Transient::Status(503), false, None).is_some());
+        }
+        // Other failures keep their count: with no retries, the first one ends the loop.
+        assert!(
+            budget
+                .clone()
+                .after(&Transient::Status(500), false, None)
+                .is_none()
+        );
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(budget.after(&Transient::Status(429), false, None).is_none());
+        // Progress starts the budget over.
+        assert!(budget.after(&Transient::Status(429), true, None).is_some());
     }
 }

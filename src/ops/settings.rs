@@ -18,6 +18,8 @@
 //! | direct writes of chunked downloads (`O_DIRECT`, past the page cache) | | `KMM_DIRECT_IO` (`0`/`off` to write through the page cache) | | on (Linux) |
 //! | most connections per large file (4 start; more join when connections are slow) | | `KMM_CONNECTIONS_PER_FILE` (1-64) | | 16 |
 //! | progress as JSON lines on stderr (with `--json`) | | `KMM_PROGRESS_JSON=1` | | off |
+//! | extra CA certificates (a mirror behind a private CA; a bad file is `E_ARGS`) | | `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE` (PEM bundles), `SSL_CERT_DIR` | | the system store and the bundled roots |
+//! | how long a rate-limited or overloaded hub (429, 502-504) is retried without progress | | `KMM_HUB_RETRY_BUDGET` (a duration) | | 2m |
 //! | hub retries and timeouts (a bad value is `E_ARGS`) | | `KMM_HUB_MAX_RETRIES` (0-100), `KMM_HUB_RETRY_DELAY`, `KMM_HUB_CONNECT_TIMEOUT`, `KMM_HUB_READ_TIMEOUT` (durations) | | 5, 1s, 10s, 30s |
 //! | minimum download rate: a body below it over the window is dropped, retried on a fresh connection, and after 3 stalls in a row `E_NET` (a bad value is `E_ARGS`) | | `KMM_HUB_MIN_RATE` (bytes per second, 0 turns the rule off), `KMM_HUB_MIN_RATE_TIME` (a duration) | | 1024, 30s |
 
@@ -82,6 +84,9 @@ pub struct Settings {
     pub progress_json: bool,
     /// `KMM_HUB_*`: retries and timeouts of hub requests (`None`: the hub client's defaults).
     pub hub_tuning: HubTuning,
+    /// `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`: PEM bundles trusted besides the
+    /// bundled roots and the system store, with the variable that named each.
+    pub ca_bundles: Vec<(String, PathBuf)>,
 }
 
 /// Operators' overrides of the hub client's retry and timeout defaults, for slow or flaky links
@@ -100,6 +105,9 @@ pub struct HubTuning {
     pub min_rate: Option<u64>,
     /// `KMM_HUB_MIN_RATE_TIME`: the window the minimum rate is measured over.
     pub min_rate_time: Option<Duration>,
+    /// `KMM_HUB_RETRY_BUDGET`: how long overload answers (429, 502-504) are retried without
+    /// progress.
+    pub retry_budget: Option<Duration>,
 }
 
 impl HubTuning {
@@ -122,6 +130,9 @@ impl HubTuning {
         }
         if let Some(window) = self.min_rate_time {
             config.min_rate_window = window;
+        }
+        if let Some(budget) = self.retry_budget {
+            config.retry_budget = budget;
         }
     }
 }
@@ -214,9 +225,19 @@ pub fn resolve(
             read_timeout: duration_env(env, "KMM_HUB_READ_TIMEOUT")?,
             min_rate: number_env(env, "KMM_HUB_MIN_RATE", 0, MAX_MIN_RATE)?,
             min_rate_time: duration_env(env, "KMM_HUB_MIN_RATE_TIME")?,
+            retry_budget: duration_env(env, "KMM_HUB_RETRY_BUDGET")?,
         },
+        ca_bundles: CA_BUNDLE_VARIABLES
+            .iter()
+            .filter_map(|name| non_empty(env(name)).map(|path| (name.to_string(), path.into())))
+            .collect(),
     })
 }
+
+/// Variables naming a PEM bundle of extra CA certificates: OpenSSL's, then those
+/// `huggingface_hub` (requests) and curl users already set. `SSL_CERT_DIR` is read by the
+/// system store loader itself.
+const CA_BUNDLE_VARIABLES: [&str; 3] = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"];
 
 impl Settings {
     /// The settings of a library call ([`crate::api`]): no environment, no manifest; the
@@ -241,6 +262,7 @@ impl Settings {
             direct_io: None,
             progress_json: false,
             hub_tuning: HubTuning::default(),
+            ca_bundles: Vec::new(),
         }
     }
 }

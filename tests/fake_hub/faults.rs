@@ -47,6 +47,14 @@ pub enum Fault {
         every_millis: u64,
         times: u32,
     },
+    /// A rate-limit storm on every request of both servers until the faults are cleared: each
+    /// `every_429`th request is a 429 (with `Retry-After` when given), each `every_503`th of the
+    /// others a 503, counted from when the storm was armed.
+    Storm {
+        every_429: u64,
+        every_503: u64,
+        retry_after: Option<u32>,
+    },
     /// Throttle every file body to `bytes_per_sec` until the faults are cleared.
     BandwidthCap { bytes_per_sec: u64 },
     /// Throttle all file bodies together to `bytes_per_sec` until the faults are cleared.
@@ -131,6 +139,8 @@ impl Drop for InFlight {
 pub(crate) struct FaultSet {
     armed: Vec<Fault>,
     link: Arc<SharedLink>,
+    /// Requests seen since a `Storm` was armed.
+    storm_requests: u64,
 }
 
 impl Default for FaultSet {
@@ -140,12 +150,16 @@ impl Default for FaultSet {
             link: Arc::new(SharedLink {
                 next_free: std::sync::Mutex::new(Instant::now()),
             }),
+            storm_requests: 0,
         }
     }
 }
 
 impl FaultSet {
     pub fn add(&mut self, fault: Fault) {
+        if matches!(fault, Fault::Storm { .. }) {
+            self.storm_requests = 0;
+        }
         self.armed.push(fault);
     }
 
@@ -180,6 +194,24 @@ impl FaultSet {
 
     /// Uses up the first matching `Status`: `(status, retry_after)`.
     pub fn take_status(&mut self, path: &str) -> Option<(u16, Option<u32>)> {
+        let storm = self.armed.iter().find_map(|fault| match fault {
+            Fault::Storm {
+                every_429,
+                every_503,
+                retry_after,
+            } => Some((*every_429, *every_503, *retry_after)),
+            _ => None,
+        });
+        if let Some((every_429, every_503, retry_after)) = storm {
+            self.storm_requests += 1;
+            let n = self.storm_requests;
+            if n.is_multiple_of(every_429.max(1)) {
+                return Some((429, retry_after));
+            }
+            if n.is_multiple_of(every_503.max(1)) {
+                return Some((503, None));
+            }
+        }
         self.take(path, |fault| match fault {
             Fault::Status {
                 status,
@@ -256,7 +288,7 @@ impl FaultSet {
                     times,
                     ..
                 } => *times > 0 && path.contains(path_contains.as_str()),
-                Fault::BandwidthCap { .. } | Fault::LinkCap { .. } => false,
+                Fault::BandwidthCap { .. } | Fault::LinkCap { .. } | Fault::Storm { .. } => false,
             };
             matches && pick(fault).is_some()
         })?;
@@ -271,7 +303,7 @@ impl FaultSet {
                 *times -= 1;
                 *times == 0
             }
-            Fault::BandwidthCap { .. } | Fault::LinkCap { .. } => false,
+            Fault::BandwidthCap { .. } | Fault::LinkCap { .. } | Fault::Storm { .. } => false,
         };
         if exhausted {
             self.armed.remove(position);

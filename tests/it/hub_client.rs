@@ -48,6 +48,9 @@ fn client_with(hub_url: &str, token: Option<&str>) -> HubClient {
     config.token = token.map(Token::new);
     config.max_retries = 3;
     config.retry_base_delay = Duration::from_millis(10);
+    // Rate limits and overloads are retried on a time budget: short, so that the storms
+    // these tests do not end fail within a second.
+    config.retry_budget = Duration::from_millis(300);
     config.connect_timeout = Duration::from_secs(5);
     config.read_timeout = Duration::from_secs(10);
     HubClient::new(config).unwrap()

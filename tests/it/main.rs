@@ -19,5 +19,7 @@ mod interop;
 mod machine;
 mod migrate;
 mod reliability;
+mod storm;
 mod support;
+mod tls;
 mod verbs;

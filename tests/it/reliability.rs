@@ -801,6 +801,8 @@ fn network_failures_end_in_bounded_retries_and_e_net_with_the_store_intact() {
     ws.write_manifest(&[("acme/other", "main"), (SLOW, "main")]);
     ws.set_env("KMM_HUB_MAX_RETRIES", "2");
     ws.set_env("KMM_HUB_RETRY_DELAY", "10ms");
+    // 429s and 5xx overloads end on this time budget (10+20+40+80+160 ms of backoff).
+    ws.set_env("KMM_HUB_RETRY_BUDGET", "300ms");
     ws.set_env("KMM_HUB_READ_TIMEOUT", "300ms");
     ws.set_env("KMM_HUB_CONNECT_TIMEOUT", "2s");
     ws.set_env("KMM_CONNECTIONS_PER_FILE", "1");

@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Variables a developer's shell may set that would change what kmm does (a token, another
 /// manifest or store, offline mode, tuning, logs). Tests start without them and set what they
 /// test.
-pub(crate) const SCRUBBED_ENV: [&str; 20] = [
+pub(crate) const SCRUBBED_ENV: [&str; 25] = [
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
     "HF_TOKEN_PATH",
@@ -30,6 +30,11 @@ pub(crate) const SCRUBBED_ENV: [&str; 20] = [
     "KMM_HUB_READ_TIMEOUT",
     "KMM_HUB_MIN_RATE",
     "KMM_HUB_MIN_RATE_TIME",
+    "KMM_HUB_RETRY_BUDGET",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
     "RUST_LOG",
 ];
 
