@@ -111,6 +111,10 @@ pub struct HubConfig {
     /// store, each with the variable that named it (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`,
     /// `CURL_CA_BUNDLE`), for mirrors behind a private CA.
     pub ca_bundles: Vec<(String, PathBuf)>,
+    /// The proxy variables that are set (`HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, lower case
+    /// too) with their values, credentials removed: reqwest reads them itself; kmm only names
+    /// the proxy when a connection fails, since a proxy that is down looks like a hub that is.
+    pub proxies: Vec<(String, String)>,
 }
 
 impl HubConfig {
@@ -138,6 +142,7 @@ impl HubConfig {
             connections_per_file: chunked::DEFAULT_CONNECTIONS,
             direct_io: true,
             ca_bundles: Vec::new(),
+            proxies: Vec::new(),
             retry_budget: retry::DEFAULT_RETRY_BUDGET,
         }
     }
@@ -417,6 +422,23 @@ impl HubClient {
         .await
     }
 
+    /// The proxy variable (and its value) that applies to `scheme`, as reqwest picks it: the
+    /// scheme's own (`HTTPS_PROXY` or `HTTP_PROXY`, either case), else `ALL_PROXY`.
+    fn proxy_for(&self, scheme: &str) -> Option<&(String, String)> {
+        let own = if scheme == "https" {
+            "https_proxy"
+        } else {
+            "http_proxy"
+        };
+        let named = |wanted: &str| {
+            self.config
+                .proxies
+                .iter()
+                .find(|(variable, _)| variable.eq_ignore_ascii_case(wanted))
+        };
+        named(own).or_else(|| named("all_proxy"))
+    }
+
     /// Waits until requests to `host` may go again (see [`HubClient::paused_until`]).
     async fn wait_while_paused(&self, host: &str) {
         loop {
@@ -657,7 +679,15 @@ impl HubClient {
                     if let Some(error) = errors::certificate_error(&err, &shown) {
                         return Err(SendError::Fatal(error));
                     }
-                    let transient = Transient::from_reqwest(&err);
+                    let transient = match Transient::from_reqwest(&err) {
+                        Transient::Connect(detail) => match self.proxy_for(url.scheme()) {
+                            Some((variable, proxy)) => Transient::Connect(format!(
+                                "{detail} (through the proxy `{proxy}` that {variable} names: is it up?)"
+                            )),
+                            None => Transient::Connect(detail),
+                        },
+                        other => other,
+                    };
                     tracing::debug!(method = "GET", url = %shown, error = ?transient, "hub request failed");
                     return Err(SendError::Transport(transient));
                 }

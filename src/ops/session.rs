@@ -108,6 +108,7 @@ impl Session {
             config.token = settings.token.clone();
             settings.hub_tuning.apply_to(&mut config);
             config.ca_bundles = settings.ca_bundles.clone();
+            config.proxies = settings.proxies.clone();
             if let Some(chunk_size) = settings.chunk_size {
                 config.chunk_size = chunk_size;
                 config.parallel_min_size = chunk_size.saturating_mul(4);

@@ -87,6 +87,8 @@ pub struct Settings {
     /// `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`: PEM bundles trusted besides the
     /// bundled roots and the system store, with the variable that named each.
     pub ca_bundles: Vec<(String, PathBuf)>,
+    /// The proxy variables that are set, values without credentials (for error messages).
+    pub proxies: Vec<(String, String)>,
 }
 
 /// Operators' overrides of the hub client's retry and timeout defaults, for slow or flaky links
@@ -227,12 +229,28 @@ pub fn resolve(
             min_rate_time: duration_env(env, "KMM_HUB_MIN_RATE_TIME")?,
             retry_budget: duration_env(env, "KMM_HUB_RETRY_BUDGET")?,
         },
+        proxies: PROXY_VARIABLES
+            .iter()
+            .filter_map(|name| {
+                non_empty(env(name)).map(|value| (name.to_string(), crate::hub::redact_url(&value)))
+            })
+            .collect(),
         ca_bundles: CA_BUNDLE_VARIABLES
             .iter()
             .filter_map(|name| non_empty(env(name)).map(|path| (name.to_string(), path.into())))
             .collect(),
     })
 }
+
+/// The proxy variables reqwest reads (it also honours `NO_PROXY`).
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
 
 /// Variables naming a PEM bundle of extra CA certificates: OpenSSL's, then those
 /// `huggingface_hub` (requests) and curl users already set. `SSL_CERT_DIR` is read by the
@@ -263,6 +281,7 @@ impl Settings {
             progress_json: false,
             hub_tuning: HubTuning::default(),
             ca_bundles: Vec::new(),
+            proxies: Vec::new(),
         }
     }
 }

@@ -18,6 +18,7 @@ mod hub_client;
 mod interop;
 mod machine;
 mod migrate;
+mod proxy;
 mod reliability;
 mod storm;
 mod support;

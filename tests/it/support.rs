@@ -10,7 +10,7 @@ use serde_json::Value;
 /// Variables a developer's shell may set that would change what kmm does (a token, another
 /// manifest or store, offline mode, tuning, logs). Tests start without them and set what they
 /// test.
-pub(crate) const SCRUBBED_ENV: [&str; 25] = [
+pub(crate) const SCRUBBED_ENV: [&str; 32] = [
     "HF_TOKEN",
     "HUGGING_FACE_HUB_TOKEN",
     "HF_TOKEN_PATH",
@@ -35,6 +35,13 @@ pub(crate) const SCRUBBED_ENV: [&str; 25] = [
     "SSL_CERT_DIR",
     "REQUESTS_CA_BUNDLE",
     "CURL_CA_BUNDLE",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
     "RUST_LOG",
 ];
 
