@@ -8,7 +8,7 @@
 //! | setting | flag | environment | manifest | default |
 //! | --- | --- | --- | --- | --- |
 //! | manifest | `--manifest` | `KMM_MANIFEST` | | `./kari-models.toml` |
-//! | models dir | `--models-dir` | `KMM_MODELS_DIR` | `settings.models_dir` | `models/` beside the manifest |
+//! | models dir (from the flag or the environment, a file or a path the OS refuses is `E_ARGS`) | `--models-dir` | `KMM_MODELS_DIR` | `settings.models_dir` | `models/` beside the manifest |
 //! | endpoint | `--mirror` | `HF_ENDPOINT` | `settings.endpoint` | `https://huggingface.co` |
 //! | offline | `--offline` | `HF_HUB_OFFLINE` | `settings.offline` | false |
 //! | workers | `--max-workers` | `KMM_MAX_WORKERS` | `settings.max_workers` | 8 |
@@ -164,9 +164,9 @@ pub fn resolve(
         .unwrap_or_else(|| cwd.to_path_buf());
 
     let models_dir = if let Some(dir) = &args.models_dir {
-        absolute(cwd, dir)
+        check_models_dir(absolute(cwd, dir), "--models-dir")?
     } else if let Some(dir) = non_empty(env("KMM_MODELS_DIR")) {
-        absolute(cwd, Path::new(&dir))
+        check_models_dir(absolute(cwd, Path::new(&dir)), "KMM_MODELS_DIR")?
     } else if let Some(dir) = &manifest.settings.models_dir {
         absolute(&manifest_dir, dir)
     } else {
@@ -402,6 +402,29 @@ fn is_truthy(value: &str) -> bool {
         value.trim().to_ascii_uppercase().as_str(),
         "1" | "ON" | "YES" | "TRUE"
     )
+}
+
+/// A models directory the user named (`source`: the flag or the variable) that is a file, or a
+/// path the OS refuses, is `E_ARGS` here, before a verb reports it as a failed write somewhere
+/// inside (`E_DISK` on `<file>/.kmm/licenses.json`). A missing folder is fine: apply makes it.
+fn check_models_dir(dir: PathBuf, source: &str) -> Result<PathBuf> {
+    match std::fs::metadata(&dir) {
+        Ok(metadata) if !metadata.is_dir() => Err(Error::args(format!(
+            "{source} `{}` is a file",
+            dir.display()
+        ))
+        .with_hint(format!(
+            "{source} takes the folder that holds the models (created when missing)"
+        ))),
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidFilename => Err(Error::args(
+            format!(
+                "{source} is longer than the OS allows ({} bytes; a name may have 255, a path 4096)",
+                dir.as_os_str().len()
+            ),
+        )
+        .with_hint(format!("pass a shorter {source}"))),
+        _ => Ok(dir),
+    }
 }
 
 fn non_empty(value: Option<String>) -> Option<String> {

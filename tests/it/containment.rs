@@ -709,3 +709,22 @@ fn sigkill_during_kmm_lock_leaves_the_old_lock_or_the_complete_new_one() {
     }
     eprintln!("{landed} of 8 kills landed while lock ran (a clean lock took {took:?})");
 }
+
+#[test]
+fn a_models_dir_that_is_a_file_or_too_long_is_e_args() {
+    let hub = FakeHub::start(repos());
+    let mut ws = Workspace::new(&hub, &[(FIRST, "main")]);
+    let file = ws.dir.path().join("not-a-folder");
+    fs_err::write(&file, "mine").unwrap();
+    let long = ws.dir.path().join("m".repeat(300));
+    for dir in [&file, &long] {
+        let run = ws.run(&["plan", "--json", "--models-dir", dir.to_str().unwrap()]);
+        assert_eq!(run.error_code(), "E_ARGS", "{}", run.stdout);
+        assert!(run.stdout.contains("--models-dir"), "{}", run.stdout);
+    }
+    ws.set_env("KMM_MODELS_DIR", file.to_str().unwrap());
+    let run = ws.run(&["apply", "--json"]);
+    assert_eq!(run.error_code(), "E_ARGS", "{}", run.stdout);
+    assert!(run.stdout.contains("KMM_MODELS_DIR"), "{}", run.stdout);
+    assert_eq!(fs_err::read_to_string(&file).unwrap(), "mine");
+}
