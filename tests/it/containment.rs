@@ -501,10 +501,21 @@ fn a_manifest_path_that_is_a_folder_or_too_long_is_e_args() {
     );
 }
 
-/// Every file under `dir` with its size, by relative path.
+/// Every file under `dir` with its size, by relative path; kmm's own `.kmm/` is left out (its
+/// lock file holds the pid of the last holder, whose length varies), except that its trash and
+/// staging must be empty.
 fn sizes(dir: &Path) -> std::collections::BTreeMap<String, usize> {
-    read_tree(dir)
-        .into_iter()
+    let tree = read_tree(dir);
+    let leftovers: Vec<&String> = tree
+        .keys()
+        .filter(|path| path.starts_with(".kmm/trash/") || path.starts_with(".kmm/staging/"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "left in kmm's work folders: {leftovers:?}"
+    );
+    tree.into_iter()
+        .filter(|(path, _)| !path.starts_with(".kmm/"))
         .map(|(path, bytes)| (path, bytes.len()))
         .collect()
 }
