@@ -526,9 +526,7 @@ impl HubClient {
         let shown = redact_url(url.as_str());
         let range = (start, Some(start + len - 1));
         let mut budget = self.retry_budget();
-        let mut attempts = 0;
         loop {
-            attempts += 1;
             budget.start_attempt();
             let (transient, retry_after) = match self.send_range(url.clone(), Some(range)).await {
                 Err(SendError::Fatal(error)) => return Err(error),
@@ -549,7 +547,10 @@ impl HubClient {
             };
             let Some(delay) = budget.after(&transient, false, retry_after) else {
                 return Err(errors::retries_exhausted(
-                    &target, &shown, attempts, &transient,
+                    &target,
+                    &shown,
+                    budget.attempts(),
+                    &transient,
                 ));
             };
             tokio::time::sleep(delay).await;
@@ -733,9 +734,7 @@ impl HubClient {
     async fn get_bytes(&self, url: Url, target: &Target<'_>, max_bytes: usize) -> Result<Fetched> {
         let shown = redact_url(url.as_str());
         let mut budget = self.retry_budget();
-        let mut attempts = 0;
         loop {
-            attempts += 1;
             budget.start_attempt();
             let (transient, retry_after) = match self.send(url.clone(), None).await {
                 Err(SendError::Fatal(error)) => return Err(error),
@@ -765,10 +764,13 @@ impl HubClient {
             };
             let Some(delay) = budget.after(&transient, false, retry_after) else {
                 return Err(errors::retries_exhausted(
-                    target, &shown, attempts, &transient,
+                    target,
+                    &shown,
+                    budget.attempts(),
+                    &transient,
                 ));
             };
-            tracing::debug!(url = %shown, attempt = attempts, failure = ?transient, ?delay, "retrying");
+            tracing::debug!(url = %shown, attempt = budget.attempts(), failure = ?transient, ?delay, "retrying");
             tokio::time::sleep(delay).await;
         }
     }
