@@ -40,6 +40,27 @@ fn is_link(path: &Path) -> bool {
     fs_err::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
 }
 
+/// `kmm plan` has nothing left to do (`context` names the case in the failure).
+fn assert_converged(ws: &Workspace, context: &str) {
+    let plan = ws.run(&["plan", "--json"]);
+    let actions = plan.json()["data"]["actions"].clone();
+    assert!(
+        actions.as_array().unwrap().is_empty(),
+        "{context}: {}",
+        plan.stdout
+    );
+}
+
+/// Starts `kmm args`, SIGKILLs it after `delay`, and says whether it was still running then.
+fn kill_after(ws: &Workspace, args: &[&str], delay: std::time::Duration) -> bool {
+    let mut child = ws.spawn(args);
+    std::thread::sleep(delay);
+    let running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    child.wait().unwrap();
+    running
+}
+
 #[test]
 fn planted_links_in_kmms_own_folders_are_refused_and_their_targets_survive() {
     let hub = FakeHub::start(repos());
@@ -314,15 +335,7 @@ fn a_kmm_folder_on_another_file_system_installs_updates_and_removes() {
         "{:?}",
         work_leftovers(&ws.models)
     );
-    let plan = ws.run(&["plan", "--json"]);
-    assert!(
-        plan.json()["data"]["actions"]
-            .as_array()
-            .unwrap()
-            .is_empty(),
-        "{}",
-        plan.stdout
-    );
+    assert_converged(&ws, "after the last apply");
 }
 
 #[test]
@@ -342,28 +355,15 @@ fn kills_while_models_dot_kmm_is_on_another_file_system_leave_no_work_folder_beh
             &["config.json", "vocab.txt"]
         };
         manifest_with_include(&ws, include);
-        let mut child = ws.spawn(&["apply", "--quiet"]);
-        std::thread::sleep(std::time::Duration::from_millis(1 + (round * 5) % 30));
-        if child.try_wait().unwrap().is_none() {
-            landed += 1;
-        }
-        let _ = child.kill();
-        child.wait().unwrap();
+        let delay = std::time::Duration::from_millis(1 + (round * 5) % 30);
+        landed += usize::from(kill_after(&ws, &["apply", "--quiet"], delay));
         ws.run(&["apply", "--quiet"]).ok();
         assert!(
             work_leftovers(&ws.models).is_empty(),
             "round {round}: {:?}",
             work_leftovers(&ws.models)
         );
-        let plan = ws.run(&["plan", "--json"]);
-        assert!(
-            plan.json()["data"]["actions"]
-                .as_array()
-                .unwrap()
-                .is_empty(),
-            "round {round}: {}",
-            plan.stdout
-        );
+        assert_converged(&ws, &format!("round {round}"));
         for file in include.iter().filter(|g| !g.contains('*')) {
             assert!(
                 ws.model_dir(FIRST).join(file).is_file(),
@@ -400,15 +400,7 @@ fn the_users_links_inside_a_model_folder_survive_a_reinstall_and_their_targets_t
         outside
     );
     assert_eq!(read_tree(&outside), before, "a link was followed");
-    let plan = ws.run(&["plan", "--json"]);
-    assert!(
-        plan.json()["data"]["actions"]
-            .as_array()
-            .unwrap()
-            .is_empty(),
-        "{}",
-        plan.stdout
-    );
+    assert_converged(&ws, "after the last apply");
 }
 
 #[test]
@@ -597,13 +589,7 @@ fn sigkill_during_gc_never_leaves_a_half_removed_model_and_a_rerun_ends_where_a_
     let mut landed = 0;
     for round in 0..6u64 {
         let (ws, _) = large_gc_store(&hub);
-        let mut child = ws.spawn(&gc);
-        std::thread::sleep(took * (round as u32 + 1) / 7);
-        if child.try_wait().unwrap().is_none() {
-            landed += 1;
-        }
-        let _ = child.kill();
-        child.wait().unwrap();
+        landed += usize::from(kill_after(&ws, &gc, took * (round as u32 + 1) / 7));
         // The registry parses; every model it lists is complete or (between the folder's
         // removal and its record's) absent, never half-removed; so is every folder on disk.
         let registry: serde_json::Value = serde_json::from_str(&ws.registry_text().unwrap())
@@ -679,13 +665,8 @@ fn sigkill_during_kmm_lock_leaves_the_old_lock_or_the_complete_new_one() {
             ws.write_manifest(&pairs);
             Some(fs_err::read_to_string(&lock).unwrap())
         };
-        let mut child = ws.spawn(&["lock", "--quiet"]);
-        std::thread::sleep(took * (round as u32 + 1) / 9);
-        if child.try_wait().unwrap().is_none() {
-            landed += 1;
-        }
-        let _ = child.kill();
-        child.wait().unwrap();
+        let delay = took * (round as u32 + 1) / 9;
+        landed += usize::from(kill_after(&ws, &["lock", "--quiet"], delay));
         let now = fs_err::read_to_string(&lock).ok();
         assert!(
             now == old || now.as_deref() == Some(complete.as_str()),
