@@ -87,6 +87,7 @@ pub mod plan;
 pub mod registry;
 pub mod repair;
 pub mod resolve;
+pub mod shared;
 pub mod store;
 pub mod sys;
 pub mod upstream;

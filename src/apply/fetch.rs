@@ -6,7 +6,11 @@
 //!    to `<hash>.hfcache`, verified against the hash, renamed to `<hash>`. The link gets its own
 //!    name so that no later download can ever write into the cache's blob through it.
 //! 3. Offline: `E_NET` (see [`Engine::check_offline`], which lists every missing file first).
-//! 4. The network, into `<hash>.part` via [`HubClient::download_resumable`]: a partial download
+//! 4. The fleet's shared tier ([`crate::shared`]): read into `<hash>.tier`, verified, renamed.
+//!    When it lacks the file, this host takes the file's lease and downloads it (then
+//!    publishes it), or waits for the host holding the lease to publish it. A bad object is
+//!    downloaded and replaced.
+//! 5. The network, into `<hash>.part` via [`HubClient::download_resumable`]: a partial download
 //!    an earlier run left (and its `.state` file) is continued; network and disk errors keep it
 //!    for the next run; wrong bytes are discarded and fetched once more, then `E_VERIFY`.
 //!
@@ -27,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::hf_cache::HfCache;
 use crate::hub::{partial_download_bytes, partial_state_path};
 use crate::plan::{Action, Plan};
+use crate::shared::{SharedStore, TierRead, lease::Acquired, tier_part_path};
 use crate::store::StorePaths;
 use crate::upstream::{HASH_BUFFER_LEN, UpstreamFile, hash_reader};
 
@@ -35,14 +40,16 @@ use crate::upstream::{HASH_BUFFER_LEN, UpstreamFile, hash_reader};
 pub struct FetchSources {
     /// A local Hugging Face cache to take files from before downloading them.
     pub hf_cache: Option<HfCache>,
+    /// The fleet's shared tier: read before the network, published to after it.
+    pub shared: Option<std::sync::Arc<SharedStore>>,
     /// Delete partial downloads this plan does not fetch: only right when the plan covers
     /// every declared model.
     pub remove_stale_partials: bool,
 }
 
 /// Suffixes of files in the downloads folder that belong to an unfinished fetch.
-pub(super) const PARTIAL_SUFFIXES: [&str; 4] =
-    [".part", ".part.state", ".part.state.tmp", ".hfcache"];
+pub(super) const PARTIAL_SUFFIXES: [&str; 5] =
+    [".part", ".part.state", ".part.state.tmp", ".hfcache", ".tier"];
 
 /// Bytes the plan's fetches still need on the disk of the models directory: the size of every
 /// file not already in the store, minus what partial downloads already hold or have reserved
@@ -216,6 +223,9 @@ impl Engine<'_> {
                     "{model}: {} taken from the Hugging Face cache",
                     file.path
                 ));
+                if let Some(tier) = &self.sources.shared {
+                    tier.publish(file, &dest, false).await?;
+                }
                 return Ok(());
             }
         }
@@ -226,6 +236,110 @@ impl Engine<'_> {
             ))
             .with_hint("drop --offline (and unset HF_HUB_OFFLINE) to download it"));
         };
+        let mut replace = false;
+        let mut lease = None;
+        if let Some(tier) = &self.sources.shared {
+            match self.read_from_tier(tier, model, file, &dest).await? {
+                TierRead::Installed => return Ok(()),
+                TierRead::Bad(why) => {
+                    tracing::warn!(
+                        "the shared store's copy of {model}/{} is bad ({why}); downloading it and replacing the copy",
+                        file.path
+                    );
+                    replace = true;
+                }
+                TierRead::Missing | TierRead::Unusable => {}
+            }
+            // A bad object is replaced by whoever finds it: no lease, whose holder would
+            // publish the same good bytes.
+            if !replace {
+                let waiting = |holder: &str| {
+                    reporter.step(&format!(
+                        "{model}: waiting for {holder} to publish {} to the shared store",
+                        file.path
+                    ))
+                };
+                match tier.lease_or_wait(file, &waiting).await? {
+                    Acquired::Mine(held) => lease = Some(held),
+                    Acquired::Published => {
+                        if self.read_from_tier(tier, model, file, &dest).await? == TierRead::Installed {
+                            return Ok(());
+                        }
+                    }
+                    Acquired::GaveUp { holder } => reporter.step(&format!(
+                        "{model}: {holder} did not publish {} in time; downloading it",
+                        file.path
+                    )),
+                    Acquired::Unusable => {}
+                }
+            }
+        }
+        let downloaded = self.download(hub, model, commit, file, &dest).await;
+        if downloaded.is_ok()
+            && let Some(tier) = &self.sources.shared
+        {
+            let published = tier.publish(file, &dest, replace).await;
+            if let Some(held) = lease {
+                held.release().await;
+            }
+            return published;
+        }
+        if let Some(held) = lease {
+            held.release().await;
+        }
+        downloaded
+    }
+
+    /// `file` from the shared tier into the store, verified; anything but `Installed` leaves
+    /// nothing behind.
+    async fn read_from_tier(
+        &self,
+        tier: &SharedStore,
+        model: &str,
+        file: &UpstreamFile,
+        dest: &Path,
+    ) -> Result<TierRead> {
+        let reporter = self.ctx.reporter;
+        let part = tier_part_path(&self.downloads, &file.hash);
+        let progress = |bytes: u64| reporter.download_progress(model, &file.path, bytes);
+        let started = std::sync::atomic::AtomicBool::new(false);
+        let read = tier
+            .read(file, &part, &|bytes| {
+                if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    reporter.download_started(model, &file.path, file.size);
+                }
+                progress(bytes)
+            })
+            .instrument(tracing::info_span!("shared_store", model, path = %file.path))
+            .await?;
+        if read != TierRead::Installed {
+            return Ok(read);
+        }
+        if !self.defer_sync {
+            fs_err::File::open(&part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
+        }
+        fs_err::rename(&part, dest)
+            .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
+        reporter.download_finished(model, &file.path);
+        reporter.step(&format!("{model}: {} taken from the shared store", file.path));
+        let mut report = self.report.lock().expect("report lock");
+        report.files_from_shared_store += 1;
+        report.bytes_from_shared_store += file.size;
+        Ok(TierRead::Installed)
+    }
+
+    /// `file` from the hub into the store (resumable, verified).
+    async fn download(
+        &self,
+        hub: &crate::hub::HubClient,
+        model: &str,
+        commit: &str,
+        file: &UpstreamFile,
+        dest: &Path,
+    ) -> Result<()> {
+        let reporter = self.ctx.reporter;
         let part = self.downloads.join(format!("{}.part", file.hash.hex()));
         reporter.download_started(model, &file.path, file.size);
         let progress = |bytes: u64| reporter.download_progress(model, &file.path, bytes);
@@ -253,7 +367,7 @@ impl Engine<'_> {
                     .and_then(|f| f.sync_all())
                     .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
             }
-            fs_err::rename(&part, &dest)
+            fs_err::rename(&part, dest)
                 .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
         }
         reporter.download_finished(model, &file.path);

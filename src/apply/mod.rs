@@ -72,8 +72,14 @@ pub struct ApplyReport {
     pub models_installed: Vec<String>,
     pub models_updated: Vec<String>,
     pub models_removed: Vec<String>,
+    /// Files and bytes from the hub (or mirror).
     pub files_downloaded: u64,
     pub bytes_downloaded: u64,
+    /// Files and bytes read from the fleet's shared store instead of the hub.
+    #[serde(default)]
+    pub files_from_shared_store: u64,
+    #[serde(default)]
+    pub bytes_from_shared_store: u64,
     pub strays_removed: Vec<String>,
 }
 

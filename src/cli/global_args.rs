@@ -36,6 +36,14 @@ pub struct GlobalArgs {
     /// How long to wait for another kmm holding the store lock, e.g. `30s`, `5m`, `0s` [default: wait forever].
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
     pub lock_timeout: Option<std::time::Duration>,
+    /// A shared S3-compatible tier of verified files for a fleet, `s3://BUCKET/PREFIX`
+    /// [default: $KMM_SHARED_STORE, else the manifest's shared_store]. Endpoint and
+    /// credentials come from the AWS_* variables.
+    #[arg(long, global = true, value_name = "URL")]
+    pub shared_store: Option<String>,
+    /// A shared store that cannot be used is E_NET instead of a warning and the hub.
+    #[arg(long, global = true)]
+    pub require_shared_store: bool,
     /// More logs on stderr (-v: info, -vv: debug, -vvv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -51,6 +59,8 @@ impl GlobalArgs {
             offline: self.offline,
             max_workers: self.max_workers,
             lock_timeout: self.lock_timeout,
+            shared_store: self.shared_store.clone(),
+            require_shared_store: self.require_shared_store,
         }
     }
 }

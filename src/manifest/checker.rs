@@ -272,6 +272,16 @@ impl Checker<'_> {
                 "quota_gb" => settings.quota_gb = Some(self.gigabytes(entry, context)?),
                 "prune" => settings.prune = self.boolean(entry, context)?,
                 "offline" => settings.offline = Some(self.boolean(entry, context)?),
+                "shared_store" => {
+                    let text = self.string(entry, context)?;
+                    crate::shared::parse_url(text, "`shared_store`").map_err(|error| {
+                        self.error(entry.value_location(), format!("{} in {context}", error.message()))
+                    })?;
+                    settings.shared_store = Some(text.to_string());
+                }
+                "require_shared_store" => {
+                    settings.require_shared_store = Some(self.boolean(entry, context)?)
+                }
                 _ => return Err(self.unknown_key(entry, context, &SETTINGS_KEYS)),
             }
         }

@@ -32,13 +32,15 @@ pub use values::{check_endpoint, check_revision};
 /// Keys of the top level.
 pub const TOP_LEVEL_KEYS: [&str; 3] = ["settings", "models", "baselines"];
 /// Keys of `[settings]`.
-pub const SETTINGS_KEYS: [&str; 6] = [
+pub const SETTINGS_KEYS: [&str; 8] = [
     "models_dir",
     "endpoint",
     "max_workers",
     "quota_gb",
     "prune",
     "offline",
+    "shared_store",
+    "require_shared_store",
 ];
 /// Keys of `[models."owner/name"]`.
 pub const MODEL_KEYS: [&str; 7] = [
@@ -86,6 +88,9 @@ pub struct Settings {
     pub quota_gb: Option<f64>,
     pub prune: bool,
     pub offline: Option<bool>,
+    /// `s3://BUCKET/PREFIX` of the fleet's shared tier (checked when settings resolve).
+    pub shared_store: Option<String>,
+    pub require_shared_store: Option<bool>,
 }
 
 /// `[models."owner/name"]`.

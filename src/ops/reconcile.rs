@@ -281,6 +281,10 @@ async fn execute(
     reporter.status(&plan::render_text(&plan));
     let sources = apply::FetchSources {
         hf_cache: session.hf_cache.clone(),
+        shared: match session.shared_store().await? {
+            Some(_) => session.shared.clone(),
+            None => None,
+        },
         remove_stale_partials: options.whole_manifest_env.is_some(),
     };
     checks::check_free_disk(

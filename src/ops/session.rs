@@ -46,6 +46,10 @@ pub struct Session {
     pub hub: Option<HubClient>,
     /// The local Hugging Face cache: a source of files before the network.
     pub hf_cache: Option<crate::hf_cache::HfCache>,
+    /// The fleet's shared tier (none offline or when none is named); probed by the first
+    /// step that needs it ([`Session::shared_store`]).
+    pub shared: Option<std::sync::Arc<crate::shared::SharedStore>>,
+    shared_probed: std::sync::atomic::AtomicBool,
     /// `kari-models.lock` beside the manifest.
     pub lock_path: std::path::PathBuf,
     /// The lock as read at open (`None` when there is none).
@@ -129,8 +133,16 @@ impl Session {
         };
         let paths = StorePaths::new(settings.models_dir.clone());
         let hf_cache = Some(crate::hf_cache::HfCache::new(settings.hf_cache.clone()));
+        let shared = match &settings.shared_store {
+            Some(config) if !settings.offline => Some(std::sync::Arc::new(
+                crate::shared::SharedStore::open(config)?,
+            )),
+            _ => None,
+        };
         Ok(Session {
             hf_cache,
+            shared,
+            shared_probed: Default::default(),
             manifest,
             settings,
             paths,
@@ -152,9 +164,24 @@ impl Session {
             paths,
             hub: Some(hub),
             hf_cache: None,
+            shared: None,
+            shared_probed: Default::default(),
             lock_path,
             lock: None,
         }
+    }
+
+    /// The shared tier, probed once (one listing request) so that an unreachable tier, a
+    /// missing bucket or refused credentials cost one warning up front (`E_NET` when the tier
+    /// is required) instead of a failure per file.
+    pub async fn shared_store(&self) -> Result<Option<&crate::shared::SharedStore>> {
+        let Some(shared) = self.shared.as_deref() else {
+            return Ok(None);
+        };
+        if !self.shared_probed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            shared.probe().await?;
+        }
+        Ok(Some(shared))
     }
 
     /// Takes the store lock (the one writer), saying so while another kmm process holds it.

@@ -21,6 +21,10 @@
 //! | extra CA certificates (a mirror behind a private CA; a bad file is `E_ARGS`) | | `SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE` (PEM bundles), `SSL_CERT_DIR` | | the system store and the bundled roots |
 //! | how long a rate-limited or overloaded hub (429, 502-504) is retried without progress | | `KMM_HUB_RETRY_BUDGET` (a duration) | | 2m |
 //! | hub retries and timeouts (a bad value is `E_ARGS`) | | `KMM_HUB_MAX_RETRIES` (0-100), `KMM_HUB_RETRY_DELAY`, `KMM_HUB_CONNECT_TIMEOUT`, `KMM_HUB_READ_TIMEOUT` (durations) | | 5, 1s, 10s, 30s |
+//! | shared tier of a fleet (`s3://BUCKET/PREFIX`; endpoint and credentials from `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ALLOW_HTTP`) | `--shared-store` | `KMM_SHARED_STORE` | `settings.shared_store` | none |
+//! | a shared tier that cannot be used is `E_NET`, not a warning | `--require-shared-store` | `KMM_REQUIRE_SHARED_STORE=1` | `settings.require_shared_store` | off |
+//! | the name this host reports and holds leases under | | `KMM_NODE_NAME` | | the host name |
+//! | shared tier timings | | `KMM_SHARED_STORE_LEASE_TTL`, `KMM_SHARED_STORE_WAIT`, `KMM_SHARED_STORE_TIMEOUT` (durations), `KMM_SHARED_STORE_MULTIPART_MIN` (bytes) | | 30s, 30m, 60s, 64 MiB |
 //! | minimum download rate: a body below it over the window is dropped, retried on a fresh connection, and after 3 stalls in a row `E_NET` (a bad value is `E_ARGS`) | | `KMM_HUB_MIN_RATE` (bytes per second, 0 turns the rule off), `KMM_HUB_MIN_RATE_TIME` (a duration) | | 1024, 30s |
 
 use std::path::{Path, PathBuf};
@@ -53,6 +57,10 @@ pub struct Overrides {
     pub max_workers: Option<u16>,
     /// How long to wait for another kmm holding the store lock (`None`: forever).
     pub lock_timeout: Option<Duration>,
+    /// `--shared-store s3://BUCKET/PREFIX`.
+    pub shared_store: Option<String>,
+    /// `--require-shared-store`.
+    pub require_shared_store: bool,
 }
 
 /// Everything a verb needs to know about where and how to work.
@@ -89,6 +97,8 @@ pub struct Settings {
     pub ca_bundles: Vec<(String, PathBuf)>,
     /// The proxy variables that are set, values without credentials (for error messages).
     pub proxies: Vec<(String, String)>,
+    /// The fleet's shared tier, when one is named.
+    pub shared_store: Option<crate::shared::SharedStoreConfig>,
 }
 
 /// Operators' overrides of the hub client's retry and timeout defaults, for slow or flaky links
@@ -239,7 +249,71 @@ pub fn resolve(
             .iter()
             .filter_map(|name| non_empty(env(name)).map(|path| (name.to_string(), path.into())))
             .collect(),
+        shared_store: shared_store(args, env, manifest)?,
     })
+}
+
+/// The shared tier: `--shared-store`, else `KMM_SHARED_STORE`, else the manifest's
+/// `shared_store`; required by `--require-shared-store`, `KMM_REQUIRE_SHARED_STORE` or the
+/// manifest's `require_shared_store`. Requiring a tier that is not named is `E_ARGS`.
+fn shared_store(
+    args: &Overrides,
+    env: EnvLookup<'_>,
+    manifest: &Manifest,
+) -> Result<Option<crate::shared::SharedStoreConfig>> {
+    use crate::shared::{AwsVariables, SharedStoreConfig, TierTimings, check_node_name, parse_url};
+    let named = if let Some(url) = &args.shared_store {
+        Some((url.clone(), "--shared-store"))
+    } else if let Some(url) = non_empty(env("KMM_SHARED_STORE")) {
+        Some((url, "KMM_SHARED_STORE"))
+    } else {
+        manifest
+            .settings
+            .shared_store
+            .clone()
+            .map(|url| (url, "settings.shared_store"))
+    };
+    let required = args.require_shared_store
+        || env("KMM_REQUIRE_SHARED_STORE").is_some_and(|value| is_truthy(&value))
+        || manifest.settings.require_shared_store.unwrap_or(false);
+    let Some((url, origin)) = named else {
+        if required {
+            return Err(Error::args("a shared store is required but none is named").with_hint(
+                "name it with --shared-store s3://BUCKET/PREFIX, KMM_SHARED_STORE or shared_store in [settings]",
+            ));
+        }
+        return Ok(None);
+    };
+    let (bucket, prefix) = parse_url(&url, origin)?;
+    let node_name = match non_empty(env("KMM_NODE_NAME")) {
+        Some(name) => check_node_name(&name, "KMM_NODE_NAME")?,
+        None => check_node_name(
+            &sysinfo::System::host_name().unwrap_or_else(|| "localhost".to_string()),
+            "the host name",
+        )?,
+    };
+    let defaults = TierTimings::default();
+    let timings = TierTimings {
+        lease_ttl: duration_env(env, "KMM_SHARED_STORE_LEASE_TTL")?.unwrap_or(defaults.lease_ttl),
+        max_wait: duration_env(env, "KMM_SHARED_STORE_WAIT")?.unwrap_or(defaults.max_wait),
+        multipart_min: number_env(env, "KMM_SHARED_STORE_MULTIPART_MIN", 5 << 20, 5 << 30)?
+            .unwrap_or(defaults.multipart_min),
+        request_timeout: duration_env(env, "KMM_SHARED_STORE_TIMEOUT")?
+            .unwrap_or(defaults.request_timeout),
+    };
+    Ok(Some(SharedStoreConfig {
+        url: format!("s3://{bucket}/{prefix}").trim_end_matches('/').to_string(),
+        bucket,
+        prefix,
+        required,
+        aws: AwsVariables::read(env),
+        ca_bundles: CA_BUNDLE_VARIABLES
+            .iter()
+            .filter_map(|name| non_empty(env(name)).map(PathBuf::from))
+            .collect(),
+        node_name,
+        timings,
+    }))
 }
 
 /// The proxy variables reqwest reads (it also honours `NO_PROXY`).
@@ -282,6 +356,7 @@ impl Settings {
             hub_tuning: HubTuning::default(),
             ca_bundles: Vec::new(),
             proxies: Vec::new(),
+            shared_store: None,
         }
     }
 }
