@@ -48,8 +48,13 @@ pub struct FetchSources {
 }
 
 /// Suffixes of files in the downloads folder that belong to an unfinished fetch.
-pub(super) const PARTIAL_SUFFIXES: [&str; 5] =
-    [".part", ".part.state", ".part.state.tmp", ".hfcache", ".tier"];
+pub(super) const PARTIAL_SUFFIXES: [&str; 5] = [
+    ".part",
+    ".part.state",
+    ".part.state.tmp",
+    ".hfcache",
+    ".tier",
+];
 
 /// Bytes the plan's fetches still need on the disk of the models directory: the size of every
 /// file not already in the store, minus what partial downloads already hold or have reserved
@@ -262,7 +267,9 @@ impl Engine<'_> {
                 match tier.lease_or_wait(file, &waiting).await? {
                     Acquired::Mine(held) => lease = Some(held),
                     Acquired::Published => {
-                        if self.read_from_tier(tier, model, file, &dest).await? == TierRead::Installed {
+                        if self.read_from_tier(tier, model, file, &dest).await?
+                            == TierRead::Installed
+                        {
                             return Ok(());
                         }
                     }
@@ -323,7 +330,10 @@ impl Engine<'_> {
         fs_err::rename(&part, dest)
             .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
         reporter.download_finished(model, &file.path);
-        reporter.step(&format!("{model}: {} taken from the shared store", file.path));
+        reporter.step(&format!(
+            "{model}: {} taken from the shared store",
+            file.path
+        ));
         let mut report = self.report.lock().expect("report lock");
         report.files_from_shared_store += 1;
         report.bytes_from_shared_store += file.size;

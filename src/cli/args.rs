@@ -5,8 +5,8 @@
 use clap::{Parser, Subcommand};
 
 use super::commands::{
-    apply, browse, compatibility, download, ensure, gc, info, license, list, lock, migrate, path,
-    pin, plan, registry, schemas, show, verify, watch,
+    apply, browse, compatibility, download, ensure, fleet, gc, info, license, list, lock, migrate,
+    path, pin, plan, registry, schemas, show, verify, watch,
 };
 use super::global_args::GlobalArgs;
 
@@ -58,6 +58,8 @@ pub enum Command {
     /// Move an older layout into place: flat GGUFs, wrong folders, old registry records, config
     /// mirrors, `*.corrupt` leftovers. Downloads nothing, deletes nothing it cannot attribute.
     Migrate(migrate::MigrateArgs),
+    /// The fleet on the shared store: `kmm fleet status` shows every host's last apply.
+    Fleet(fleet::FleetArgs),
     /// Re-hash every installed file of the declared models and report drift (exit code 2 when
     /// anything differs; `kmm apply --verify` repairs it).
     Verify(verify::VerifyArgs),

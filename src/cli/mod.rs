@@ -89,6 +89,7 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Verify(args) => commands::verify::run(global, args, &env, &cwd, out).await,
             Command::Show(args) => commands::show::run(args, &cwd, out),
             Command::Watch(args) => commands::watch::run(global, args, &env, &cwd, out).await,
+            Command::Fleet(args) => commands::fleet::run(global, args, &env, &cwd, out).await,
             Command::Registry(args) => commands::registry::run(global, args, &env, &cwd, out).await,
             Command::GenerateSchemas(args) => commands::schemas::run(args, &cwd, out),
         }

@@ -275,7 +275,10 @@ impl Checker<'_> {
                 "shared_store" => {
                     let text = self.string(entry, context)?;
                     crate::shared::parse_url(text, "`shared_store`").map_err(|error| {
-                        self.error(entry.value_location(), format!("{} in {context}", error.message()))
+                        self.error(
+                            entry.value_location(),
+                            format!("{} in {context}", error.message()),
+                        )
                     })?;
                     settings.shared_store = Some(text.to_string());
                 }

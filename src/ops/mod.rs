@@ -22,6 +22,8 @@
 //! | `reconcile.rs` | the whole reconcile: `plan`, `apply`, `watch`, `migrate`, `verify`, and [`apply_desired`] under every one-model install |
 //! | `checks.rs` | refusals before any change: nested folders, quota, free disk; review warnings |
 //! | `compat_check.rs` | compatibility notes of the models a plan creates (`--force-compat` refuses) |
+//! | `sources.rs` | where a plan's bytes come from: the store, the Hugging Face cache, the shared store, the hub |
+//! | `fleet.rs` | each host's report to the shared store after an apply; `kmm fleet status` |
 //! | `baselines.rs` | `kmm ensure` and the baselines `plan`/`apply` note and produce |
 //! | `install.rs` | one model alone: `kmm download`, `kmm browse`, the library's `download_snapshot` |
 //! | `gc.rs` | `kmm gc`: quota/target evictions and stale downloads |
@@ -36,6 +38,7 @@
 mod baselines;
 mod checks;
 mod compat_check;
+mod fleet;
 mod gc;
 mod install;
 mod lock;
@@ -45,6 +48,7 @@ mod records;
 mod repair;
 mod session;
 pub mod settings;
+mod sources;
 mod steps;
 
 pub use baselines::{BaselineRequest, ensure_baselines, note_baselines};
@@ -52,6 +56,7 @@ pub use checks::review_warnings;
 pub use compat_check::{
     check_model as check_model_compatibility, check_plan as check_compatibility,
 };
+pub use fleet::{FleetHost, FleetStatus, HostState, fleet_status, lock_digest};
 pub use gc::{GcReport, GcRequest, StaleDownload, collect_garbage};
 pub use install::{InstallOptions, install_one};
 pub use lock::{Locked, lock_manifest};

@@ -60,6 +60,7 @@ pub async fn review_manifest(
     let hub = session.hub.as_ref().filter(|_| !request.lock.frozen);
     compat_check::check_plan(session, hub, &desired, &mut plan, false).await?;
     baselines::note_baselines(session, &mut plan);
+    super::sources::note_byte_sources(session, &mut plan).await?;
     if let Some(path) = &request.out {
         let dirs = plan::dirs_to_observe(session.paths.root(), &desired, &registry);
         let inputs = session.fingerprints(&dirs)?;
@@ -116,14 +117,26 @@ pub async fn apply_manifest(
     reporter: &dyn Reporter,
 ) -> Result<Applied> {
     let (session, desired) = Session::open_resolved(overrides, mode, env, cwd).await?;
-    session.update_lock(&desired, mode, reporter)?;
+    let outcome = apply_resolved(&session, &desired, mode, options, reporter).await;
+    super::fleet::report_node(&session, &outcome, reporter).await;
+    outcome
+}
+
+async fn apply_resolved(
+    session: &Session,
+    desired: &[DesiredModel],
+    mode: LockMode,
+    options: &ApplyOptions<'_>,
+    reporter: &dyn Reporter,
+) -> Result<Applied> {
+    session.update_lock(desired, mode, reporter)?;
     let _lock = session.lock_store(reporter)?;
-    let plan = plan_checked(&session, &desired, options).await?;
+    let plan = plan_checked(session, desired, options).await?;
     execute(
-        &session,
+        session,
         plan,
         options,
-        Checked::Desired(&desired),
+        Checked::Desired(desired),
         reporter,
         "No changes. The models directory matches kari-models.toml.",
     )
@@ -278,6 +291,8 @@ async fn execute(
             report: ApplyReport::default(),
         });
     }
+    let mut plan = plan;
+    super::sources::note_byte_sources(session, &mut plan).await?;
     reporter.status(&plan::render_text(&plan));
     let sources = apply::FetchSources {
         hf_cache: session.hf_cache.clone(),
@@ -296,14 +311,22 @@ async fn execute(
     if let Some(env) = options.whole_manifest_env {
         baselines::after_apply(session, env, reporter)?;
     }
-    let message = format!(
-        "Apply complete: {} installed, {} updated, {} removed; {} downloaded in {} files.",
+    let mut message = format!(
+        "Apply complete: {} installed, {} updated, {} removed; {} downloaded in {} files",
         report.models_installed.len(),
         report.models_updated.len(),
         report.models_removed.len(),
         plan::format_bytes(report.bytes_downloaded),
         report.files_downloaded
     );
+    if report.files_from_shared_store > 0 {
+        message.push_str(&format!(
+            ", {} from the shared store in {} files",
+            plan::format_bytes(report.bytes_from_shared_store),
+            report.files_from_shared_store
+        ));
+    }
+    message.push('.');
     Ok(Applied {
         message,
         plan,

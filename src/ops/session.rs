@@ -178,7 +178,10 @@ impl Session {
         let Some(shared) = self.shared.as_deref() else {
             return Ok(None);
         };
-        if !self.shared_probed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if !self
+            .shared_probed
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             shared.probe().await?;
         }
         Ok(Some(shared))

@@ -302,7 +302,9 @@ fn shared_store(
             .unwrap_or(defaults.request_timeout),
     };
     Ok(Some(SharedStoreConfig {
-        url: format!("s3://{bucket}/{prefix}").trim_end_matches('/').to_string(),
+        url: format!("s3://{bucket}/{prefix}")
+            .trim_end_matches('/')
+            .to_string(),
         bucket,
         prefix,
         required,

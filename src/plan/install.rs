@@ -113,6 +113,7 @@ impl<'a> Planner<'a> {
             kept_files: planned.kept_files,
             download_bytes: planned.download_bytes,
             copy_bytes: planned.copy_bytes,
+            byte_sources: None,
             free_bytes,
         });
     }
@@ -509,6 +510,7 @@ fn unchanged_in_place(model: &DesiredModel, now: &Installed<'_>, kept_files: usi
         kept_files,
         download_bytes: 0,
         copy_bytes: 0,
+        byte_sources: None,
         free_bytes: 0,
     }
 }

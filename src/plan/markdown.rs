@@ -48,6 +48,9 @@ pub fn render_markdown(plan: &Plan, warnings: &[String]) -> String {
         out.push_str("**No changes.** The models directory matches `kari-models.toml`.\n");
     } else {
         let _ = writeln!(out, "**{}**", summary_line(plan));
+        if let Some(sources) = &plan.summary.byte_sources {
+            let _ = writeln!(out, "\nBytes {}.", sources.describe());
+        }
     }
 
     let mut all_warnings: Vec<String> = warnings.to_vec();
@@ -198,6 +201,7 @@ mod tests {
             kept_files: 0,
             download_bytes: 2_000_000,
             copy_bytes: 0,
+            byte_sources: None,
             free_bytes: 0,
         }
     }

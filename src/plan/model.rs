@@ -70,8 +70,46 @@ pub struct ModelChange {
     /// files are never hard-linked between two models.
     #[serde(default)]
     pub copy_bytes: u64,
+    /// Where this model's fetched bytes come from (set when anything besides the hub is a
+    /// source: a shared store, the Hugging Face cache, earlier downloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byte_sources: Option<ByteSources>,
     /// Bytes that go away (removed files, or the whole folder on remove).
     pub free_bytes: u64,
+}
+
+/// Bytes the plan fetches, by where they come from, in the order apply tries them.
+#[derive(
+    schemars::JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize,
+)]
+pub struct ByteSources {
+    /// Already in `.kmm/downloads/` (an earlier run fetched them).
+    pub store: u64,
+    /// The local Hugging Face cache.
+    pub hf_cache: u64,
+    /// The fleet's shared store.
+    pub shared_store: u64,
+    /// The hub or mirror.
+    pub hub: u64,
+}
+
+impl ByteSources {
+    /// `from the shared store: 4.2 GB; from the hub: 0 B` (local sources only when they give
+    /// something; the hub always).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (bytes, name) in [
+            (self.store, "earlier downloads"),
+            (self.hf_cache, "the Hugging Face cache"),
+            (self.shared_store, "the shared store"),
+        ] {
+            if bytes > 0 {
+                parts.push(format!("from {name}: {}", super::format_bytes(bytes)));
+            }
+        }
+        parts.push(format!("from the hub: {}", super::format_bytes(self.hub)));
+        parts.join("; ")
+    }
 }
 
 /// What happens to one file of a model.
@@ -113,6 +151,9 @@ pub struct Summary {
     /// second and later installs of a file downloaded once for several models.
     #[serde(default)]
     pub copy_bytes: u64,
+    /// Where the downloads' bytes come from (see [`ModelChange::byte_sources`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byte_sources: Option<ByteSources>,
     pub free_bytes: u64,
     pub strays: usize,
 }

@@ -342,6 +342,7 @@ impl<'a> Planner<'a> {
             kept_files: 0,
             download_bytes: 0,
             copy_bytes: 0,
+            byte_sources: None,
             free_bytes,
         });
     }

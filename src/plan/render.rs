@@ -71,6 +71,9 @@ pub fn render_text(plan: &Plan) -> String {
     }
     out.push_str(&summary_line(plan));
     out.push('\n');
+    if let Some(sources) = &plan.summary.byte_sources {
+        let _ = writeln!(out, "Bytes {}.", sources.describe());
+    }
     out
 }
 
@@ -147,6 +150,9 @@ pub(super) fn render_model(out: &mut String, model: &ModelChange, shown: &dyn Fn
         }
     }
     out.push('\n');
+    if let Some(sources) = &model.byte_sources {
+        let _ = writeln!(out, "    # bytes {}", sources.describe());
+    }
     if model.change == ChangeKind::Update {
         for reason in &model.reasons {
             let _ = writeln!(out, "    # {reason}");

@@ -138,7 +138,9 @@ pub fn parse_url(text: &str, origin: &str) -> Result<(String, String)> {
     }
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.contains('@') {
-        return Err(bad("holds credentials; set them in AWS_* variables instead"));
+        return Err(bad(
+            "holds credentials; set them in AWS_* variables instead",
+        ));
     }
     let valid_bucket = (3..=63).contains(&bucket.len())
         && bucket

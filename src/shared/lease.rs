@@ -104,7 +104,8 @@ impl SharedStore {
             return Ok(Acquired::Unusable);
         }
         let key = self.lease_key(file);
-        let poll = (self.timings.lease_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        let poll =
+            (self.timings.lease_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(2));
         let started = Instant::now();
         let mut told = false;
         // The stale lease this host may take over, by its version.
@@ -118,7 +119,11 @@ impl SharedStore {
                 mode,
                 ..PutOptions::default()
             };
-            match self.store.put_opts(&key, self.lease_body(file), options).await {
+            match self
+                .store
+                .put_opts(&key, self.lease_body(file), options)
+                .await
+            {
                 Ok(put) => {
                     let version = UpdateVersion {
                         e_tag: put.e_tag,
@@ -178,7 +183,12 @@ impl SharedStore {
     /// Renews the lease every third of its TTL until it is released; a renewal refused
     /// because another host took the lease over ends the heartbeat (both hosts then download
     /// the file; the tier keeps one copy).
-    fn start_heartbeat(&self, key: ObjectPath, file: &UpstreamFile, version: UpdateVersion) -> Lease {
+    fn start_heartbeat(
+        &self,
+        key: ObjectPath,
+        file: &UpstreamFile,
+        version: UpdateVersion,
+    ) -> Lease {
         let version = std::sync::Arc::new(std::sync::Mutex::new(version));
         let every = self.timings.lease_ttl / 3;
         let (store, beat_key, shared_version) = (self.store.clone(), key.clone(), version.clone());

@@ -122,12 +122,11 @@ impl SharedStore {
                 .map_err(|_| Error::internal(format!("{name} is not an S3 setting")))?;
             builder = builder.with_config(key, value);
         }
-        let store = builder.build()
-            .map_err(|e| {
-                Error::args(format!("the shared store {} cannot be set up", config.url))
-                    .caused_by(without_secrets(&e.to_string(), &config.aws))
-                    .with_hint("check AWS_ENDPOINT_URL, AWS_REGION and the credentials variables")
-            })?;
+        let store = builder.build().map_err(|e| {
+            Error::args(format!("the shared store {} cannot be set up", config.url))
+                .caused_by(without_secrets(&e.to_string(), &config.aws))
+                .with_hint("check AWS_ENDPOINT_URL, AWS_REGION and the credentials variables")
+        })?;
         Ok(SharedStore {
             store: Arc::new(store),
             prefix: ObjectPath::from(config.prefix.as_str()),
@@ -270,7 +269,10 @@ impl SharedStore {
                 async move { store.get_range(&key, range).await }
             })
             .buffered(READS_PER_FILE);
-        let mut state = Some((out.into_parts().0, ContentHasher::for_hash(&file.hash, file.size)));
+        let mut state = Some((
+            out.into_parts().0,
+            ContentHasher::for_hash(&file.hash, file.size),
+        ));
         let mut written = 0u64;
         while let Some(chunk) = chunks.next().await {
             let bytes = match chunk {
@@ -349,8 +351,9 @@ impl SharedStore {
         path: &Path,
         replace: bool,
     ) -> std::result::Result<(), PublishError> {
-        let bytes = fs_err::read(path)
-            .map_err(|e| PublishError::Local(Error::io(format!("reading {}", path.display()), &e)))?;
+        let bytes = fs_err::read(path).map_err(|e| {
+            PublishError::Local(Error::io(format!("reading {}", path.display()), &e))
+        })?;
         let mode = if replace {
             PutMode::Overwrite
         } else {
@@ -408,7 +411,11 @@ impl SharedStore {
                 break;
             }
         }
-        writer.finish().await.map(|_| ()).map_err(PublishError::Store)
+        writer
+            .finish()
+            .await
+            .map(|_| ())
+            .map_err(PublishError::Store)
     }
 
     /// Lists the objects under `PREFIX/<folder>/`.
@@ -447,13 +454,16 @@ fn chunk_ranges(size: u64) -> Vec<Range<u64>> {
 fn describe(error: &object_store::Error) -> String {
     match error {
         object_store::Error::NotFound { .. } => "not found (is the bucket there?)".to_string(),
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            "the credentials were refused".to_string()
-        }
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => "the credentials were refused".to_string(),
         other => {
             let text = other.to_string();
             // object_store errors put the whole cause chain on one line; keep the first part.
-            text.split(", body:").next().unwrap_or(&text).trim().to_string()
+            text.split(", body:")
+                .next()
+                .unwrap_or(&text)
+                .trim()
+                .to_string()
         }
     }
 }

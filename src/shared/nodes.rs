@@ -66,9 +66,14 @@ impl SharedStore {
                 let store = store.clone();
                 async move {
                     let parsed = match store.get(&key).await {
-                        Ok(got) => got.bytes().await.map_err(|e| e.to_string()).and_then(|bytes| {
-                            serde_json::from_slice::<NodeReport>(&bytes).map_err(|e| e.to_string())
-                        }),
+                        Ok(got) => got
+                            .bytes()
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|bytes| {
+                                serde_json::from_slice::<NodeReport>(&bytes)
+                                    .map_err(|e| e.to_string())
+                            }),
                         Err(error) => Err(super::describe(&error)),
                     };
                     parsed.map_err(|why| (key, why))

@@ -45,12 +45,28 @@ pub(crate) const SCRUBBED_ENV: [&str; 32] = [
     "RUST_LOG",
 ];
 
+/// The shared tier's own settings, scrubbed like [`SCRUBBED_ENV`].
+const SHARED_STORE_ENV: [&str; 8] = [
+    "KMM_SHARED_STORE",
+    "KMM_REQUIRE_SHARED_STORE",
+    "KMM_NODE_NAME",
+    "KMM_SHARED_STORE_LEASE_TTL",
+    "KMM_SHARED_STORE_WAIT",
+    "KMM_SHARED_STORE_TIMEOUT",
+    "KMM_SHARED_STORE_MULTIPART_MIN",
+    "AWS_PROFILE",
+];
+
 /// Prepares `cmd` (kmm, or a script that runs it) to run in `dir` against the hub at
 /// `endpoint`, with [`SCRUBBED_ENV`] removed and a Hugging Face home of its own inside `dir` (so
 /// no user cache or token file is seen).
 pub(crate) fn clean_env<'a>(cmd: &'a mut Command, dir: &Path, endpoint: &str) -> &'a mut Command {
     cmd.current_dir(dir);
     for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    // The shared tier and its S3 client read these; a test names its own.
+    for var in kmm::shared::AWS_VARIABLES.iter().chain(&SHARED_STORE_ENV) {
         cmd.env_remove(var);
     }
     cmd.env("HF_HOME", dir.join("hf-home"));

@@ -11,6 +11,7 @@ pub mod browse;
 pub mod compatibility;
 pub mod download;
 pub mod ensure;
+pub mod fleet;
 pub mod gc;
 pub mod info;
 pub mod license;
