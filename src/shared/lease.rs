@@ -129,7 +129,14 @@ impl SharedStore {
                         e_tag: put.e_tag,
                         version: put.version,
                     };
-                    return Ok(Acquired::Mine(self.start_heartbeat(key, file, version)));
+                    let lease = self.start_heartbeat(key, file, version);
+                    // The holder before this host may have published and released the lease
+                    // since this host last looked: then there is nothing to fetch.
+                    if self.blob_size(&file.hash).await? == Some(file.size) {
+                        lease.release().await;
+                        return Ok(Acquired::Published);
+                    }
+                    return Ok(Acquired::Mine(lease));
                 }
                 Err(object_store::Error::AlreadyExists { .. })
                 | Err(object_store::Error::Precondition { .. }) => {}
