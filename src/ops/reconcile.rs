@@ -116,19 +116,21 @@ pub async fn apply_manifest(
     cwd: &Path,
     reporter: &dyn Reporter,
 ) -> Result<Applied> {
-    let (session, desired) = Session::open_resolved(overrides, mode, env, cwd).await?;
-    let outcome = apply_resolved(&session, &desired, mode, options, reporter).await;
+    let session = Session::open(overrides, env, cwd).await?;
+    // Everything after the session opened ends in this host's report to the fleet, failures
+    // (a model the hub does not have, a full disk) included.
+    let outcome = apply_opened(&session, mode, options, reporter).await;
     super::fleet::report_node(&session, &outcome, reporter).await;
     outcome
 }
 
-async fn apply_resolved(
+async fn apply_opened(
     session: &Session,
-    desired: &[DesiredModel],
     mode: LockMode,
     options: &ApplyOptions<'_>,
     reporter: &dyn Reporter,
 ) -> Result<Applied> {
+    let desired = &session.resolve_with_lock(mode).await?;
     session.update_lock(desired, mode, reporter)?;
     let _lock = session.lock_store(reporter)?;
     let plan = plan_checked(session, desired, options).await?;

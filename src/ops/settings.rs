@@ -313,6 +313,12 @@ fn shared_store(
             .iter()
             .filter_map(|name| non_empty(env(name)).map(PathBuf::from))
             .collect(),
+        proxies: PROXY_VARIABLES
+            .iter()
+            .filter_map(|name| {
+                non_empty(env(name)).map(|value| (name.to_string(), crate::hub::redact_url(&value)))
+            })
+            .collect(),
         node_name,
         timings,
     }))

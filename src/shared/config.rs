@@ -118,6 +118,9 @@ pub struct SharedStoreConfig {
     pub aws: AwsVariables,
     /// PEM bundles trusted besides the system store (`SSL_CERT_FILE`, ...).
     pub ca_bundles: Vec<PathBuf>,
+    /// The proxy variables that are set, values without credentials: a tier that cannot be
+    /// reached through a proxy names it.
+    pub proxies: Vec<(String, String)>,
     /// The name this host reports under in `PREFIX/nodes/` and holds leases as.
     pub node_name: String,
     pub timings: TierTimings,

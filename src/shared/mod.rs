@@ -60,6 +60,7 @@ pub struct SharedStore {
     required: bool,
     node: String,
     timings: TierTimings,
+    proxies: Vec<(String, String)>,
     /// Why the tier stopped being used in this run (set once, with one warning).
     broken: Mutex<Option<String>>,
 }
@@ -134,6 +135,7 @@ impl SharedStore {
             required: config.required,
             node: config.node_name.clone(),
             timings: config.timings,
+            proxies: config.proxies.clone(),
             broken: Mutex::new(None),
         })
     }
@@ -171,7 +173,10 @@ impl SharedStore {
     /// Records that the tier cannot be used: the first time, one warning (the run goes on from
     /// the hub); when the tier is required, `E_NET`.
     pub fn failed(&self, what: &str, error: &object_store::Error) -> Result<()> {
-        let reason = format!("{what}: {}", describe(error));
+        let mut reason = format!("{what}: {}", describe(error));
+        if let Some((name, proxy)) = self.proxies.first() {
+            reason.push_str(&format!(" (through the proxy {proxy} from {name})"));
+        }
         if self.required {
             return Err(Error::net(format!(
                 "the shared store {} cannot be used",

@@ -214,3 +214,295 @@ fn secrets_never_reach_output_logs_or_files() {
         assert!(!seen.contains(secret), "{secret} leaked");
     }
 }
+
+/// The key of `content`'s blob under `prefix` (an LFS file: by sha256).
+fn lfs_key(prefix: &str, content: &[u8]) -> String {
+    format!("{prefix}/blobs/sha256/{}", kmm::upstream::sha256_hex(content))
+}
+
+fn put_object(key: &str, bytes: Vec<u8>) {
+    use object_store::ObjectStore as _;
+    let client = seaweedfs::server().client();
+    seaweedfs::block_on(async {
+        client
+            .put(&object_store::path::Path::from(key), bytes.into())
+            .await
+            .unwrap()
+    });
+}
+
+fn get_object(key: &str) -> Option<Vec<u8>> {
+    use object_store::ObjectStore as _;
+    let client = seaweedfs::server().client();
+    seaweedfs::block_on(async {
+        match client.get(&object_store::path::Path::from(key)).await {
+            Ok(got) => Some(got.bytes().await.unwrap().to_vec()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(error) => panic!("{error}"),
+        }
+    })
+}
+
+fn copy_lock(from: &Workspace, to: &Workspace) {
+    fs_err::copy(
+        from.dir.path().join("kari-models.lock"),
+        to.dir.path().join("kari-models.lock"),
+    )
+    .unwrap();
+}
+
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_bad_object_is_never_installed_and_is_replaced() {
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
+    let prefix = "repair";
+    host(&hub, prefix, "host-a").run(&["apply", "--quiet"]).ok();
+    let good = files()
+        .into_iter()
+        .find(|file| file.path == "model-00002.safetensors")
+        .unwrap()
+        .content
+        .to_vec();
+    let key = lfs_key(prefix, &good);
+    let mut bad = good.clone();
+    bad[1000] ^= 0xff;
+    put_object(&key, bad);
+
+    let before = hub.body_bytes_served();
+    let second = host(&hub, prefix, "host-b");
+    let run = second.run(&["apply"]);
+    run.ok();
+    assert_installed(&second);
+    assert!(
+        run.stderr.contains("model-00002.safetensors is bad"),
+        "{}",
+        run.stderr
+    );
+    // Only the bad file came from the hub, and the tier holds its good bytes again.
+    assert_eq!(hub.body_bytes_served() - before, good.len() as u64);
+    assert_eq!(get_object(&key).as_deref(), Some(good.as_slice()));
+}
+
+#[test]
+fn a_host_killed_mid_publish_leaves_no_object_and_its_lease_runs_out() {
+    let big = noise(24 << 20, 0xb16);
+    let repo_files = vec![
+        FileSpec::regular("config.json", br#"{"model_type":"bert"}"#.to_vec()),
+        FileSpec::lfs("model.safetensors", big.clone()),
+    ];
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(repo_files)]);
+    let prefix = "killed";
+    // Uploads through a proxy at 1 MB/s: the 24 MiB multipart upload takes long enough to be
+    // killed in the middle of it.
+    let proxy = crate::proxy::start_proxy_with(Some(1 << 20));
+    let mut first = host(&hub, prefix, "host-killed");
+    first.set_env("HTTP_PROXY", &proxy.url);
+    first.set_env("KMM_SHARED_STORE_LEASE_TTL", "2s");
+    let mut child = first.spawn(&["apply", "--quiet"]);
+    let started = std::time::Instant::now();
+    while proxy.uploaded.load(std::sync::atomic::Ordering::SeqCst) < (3 << 20) {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "the upload never started"
+        );
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the host finished before it was killed: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let key = lfs_key(prefix, &big);
+    assert_eq!(get_object(&key), None, "a partial object is visible");
+    let lease = key.replace("/blobs/", "/leases/");
+    let held: serde_json::Value = serde_json::from_slice(&get_object(&lease).expect("lease")).unwrap();
+    assert_eq!(held["holder"], "host-killed");
+
+    // The next host takes the lease over once it ran out, fetches and publishes the file.
+    let mut second = host(&hub, prefix, "host-next");
+    second.set_env("KMM_SHARED_STORE_LEASE_TTL", "2s");
+    let run = second.run(&["apply"]);
+    run.ok();
+    assert_eq!(
+        read_tree(&second.model_dir(MODEL)).get("model.safetensors").map(Vec::len),
+        Some(big.len())
+    );
+    assert_eq!(get_object(&key).map(|bytes| bytes.len()), Some(big.len()));
+    assert_eq!(get_object(&lease), None, "the lease was not released");
+}
+
+#[test]
+fn a_lease_held_by_a_silent_host_is_waited_for_then_the_hub_is_used() {
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
+    let prefix = "silent";
+    let big = &files()[1];
+    let lease = lfs_key(prefix, &big.content).replace("/blobs/", "/leases/");
+    let far = serde_json::json!({"holder": "ghost", "pid": 1, "file": big.path, "expires_at_ms": u64::MAX / 2});
+    put_object(&lease, far.to_string().into_bytes());
+    let mut ws = host(&hub, prefix, "host-w");
+    ws.set_env("KMM_SHARED_STORE_WAIT", "1s");
+    let run = ws.run(&["apply"]);
+    run.ok();
+    assert_installed(&ws);
+    assert!(run.stderr.contains("waiting for ghost"), "{}", run.stderr);
+    assert!(run.stderr.contains("ghost did not publish"), "{}", run.stderr);
+    // It published the file all the same; the ghost's lease is the ghost's.
+    assert!(get_object(&lfs_key(prefix, &big.content)).is_some());
+
+    // A lease that ran out is taken over at once, and released after publishing.
+    let prefix = "expired";
+    let lease = lfs_key(prefix, &big.content).replace("/blobs/", "/leases/");
+    let stale = serde_json::json!({"holder": "ghost", "pid": 1, "file": big.path, "expires_at_ms": 1});
+    put_object(&lease, stale.to_string().into_bytes());
+    let ws = host(&hub, prefix, "host-x");
+    let run = ws.run(&["apply"]);
+    run.ok();
+    assert!(!run.stderr.contains("waiting for ghost"), "{}", run.stderr);
+    assert_eq!(get_object(&lease), None);
+    assert!(get_object(&lfs_key(prefix, &big.content)).is_some());
+}
+
+#[test]
+fn an_unusable_tier_costs_one_warning_and_the_hub_serves_the_files() {
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
+    let down = format!("http://127.0.0.1:{}", closed_port());
+    let cases: [(&str, &str, &str); 3] = [
+        ("AWS_ENDPOINT_URL", &down, "down"),
+        ("AWS_SECRET_ACCESS_KEY", "not-the-secret", "wrong credentials"),
+        ("KMM_SHARED_STORE", "s3://no-such-bucket-kmm/x", "no bucket"),
+    ];
+    for (name, value, case) in cases {
+        let mut ws = host(&hub, "unusable", &format!("host-{}", case.replace(' ', "-")));
+        ws.set_env(name, value);
+        let run = ws.run(&["apply"]);
+        assert_eq!(run.code, 0, "{case}: {}", run.stderr);
+        assert_installed(&ws);
+        let warnings: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|line| line.contains("shared store"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{case}: {}", run.stderr);
+        assert!(warnings[0].contains("cannot be used"), "{case}: {}", warnings[0]);
+        assert!(!run.stderr.contains("not-the-secret"), "{case}");
+    }
+}
+
+#[test]
+fn a_required_tier_that_cannot_be_used_fails_cleanly() {
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
+    let mut ws = host(&hub, "required", "host-r");
+    ws.set_env("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{}", closed_port()));
+    let run = ws.run(&["apply", "--require-shared-store", "--json"]);
+    assert_eq!(run.error_code(), "E_NET", "{}", run.stdout);
+    let message = run.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("s3://kmm-fleet/required"), "{message}");
+    assert!(!ws.model_dir(MODEL).exists());
+    assert!(hub.body_bytes_served() == 0, "the hub was asked for files");
+
+    // The manifest can require it too; naming none while requiring one is E_ARGS.
+    let text = fs_err::read_to_string(ws.manifest_path()).unwrap();
+    fs_err::write(
+        ws.manifest_path(),
+        text.replace("[settings]\n", "[settings]\nrequire_shared_store = true\n"),
+    )
+    .unwrap();
+    assert_eq!(ws.run(&["apply", "--json"]).error_code(), "E_NET");
+    ws.env.retain(|(name, _)| name != "KMM_SHARED_STORE");
+    assert_eq!(ws.run(&["apply", "--json"]).error_code(), "E_ARGS");
+}
+
+#[test]
+fn fleet_status_lists_every_host_against_the_local_lock() {
+    let hub = FakeHub::start(vec![
+        RepoSpec::new(MODEL).commit(files()),
+        RepoSpec::new("fleet/other").commit(vec![FileSpec::regular("config.json", b"{}".to_vec())]),
+    ]);
+    let prefix = "status";
+    let a = host(&hub, prefix, "gpu-a");
+    a.run(&["apply", "--quiet"]).ok();
+    let b = host(&hub, prefix, "gpu-b");
+    b.run(&["apply", "--quiet"]).ok();
+    let status = a.run(&["fleet", "status", "--json"]);
+    assert_eq!(status.code, 0, "{}", status.stdout);
+    assert_eq!(status.json()["data"]["converged"], 2);
+
+    let c = host(&hub, prefix, "gpu-c");
+    c.write_manifest(&[(MODEL, "main"), ("fleet/other", "main")]);
+    c.run(&["apply", "--quiet"]).ok();
+    let d = host(&hub, prefix, "gpu-d");
+    d.write_manifest(&[("fleet/missing", "main")]);
+    assert_ne!(d.run(&["apply", "--quiet"]).code, 0);
+
+    let status = a.run(&["fleet", "status", "--json"]);
+    assert_eq!(status.code, 2, "{}", status.stdout);
+    let data = &status.json()["data"];
+    let states: Vec<(String, String)> = data["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|host| {
+            (
+                host["node"].as_str().unwrap().to_string(),
+                host["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("gpu-a", "converged"),
+        ("gpu-b", "converged"),
+        ("gpu-c", "behind"),
+        ("gpu-d", "failed"),
+    ]
+    .iter()
+    .map(|(node, state)| (node.to_string(), state.to_string()))
+    .collect();
+    assert_eq!(states, expected);
+    let gpu_d = &data["hosts"][3];
+    assert!(gpu_d["error_code"].as_str().unwrap().starts_with("E_"), "{gpu_d}");
+    let report = get_object(&format!("{prefix}/nodes/gpu-a.json")).unwrap();
+    let report = String::from_utf8(report).unwrap();
+    assert!(!report.contains(a.dir.path().to_str().unwrap()), "a path in {report}");
+
+    let text = a.run(&["fleet", "status"]);
+    assert_eq!(text.code, 2);
+    for line in ["gpu-a", "converged", "gpu-c", "behind", "failed", "2 of 4 hosts converged"] {
+        assert!(text.stdout.contains(line), "{line}: {}", text.stdout);
+    }
+}
+
+#[test]
+fn the_tier_is_reached_through_http_proxy_and_a_dead_proxy_is_named() {
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
+    let prefix = "proxied";
+    let first = host(&hub, prefix, "host-p1");
+    first.run(&["apply", "--quiet"]).ok();
+    // Frozen from the first host's lock: every request is to the tier.
+    let proxy = crate::proxy::start_proxy_with(None);
+    let mut second = host(&hub, prefix, "host-p2");
+    copy_lock(&first, &second);
+    second.set_env("HTTP_PROXY", &proxy.url);
+    hub.clear_requests();
+    second.run(&["apply", "--frozen", "--quiet"]).ok();
+    assert_installed(&second);
+    assert!(hub.requests().is_empty());
+    assert!(proxy.served.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    let mut third = host(&hub, prefix, "host-p3");
+    copy_lock(&first, &third);
+    let port = closed_port();
+    third.set_env("HTTP_PROXY", &format!("http://user:proxy-s3cr3t@127.0.0.1:{port}"));
+    let run = third.run(&["apply", "--frozen", "--require-shared-store", "--json"]);
+    assert_eq!(run.error_code(), "E_NET", "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("127.0.0.1:{port}")) && run.stdout.contains("HTTP_PROXY"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("proxy-s3cr3t") && !run.stderr.contains("proxy-s3cr3t"));
+}

@@ -6,7 +6,7 @@
 //! loopback (absolute-form requests relayed to the one host they name).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -16,13 +16,22 @@ use crate::reliability::Workspace;
 const MODEL: &str = "corp/behind-a-proxy";
 
 /// A forward proxy on 127.0.0.1: reads a request head in absolute form (`GET http://host:port/
-/// ... HTTP/1.1`), connects to that host and relays both ways. Counts the connections it served.
-fn start_proxy() -> (String, Arc<AtomicUsize>) {
+/// ... HTTP/1.1`), connects to that host and relays both ways. Counts the connections it served
+/// and the request bytes it relayed; `upload_rate` (bytes per second) slows what clients send,
+/// so a test can catch a host in the middle of an upload.
+pub(crate) struct Proxy {
+    pub url: String,
+    pub served: Arc<AtomicUsize>,
+    pub uploaded: Arc<AtomicU64>,
+}
+
+pub(crate) fn start_proxy_with(upload_rate: Option<u64>) -> Proxy {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let served = Arc::new(AtomicUsize::new(0));
-    let counter = served.clone();
+    let uploaded = Arc::new(AtomicU64::new(0));
+    let (counter, sent) = (served.clone(), uploaded.clone());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -31,7 +40,7 @@ fn start_proxy() -> (String, Arc<AtomicUsize>) {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             while let Ok((mut client, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let (counter, sent) = (counter.clone(), sent.clone());
                 tokio::spawn(async move {
                     let mut head = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -59,15 +68,48 @@ fn start_proxy() -> (String, Arc<AtomicUsize>) {
                         return;
                     };
                     counter.fetch_add(1, Ordering::SeqCst);
+                    sent.fetch_add(head.len() as u64, Ordering::SeqCst);
                     if upstream.write_all(&head).await.is_err() {
                         return;
                     }
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    let Some(rate) = upload_rate else {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut upstream_read, mut upstream_write) = upstream.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
+                    });
+                    let mut chunk = vec![0u8; 16 << 10];
+                    loop {
+                        let n = match client_read.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if upstream_write.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                        sent.fetch_add(n as u64, Ordering::SeqCst);
+                        let pause = std::time::Duration::from_secs_f64(n as f64 / rate as f64);
+                        tokio::time::sleep(pause).await;
+                    }
+                    let _ = upstream_write.shutdown().await;
+                    let _ = down.await;
                 });
             }
         });
     });
-    (url, served)
+    Proxy {
+        url,
+        served,
+        uploaded,
+    }
+}
+
+fn start_proxy() -> (String, Arc<AtomicUsize>) {
+    let proxy = start_proxy_with(None);
+    (proxy.url, proxy.served)
 }
 
 fn stage() -> (FakeHub, Workspace) {
