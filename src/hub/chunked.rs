@@ -631,6 +631,24 @@ impl ChunkContext<'_> {
         buffer: &mut ChunkBuffer,
     ) -> std::result::Result<(), Step> {
         let from = start + buffer.filled() as u64;
+        // Permits are the endpoint's (the resolve URL's), whichever CDN serves the bytes.
+        let host = self.resolve.origin().ascii_serialization();
+        let _permit = self.client.limits.acquire(&host).await;
+        let outcome = self.attempt_with_permit(url, from, start, end, buffer).await;
+        if outcome.is_ok() {
+            self.client.limits.completed(&host);
+        }
+        outcome
+    }
+
+    async fn attempt_with_permit(
+        &self,
+        url: &Url,
+        from: u64,
+        start: u64,
+        end: u64,
+        buffer: &mut ChunkBuffer,
+    ) -> std::result::Result<(), Step> {
         let mut response = match self
             .client
             .send_range(url.clone(), Some((from, Some(end))))

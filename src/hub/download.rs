@@ -176,7 +176,15 @@ async fn fetch_into(
         }
         budget.start_attempt();
         let before = state.sink.written;
-        let outcome = state.attempt(client, on_progress).await;
+        // Permits are the endpoint's (the resolve URL's), whichever CDN serves the bytes.
+        let host = state.resolve.origin().ascii_serialization();
+        let outcome = {
+            let _permit = client.limits.acquire(&host).await;
+            state.attempt(client, on_progress).await
+        };
+        if outcome.is_ok() {
+            client.limits.completed(&host);
+        }
         let progressed = state.sink.written > before;
         let (transient, delay) = match outcome {
             Ok(()) => break,

@@ -24,6 +24,7 @@
 //! Edges: talks HTTP and writes only the single destination file it is given by `apply`; it never
 //! touches the registry or the layout.
 
+mod adaptive;
 mod chunk_io;
 mod chunked;
 mod download;
@@ -283,6 +284,8 @@ pub struct HubClient {
     /// again: every request of this client to that host waits until then, not only the one
     /// that was told (shared by clones).
     paused_until: std::sync::Arc<std::sync::Mutex<BTreeMap<String, tokio::time::Instant>>>,
+    /// Per origin, how many file bodies may be in flight: halved on 429, grown back slowly.
+    pub(crate) limits: std::sync::Arc<adaptive::ConnectionLimits>,
 }
 
 /// A successful API answer, fully read.
@@ -338,6 +341,7 @@ impl HubClient {
             })?;
         Ok(HubClient {
             paused_until: Default::default(),
+            limits: Default::default(),
             origin: endpoint.origin(),
             config,
             http,
@@ -695,10 +699,13 @@ impl HubClient {
             };
             let status = response.status();
             tracing::debug!(method = "GET", url = %shown, status = status.as_u16(), "hub request");
-            if status.as_u16() == 429
-                && let Some(wait) = retry::parse_retry_after(response.headers())
-            {
-                self.pause(&host, wait.min(retry::MAX_RETRY_AFTER));
+            if status.as_u16() == 429 {
+                // Counted against where the transfer started (the endpoint, whose permits
+                // bodies hold) whichever hop of its redirects said it.
+                self.limits.overloaded(&start.origin().ascii_serialization());
+                if let Some(wait) = retry::parse_retry_after(response.headers()) {
+                    self.pause(&host, wait.min(retry::MAX_RETRY_AFTER));
+                }
             }
             let is_followed_redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
             let location = response

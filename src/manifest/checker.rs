@@ -500,6 +500,8 @@ basic_cls = false
                 quota_gb: Some(60.0),
                 prune: false,
                 offline: Some(false),
+                shared_store: None,
+                require_shared_store: None,
             }
         );
         let ids: Vec<&str> = manifest.models.keys().map(String::as_str).collect();
@@ -600,7 +602,7 @@ basic_cls = false
         assert_error(
             "[settings]\n  modelsdir = \"m\"\n",
             "2:3",
-            "unknown key `modelsdir` in [settings]; expected one of: models_dir, endpoint, max_workers, quota_gb, prune, offline",
+            "unknown key `modelsdir` in [settings]; expected one of: models_dir, endpoint, max_workers, quota_gb, prune, offline, shared_store, require_shared_store",
         );
         assert_error(
             "[baselines]\ndistilbert = true\nbert = true\n",

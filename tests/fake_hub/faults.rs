@@ -55,6 +55,10 @@ pub enum Fault {
         every_503: u64,
         retry_after: Option<u32>,
     },
+    /// Answer 429 (without `Retry-After`) to a file request (a resolve or CDN GET) that arrives
+    /// while `max_bodies` file bodies are being sent, until the faults are cleared: a hub that
+    /// limits each client's concurrent downloads.
+    Crowded { max_bodies: usize },
     /// Throttle every file body to `bytes_per_sec` until the faults are cleared.
     BandwidthCap { bytes_per_sec: u64 },
     /// Throttle all file bodies together to `bytes_per_sec` until the faults are cleared.
@@ -128,6 +132,13 @@ impl InFlight {
     }
 }
 
+impl Concurrency {
+    /// File bodies being sent right now.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, Ordering::SeqCst);
@@ -188,6 +199,14 @@ impl FaultSet {
                 headers: headers.clone(),
                 body: body.clone(),
             }),
+            _ => None,
+        })
+    }
+
+    /// The armed `Crowded` limit, if any.
+    pub fn crowded_limit(&self) -> Option<usize> {
+        self.armed.iter().find_map(|fault| match fault {
+            Fault::Crowded { max_bodies } => Some(*max_bodies),
             _ => None,
         })
     }
@@ -288,7 +307,10 @@ impl FaultSet {
                     times,
                     ..
                 } => *times > 0 && path.contains(path_contains.as_str()),
-                Fault::BandwidthCap { .. } | Fault::LinkCap { .. } | Fault::Storm { .. } => false,
+                Fault::BandwidthCap { .. }
+            | Fault::LinkCap { .. }
+            | Fault::Storm { .. }
+            | Fault::Crowded { .. } => false,
             };
             matches && pick(fault).is_some()
         })?;
@@ -303,7 +325,10 @@ impl FaultSet {
                 *times -= 1;
                 *times == 0
             }
-            Fault::BandwidthCap { .. } | Fault::LinkCap { .. } | Fault::Storm { .. } => false,
+            Fault::BandwidthCap { .. }
+            | Fault::LinkCap { .. }
+            | Fault::Storm { .. }
+            | Fault::Crowded { .. } => false,
         };
         if exhausted {
             self.armed.remove(position);

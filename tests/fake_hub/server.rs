@@ -273,7 +273,14 @@ async fn request_faults(state: &HubState, ctx: &Ctx, bucket: &str) -> Option<Res
     if let Some(raw) = raw {
         return Some(raw_response(state, raw));
     }
-    let injected = state.faults.lock().unwrap().take_status(&ctx.decoded_path);
+    let crowded = state.faults.lock().unwrap().crowded_limit();
+    let is_file = bucket == "cdn" || ctx.raw_path.contains("/resolve/");
+    let injected = match crowded {
+        Some(max) if is_file && ctx.method == Method::GET && state.concurrency.now() >= max => {
+            Some((429, None))
+        }
+        _ => state.faults.lock().unwrap().take_status(&ctx.decoded_path),
+    };
     let (status, retry_after) = injected?;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = json_response(

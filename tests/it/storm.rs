@@ -75,3 +75,39 @@ fn a_storm_of_429s_and_503s_converges_in_20_of_20_applies() {
         failures.join("\n")
     );
 }
+
+/// A hub that allows each client two downloads at once and answers 429 past that: after the
+/// first 429s kmm opens fewer connections to it (halved per burst, grown back one at a time)
+/// instead of retrying at full width, so most file requests get bytes rather than a 429.
+#[test]
+fn a_hub_that_limits_concurrent_downloads_gets_fewer_connections_after_its_first_429s() {
+    let files: Vec<FileSpec> = (0..32)
+        .map(|i| FileSpec::lfs(format!("shard-{i:02}.bin"), noise(160 << 10, 0xc0de + i)))
+        .collect();
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files.clone())]);
+    hub.add_fault(Fault::Crowded { max_bodies: 2 });
+    hub.add_fault(Fault::BandwidthCap {
+        bytes_per_sec: 640 << 10,
+    });
+    let mut ws = Workspace::new(&hub, &[(MODEL, "main")]);
+    ws.set_env("KMM_HUB_RETRY_DELAY", "100ms");
+    ws.set_env("KMM_MAX_WORKERS", "8");
+    ws.run(&["apply", "--quiet"]).ok();
+    let installed = read_tree(&ws.model_dir(MODEL));
+    for file in &files {
+        assert_eq!(installed.get(&file.path).map(Vec::as_slice), Some(&file.content[..]));
+    }
+    let cdn: Vec<u16> = hub
+        .requests()
+        .iter()
+        .filter(|request| request.server == crate::fake_hub::ServerKind::Cdn)
+        .map(|request| request.status)
+        .collect();
+    let refused = cdn.iter().filter(|status| **status == 429).count();
+    let served = cdn.iter().filter(|status| matches!(**status, 200 | 206)).count();
+    eprintln!("CDN requests: {} served, {refused} answered 429", served);
+    assert!(
+        refused * 2 < served,
+        "{refused} requests answered 429 for {served} served: the connections did not adapt"
+    );
+}
