@@ -633,10 +633,14 @@ impl ChunkContext<'_> {
         let from = start + buffer.filled() as u64;
         // Permits are the endpoint's (the resolve URL's), whichever CDN serves the bytes.
         let host = self.resolve.origin().ascii_serialization();
-        let _permit = self.client.limits.acquire(&host).await;
-        let outcome = self.attempt_with_permit(url, from, start, end, buffer).await;
-        if outcome.is_ok() {
-            self.client.limits.completed(&host);
+        let permit = self.client.limits.acquire(&host).await;
+        let outcome = self
+            .attempt_with_permit(url, from, start, end, buffer)
+            .await;
+        match &outcome {
+            Ok(()) => self.client.limits.completed(&host),
+            Err(Step::Retry(Transient::Status(429), _)) => self.client.limits.overloaded(&permit),
+            Err(_) => {}
         }
         outcome
     }

@@ -179,12 +179,15 @@ async fn fetch_into(
         // Permits are the endpoint's (the resolve URL's), whichever CDN serves the bytes.
         let host = state.resolve.origin().ascii_serialization();
         let outcome = {
-            let _permit = client.limits.acquire(&host).await;
-            state.attempt(client, on_progress).await
+            let permit = client.limits.acquire(&host).await;
+            let outcome = state.attempt(client, on_progress).await;
+            match &outcome {
+                Ok(()) => client.limits.completed(&host),
+                Err(Step::Retry(Transient::Status(429), _)) => client.limits.overloaded(&permit),
+                Err(_) => {}
+            }
+            outcome
         };
-        if outcome.is_ok() {
-            client.limits.completed(&host);
-        }
         let progressed = state.sink.written > before;
         let (transient, delay) = match outcome {
             Ok(()) => break,

@@ -699,13 +699,10 @@ impl HubClient {
             };
             let status = response.status();
             tracing::debug!(method = "GET", url = %shown, status = status.as_u16(), "hub request");
-            if status.as_u16() == 429 {
-                // Counted against where the transfer started (the endpoint, whose permits
-                // bodies hold) whichever hop of its redirects said it.
-                self.limits.overloaded(&start.origin().ascii_serialization());
-                if let Some(wait) = retry::parse_retry_after(response.headers()) {
-                    self.pause(&host, wait.min(retry::MAX_RETRY_AFTER));
-                }
+            if status.as_u16() == 429
+                && let Some(wait) = retry::parse_retry_after(response.headers())
+            {
+                self.pause(&host, wait.min(retry::MAX_RETRY_AFTER));
             }
             let is_followed_redirect = matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308);
             let location = response

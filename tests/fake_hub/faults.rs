@@ -308,9 +308,9 @@ impl FaultSet {
                     ..
                 } => *times > 0 && path.contains(path_contains.as_str()),
                 Fault::BandwidthCap { .. }
-            | Fault::LinkCap { .. }
-            | Fault::Storm { .. }
-            | Fault::Crowded { .. } => false,
+                | Fault::LinkCap { .. }
+                | Fault::Storm { .. }
+                | Fault::Crowded { .. } => false,
             };
             matches && pick(fault).is_some()
         })?;

@@ -217,7 +217,10 @@ fn secrets_never_reach_output_logs_or_files() {
 
 /// The key of `content`'s blob under `prefix` (an LFS file: by sha256).
 fn lfs_key(prefix: &str, content: &[u8]) -> String {
-    format!("{prefix}/blobs/sha256/{}", kmm::upstream::sha256_hex(content))
+    format!(
+        "{prefix}/blobs/sha256/{}",
+        kmm::upstream::sha256_hex(content)
+    )
 }
 
 fn put_object(key: &str, bytes: Vec<u8>) {
@@ -320,7 +323,8 @@ fn a_host_killed_mid_publish_leaves_no_object_and_its_lease_runs_out() {
     let key = lfs_key(prefix, &big);
     assert_eq!(get_object(&key), None, "a partial object is visible");
     let lease = key.replace("/blobs/", "/leases/");
-    let held: serde_json::Value = serde_json::from_slice(&get_object(&lease).expect("lease")).unwrap();
+    let held: serde_json::Value =
+        serde_json::from_slice(&get_object(&lease).expect("lease")).unwrap();
     assert_eq!(held["holder"], "host-killed");
 
     // The next host takes the lease over once it ran out, fetches and publishes the file.
@@ -329,7 +333,9 @@ fn a_host_killed_mid_publish_leaves_no_object_and_its_lease_runs_out() {
     let run = second.run(&["apply"]);
     run.ok();
     assert_eq!(
-        read_tree(&second.model_dir(MODEL)).get("model.safetensors").map(Vec::len),
+        read_tree(&second.model_dir(MODEL))
+            .get("model.safetensors")
+            .map(Vec::len),
         Some(big.len())
     );
     assert_eq!(get_object(&key).map(|bytes| bytes.len()), Some(big.len()));
@@ -350,14 +356,19 @@ fn a_lease_held_by_a_silent_host_is_waited_for_then_the_hub_is_used() {
     run.ok();
     assert_installed(&ws);
     assert!(run.stderr.contains("waiting for ghost"), "{}", run.stderr);
-    assert!(run.stderr.contains("ghost did not publish"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ghost did not publish"),
+        "{}",
+        run.stderr
+    );
     // It published the file all the same; the ghost's lease is the ghost's.
     assert!(get_object(&lfs_key(prefix, &big.content)).is_some());
 
     // A lease that ran out is taken over at once, and released after publishing.
     let prefix = "expired";
     let lease = lfs_key(prefix, &big.content).replace("/blobs/", "/leases/");
-    let stale = serde_json::json!({"holder": "ghost", "pid": 1, "file": big.path, "expires_at_ms": 1});
+    let stale =
+        serde_json::json!({"holder": "ghost", "pid": 1, "file": big.path, "expires_at_ms": 1});
     put_object(&lease, stale.to_string().into_bytes());
     let ws = host(&hub, prefix, "host-x");
     let run = ws.run(&["apply"]);
@@ -373,11 +384,19 @@ fn an_unusable_tier_costs_one_warning_and_the_hub_serves_the_files() {
     let down = format!("http://127.0.0.1:{}", closed_port());
     let cases: [(&str, &str, &str); 3] = [
         ("AWS_ENDPOINT_URL", &down, "down"),
-        ("AWS_SECRET_ACCESS_KEY", "not-the-secret", "wrong credentials"),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            "not-the-secret",
+            "wrong credentials",
+        ),
         ("KMM_SHARED_STORE", "s3://no-such-bucket-kmm/x", "no bucket"),
     ];
     for (name, value, case) in cases {
-        let mut ws = host(&hub, "unusable", &format!("host-{}", case.replace(' ', "-")));
+        let mut ws = host(
+            &hub,
+            "unusable",
+            &format!("host-{}", case.replace(' ', "-")),
+        );
         ws.set_env(name, value);
         let run = ws.run(&["apply"]);
         assert_eq!(run.code, 0, "{case}: {}", run.stderr);
@@ -388,7 +407,11 @@ fn an_unusable_tier_costs_one_warning_and_the_hub_serves_the_files() {
             .filter(|line| line.contains("shared store"))
             .collect();
         assert_eq!(warnings.len(), 1, "{case}: {}", run.stderr);
-        assert!(warnings[0].contains("cannot be used"), "{case}: {}", warnings[0]);
+        assert!(
+            warnings[0].contains("cannot be used"),
+            "{case}: {}",
+            warnings[0]
+        );
         assert!(!run.stderr.contains("not-the-secret"), "{case}");
     }
 }
@@ -397,7 +420,10 @@ fn an_unusable_tier_costs_one_warning_and_the_hub_serves_the_files() {
 fn a_required_tier_that_cannot_be_used_fails_cleanly() {
     let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
     let mut ws = host(&hub, "required", "host-r");
-    ws.set_env("AWS_ENDPOINT_URL", &format!("http://127.0.0.1:{}", closed_port()));
+    ws.set_env(
+        "AWS_ENDPOINT_URL",
+        &format!("http://127.0.0.1:{}", closed_port()),
+    );
     let run = ws.run(&["apply", "--require-shared-store", "--json"]);
     assert_eq!(run.error_code(), "E_NET", "{}", run.stdout);
     let message = run.json()["message"].as_str().unwrap().to_string();
@@ -464,14 +490,27 @@ fn fleet_status_lists_every_host_against_the_local_lock() {
     .collect();
     assert_eq!(states, expected);
     let gpu_d = &data["hosts"][3];
-    assert!(gpu_d["error_code"].as_str().unwrap().starts_with("E_"), "{gpu_d}");
+    assert!(
+        gpu_d["error_code"].as_str().unwrap().starts_with("E_"),
+        "{gpu_d}"
+    );
     let report = get_object(&format!("{prefix}/nodes/gpu-a.json")).unwrap();
     let report = String::from_utf8(report).unwrap();
-    assert!(!report.contains(a.dir.path().to_str().unwrap()), "a path in {report}");
+    assert!(
+        !report.contains(a.dir.path().to_str().unwrap()),
+        "a path in {report}"
+    );
 
     let text = a.run(&["fleet", "status"]);
     assert_eq!(text.code, 2);
-    for line in ["gpu-a", "converged", "gpu-c", "behind", "failed", "2 of 4 hosts converged"] {
+    for line in [
+        "gpu-a",
+        "converged",
+        "gpu-c",
+        "behind",
+        "failed",
+        "2 of 4 hosts converged",
+    ] {
         assert!(text.stdout.contains(line), "{line}: {}", text.stdout);
     }
 }
@@ -496,7 +535,10 @@ fn the_tier_is_reached_through_http_proxy_and_a_dead_proxy_is_named() {
     let mut third = host(&hub, prefix, "host-p3");
     copy_lock(&first, &third);
     let port = closed_port();
-    third.set_env("HTTP_PROXY", &format!("http://user:proxy-s3cr3t@127.0.0.1:{port}"));
+    third.set_env(
+        "HTTP_PROXY",
+        &format!("http://user:proxy-s3cr3t@127.0.0.1:{port}"),
+    );
     let run = third.run(&["apply", "--frozen", "--require-shared-store", "--json"]);
     assert_eq!(run.error_code(), "E_NET", "{}", run.stdout);
     assert!(
