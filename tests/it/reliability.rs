@@ -1377,6 +1377,7 @@ fn the_token_appears_in_no_output_log_or_file_of_any_verb() {
             vec!["apply", "--verify"],
             vec!["plan", "--mirror", &cred_mirror],
             vec!["generate-schemas", "schemas"],
+            vec!["fleet", "status"],
         ];
         // Every verb `kmm --help` lists is run here: a new verb fails this until it is added.
         let help = ws.run(&["--help"]);

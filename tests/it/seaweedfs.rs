@@ -19,7 +19,6 @@ pub(crate) const SECRET_KEY: &str = "kmm-fleet-secret-0b5e7a1c9d";
 /// A running SeaweedFS.
 pub(crate) struct SeaweedFs {
     pub s3_port: u16,
-    pub filer_port: u16,
     _data: PathBuf,
 }
 
@@ -199,7 +198,6 @@ fn start() -> SeaweedFs {
     }
     SeaweedFs {
         s3_port: s3,
-        filer_port: filer,
         _data: data,
     }
 }

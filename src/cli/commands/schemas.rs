@@ -45,6 +45,10 @@ pub(in crate::cli) fn all() -> Vec<(&'static str, String)> {
             "lock-output.schema.json",
             text(schemars::schema_for!(LockOutput)),
         ),
+        (
+            "fleet-status-output.schema.json",
+            text(schemars::schema_for!(crate::ops::FleetStatus)),
+        ),
         ("lock.schema.json", text(schemars::schema_for!(Lockfile))),
         (
             "plan-output.schema.json",
