@@ -10,6 +10,7 @@
 //!   Session::open -> resolve (+lock) -> store lock -> observe -> plan -> checks -> apply
 //!                                                     -> settle -> baselines
 //!     manifest, lockfile   resolve/hub/hf_cache   store   plan (pure)  gc, compat   apply
+//!                                                                                  (+ shared tier)
 //!                                      \                |               /
 //!                       desired, layout, registry, upstream, durability, error, sys
 //! ```
@@ -30,6 +31,7 @@
 //! | [`resolve`] | declared models -> [`desired::DesiredModel`] via the hub or caches |
 //! | [`hub`] | Hugging Face Hub HTTP client: metadata, chunked downloads, retries |
 //! | [`hf_cache`] | read-only lookups in a local Hugging Face cache |
+//! | [`shared`] | the fleet's shared S3-compatible tier: verified reads, conditional publishes, leases (origin once), node reports |
 //! | [`desired`] | the desired state of one model, and where models may be installed |
 //! | [`store`] | store paths, the store lock, the read-only scan, hashing on request |
 //! | [`plan`] | desired + observed -> `Plan` (pure), its renderings, saved plan files |
@@ -57,6 +59,8 @@
 //! | `models/.kmm/lock` | [`store::StoreLock`] |
 //! | `models/.kmm/downloads/`, `staging/`, `trash/` | [`apply`] |
 //! | `models/.kmm/downloads/<hash>.part(.state)` | resumable partial downloads ([`hub`], cleaned by [`apply`]) |
+//! | `models/.kmm/downloads/<hash>.tier` | a file being read from the shared tier ([`shared`], cleaned by [`apply`]) |
+//! | `s3://BUCKET/PREFIX/{blobs,leases,nodes}/` | the shared tier ([`shared`]: publishes from [`apply`]'s fetches, reports from [`ops`]) |
 //! | `models/.kmm/unsynced.json` | hashes of downloads not yet confirmed on disk, by boot ([`durability`], written by [`apply`]) |
 //! | `models/.kmm/licenses.json` | license acceptances of models not installed yet (`kmm license --accept`, [`registry`]) |
 //! | `kari-models.toml` edits | only `kmm download --save`, through `manifest_edit` (comments kept) |

@@ -57,6 +57,18 @@ fn the_pipeline_never_imports_the_cli() {
     assert!(found.is_empty(), "{found:#?}");
 }
 
+/// The shared tier is a client of a store, below the pipeline: it never reaches up into the
+/// operations, the engine or the CLI (the engine calls it, not the other way round).
+#[test]
+fn the_shared_tier_stays_below_the_pipeline() {
+    let found = offenders(
+        "src/shared",
+        &[],
+        &["crate::cli", "crate::ops", "crate::apply", "crate::plan"],
+    );
+    assert!(found.is_empty(), "{found:#?}");
+}
+
 #[test]
 fn the_planner_does_no_io_and_nothing_below_the_cli_prints() {
     // `file.rs` is the saved plan's reader and writer, the one part of `plan` with I/O.
@@ -70,7 +82,7 @@ fn the_planner_does_no_io_and_nothing_below_the_cli_prints() {
     let found = offenders("src/plan", &["file.rs"], &io);
     assert!(found.is_empty(), "{found:#?}");
     let mut printing = Vec::new();
-    for dir in ["src/ops", "src/plan", "src/apply", "src/hub"] {
+    for dir in ["src/ops", "src/plan", "src/apply", "src/hub", "src/shared"] {
         printing.extend(offenders(dir, &[], &["println!", "eprintln!"]));
     }
     assert!(printing.is_empty(), "{printing:#?}");
