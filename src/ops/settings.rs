@@ -24,7 +24,7 @@
 //! | shared tier of a fleet (`s3://BUCKET/PREFIX`; endpoint and credentials from `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ALLOW_HTTP`) | `--shared-store` | `KMM_SHARED_STORE` | `settings.shared_store` | none |
 //! | a shared tier that cannot be used is `E_NET`, not a warning | `--require-shared-store` | `KMM_REQUIRE_SHARED_STORE=1` | `settings.require_shared_store` | off |
 //! | the name this host reports and holds leases under | | `KMM_NODE_NAME` | | the host name |
-//! | shared tier timings | | `KMM_SHARED_STORE_LEASE_TTL`, `KMM_SHARED_STORE_WAIT`, `KMM_SHARED_STORE_TIMEOUT` (durations), `KMM_SHARED_STORE_MULTIPART_MIN` (bytes) | | 30s, 30m, 60s, 64 MiB |
+//! | shared tier timings | | `KMM_SHARED_STORE_LEASE_TTL`, `KMM_SHARED_STORE_WAIT`, `KMM_SHARED_STORE_TIMEOUT` (durations), `KMM_SHARED_STORE_MULTIPART_MIN` (bytes) | | 30s, 30m, 60s, 16 MiB |
 //! | minimum download rate: a body below it over the window is dropped, retried on a fresh connection, and after 3 stalls in a row `E_NET` (a bad value is `E_ARGS`) | | `KMM_HUB_MIN_RATE` (bytes per second, 0 turns the rule off), `KMM_HUB_MIN_RATE_TIME` (a duration) | | 1024, 30s |
 
 use std::path::{Path, PathBuf};

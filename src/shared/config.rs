@@ -99,7 +99,7 @@ impl Default for TierTimings {
         TierTimings {
             lease_ttl: Duration::from_secs(30),
             max_wait: Duration::from_secs(30 * 60),
-            multipart_min: 64 << 20,
+            multipart_min: 16 << 20,
             request_timeout: Duration::from_secs(60),
         }
     }

@@ -301,7 +301,10 @@ fn a_host_killed_mid_publish_leaves_no_object_and_its_lease_runs_out() {
     let prefix = "killed";
     // Uploads through a proxy at 1 MB/s: the 24 MiB multipart upload takes long enough to be
     // killed in the middle of it.
-    let proxy = crate::proxy::start_proxy_with(Some(1 << 20));
+    let proxy = crate::proxy::start_proxy_with(crate::proxy::Throttle {
+        upload_rate: Some(1 << 20),
+        ..Default::default()
+    });
     let mut first = host(&hub, prefix, "host-killed");
     first.set_env("HTTP_PROXY", &proxy.url);
     first.set_env("KMM_SHARED_STORE_LEASE_TTL", "2s");
@@ -522,7 +525,7 @@ fn the_tier_is_reached_through_http_proxy_and_a_dead_proxy_is_named() {
     let first = host(&hub, prefix, "host-p1");
     first.run(&["apply", "--quiet"]).ok();
     // Frozen from the first host's lock: every request is to the tier.
-    let proxy = crate::proxy::start_proxy_with(None);
+    let proxy = crate::proxy::start_proxy_with(crate::proxy::Throttle::default());
     let mut second = host(&hub, prefix, "host-p2");
     copy_lock(&first, &second);
     second.set_env("HTTP_PROXY", &proxy.url);
@@ -547,4 +550,31 @@ fn the_tier_is_reached_through_http_proxy_and_a_dead_proxy_is_named() {
         run.stdout
     );
     assert!(!run.stdout.contains("proxy-s3cr3t") && !run.stderr.contains("proxy-s3cr3t"));
+}
+
+#[test]
+fn a_tier_that_trickles_is_given_up_for_the_hub() {
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
+    let prefix = "trickle";
+    host(&hub, prefix, "host-t1")
+        .run(&["apply", "--quiet"])
+        .ok();
+    // The tier's answers come at 2 kB/s (the hub, on another port, at full speed).
+    let proxy = crate::proxy::start_proxy_with(crate::proxy::Throttle {
+        download_rate: Some(2000),
+        only_port: Some(seaweedfs::server().s3_port),
+        ..Default::default()
+    });
+    let mut slow = host(&hub, prefix, "host-t2");
+    slow.set_env("HTTP_PROXY", &proxy.url);
+    slow.set_env("KMM_SHARED_STORE_TIMEOUT", "2s");
+    let run = slow.run(&["apply"]);
+    run.ok();
+    assert_installed(&slow);
+    let warnings = run
+        .stderr
+        .lines()
+        .filter(|line| line.contains("shared store") && line.contains("cannot be used"))
+        .count();
+    assert_eq!(warnings, 1, "{}", run.stderr);
 }

@@ -25,7 +25,16 @@ pub(crate) struct Proxy {
     pub uploaded: Arc<AtomicU64>,
 }
 
-pub(crate) fn start_proxy_with(upload_rate: Option<u64>) -> Proxy {
+/// How a [`Proxy`] slows traffic (bytes per second); `only_port` limits it to connections to
+/// that port (another service on the same loopback address goes at full speed).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Throttle {
+    pub upload_rate: Option<u64>,
+    pub download_rate: Option<u64>,
+    pub only_port: Option<u16>,
+}
+
+pub(crate) fn start_proxy_with(throttle: Throttle) -> Proxy {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -72,29 +81,30 @@ pub(crate) fn start_proxy_with(upload_rate: Option<u64>) -> Proxy {
                     if upstream.write_all(&head).await.is_err() {
                         return;
                     }
-                    let Some(rate) = upload_rate else {
+                    let applies = throttle
+                        .only_port
+                        .is_none_or(|port| target.ends_with(&format!(":{port}")));
+                    if !applies
+                        || (throttle.upload_rate.is_none() && throttle.download_rate.is_none())
+                    {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                         return;
-                    };
-                    let (mut client_read, mut client_write) = client.into_split();
-                    let (mut upstream_read, mut upstream_write) = upstream.into_split();
-                    let down = tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut upstream_read, &mut client_write).await;
-                    });
-                    let mut chunk = vec![0u8; 16 << 10];
-                    loop {
-                        let n = match client_read.read(&mut chunk).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        if upstream_write.write_all(&chunk[..n]).await.is_err() {
-                            break;
-                        }
-                        sent.fetch_add(n as u64, Ordering::SeqCst);
-                        let pause = std::time::Duration::from_secs_f64(n as f64 / rate as f64);
-                        tokio::time::sleep(pause).await;
                     }
-                    let _ = upstream_write.shutdown().await;
+                    let (client_read, client_write) = client.into_split();
+                    let (upstream_read, upstream_write) = upstream.into_split();
+                    let down = tokio::spawn(relay(
+                        upstream_read,
+                        client_write,
+                        throttle.download_rate,
+                        None,
+                    ));
+                    relay(
+                        client_read,
+                        upstream_write,
+                        throttle.upload_rate,
+                        Some(sent),
+                    )
+                    .await;
                     let _ = down.await;
                 });
             }
@@ -107,8 +117,42 @@ pub(crate) fn start_proxy_with(upload_rate: Option<u64>) -> Proxy {
     }
 }
 
+/// Copies `from` to `to` at `rate` bytes per second (unlimited when `None`), counting into
+/// `counted`.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    rate: Option<u64>,
+    counted: Option<Arc<AtomicU64>>,
+) {
+    let mut chunk = vec![
+        0u8;
+        if rate.is_some_and(|rate| rate < 16 << 10) {
+            256
+        } else {
+            16 << 10
+        }
+    ];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&chunk[..n]).await.is_err() {
+            break;
+        }
+        if let Some(counted) = &counted {
+            counted.fetch_add(n as u64, Ordering::SeqCst);
+        }
+        if let Some(rate) = rate {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(n as f64 / rate as f64)).await;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
 fn start_proxy() -> (String, Arc<AtomicUsize>) {
-    let proxy = start_proxy_with(None);
+    let proxy = start_proxy_with(Throttle::default());
     (proxy.url, proxy.served)
 }
 
