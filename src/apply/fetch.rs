@@ -244,7 +244,10 @@ impl Engine<'_> {
         let mut replace = false;
         let mut lease = None;
         if let Some(tier) = &self.sources.shared {
-            match self.read_from_tier(tier, model, file, &dest).await? {
+            match self
+                .read_from_tier(tier, hub, model, commit, file, &dest)
+                .await?
+            {
                 TierRead::Installed => return Ok(()),
                 TierRead::Bad(why) => {
                     tracing::warn!(
@@ -267,7 +270,9 @@ impl Engine<'_> {
                 match tier.lease_or_wait(file, &waiting).await? {
                     Acquired::Mine(held) => lease = Some(held),
                     Acquired::Published => {
-                        if self.read_from_tier(tier, model, file, &dest).await?
+                        if self
+                            .read_from_tier(tier, hub, model, commit, file, &dest)
+                            .await?
                             == TierRead::Installed
                         {
                             return Ok(());
@@ -297,30 +302,40 @@ impl Engine<'_> {
         downloaded
     }
 
-    /// `file` from the shared tier into the store, verified; anything but `Installed` leaves
-    /// nothing behind.
+    /// `file` from the shared tier into the store, read by the hub client's chunk engine from a
+    /// presigned URL and verified; anything but `Installed` leaves nothing behind except a
+    /// resumable `.tier` partial after a network failure.
     async fn read_from_tier(
         &self,
         tier: &SharedStore,
+        hub: &crate::hub::HubClient,
         model: &str,
+        commit: &str,
         file: &UpstreamFile,
         dest: &Path,
     ) -> Result<TierRead> {
+        let url = match tier.read_url(file).await? {
+            Ok(url) => url,
+            Err(outcome) => return Ok(outcome),
+        };
         let reporter = self.ctx.reporter;
         let part = tier_part_path(&self.downloads, &file.hash);
+        reporter.download_started(model, &file.path, file.size);
         let progress = |bytes: u64| reporter.download_progress(model, &file.path, bytes);
-        let started = std::sync::atomic::AtomicBool::new(false);
-        let read = tier
-            .read(file, &part, &|bytes| {
-                if !started.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    reporter.download_started(model, &file.path, file.size);
-                }
-                progress(bytes)
-            })
+        let read = hub
+            .download_resumable_from_url(url, model, commit, file, &part, &progress)
             .instrument(tracing::info_span!("shared_store", model, path = %file.path))
-            .await?;
-        if read != TierRead::Installed {
-            return Ok(read);
+            .await;
+        match read {
+            Ok(()) => {}
+            Err(error) if error.code() == crate::error::ErrorCode::Verify => {
+                let _ = fs_err::remove_file(&part);
+                return Ok(TierRead::Bad(error.to_string()));
+            }
+            Err(error) => {
+                tier.failed_because(format!("reading a blob: {error}"))?;
+                return Ok(TierRead::Unusable);
+            }
         }
         if !self.defer_sync {
             fs_err::File::open(&part)

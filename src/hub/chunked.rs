@@ -191,8 +191,7 @@ struct Shared {
 /// `Ok(false)`: the server does not do ranges; nothing useful is in `part`.
 pub(super) async fn fetch(
     client: &HubClient,
-    repo_id: &str,
-    commit: &str,
+    origin: &super::FileOrigin<'_>,
     file: &UpstreamFile,
     part: &Path,
     on_progress: &(dyn Fn(u64) + Send + Sync),
@@ -209,7 +208,8 @@ pub(super) async fn fetch(
         done[index as usize] = true;
     }
     let pending: VecDeque<u64> = (0..chunks).filter(|&i| !done[i as usize]).collect();
-    let resolve = client.resolve_url(repo_id, commit, &file.path)?;
+    let (repo_id, commit) = (origin.repo_id, origin.commit);
+    let resolve = origin.url.clone();
     let chunk_size = state.chunk_size;
     let connections = client.config.connections_per_file.min(pending.len()).max(1);
     let start_connections = START_CONNECTIONS.min(connections);

@@ -41,7 +41,7 @@ use super::errors::{self, Target, Transient};
 use super::min_rate::{self, RateWatch, Read, Stall};
 use super::response::{Failed, classify_failure, content_range};
 use super::retry::RetryBudget;
-use super::{HubClient, SendError, chunked, redact_url};
+use super::{FileOrigin, HubClient, SendError, chunked, redact_url};
 use crate::error::{Error, ErrorCode, Result};
 use crate::upstream::{ContentHasher, FileHash, UpstreamFile};
 
@@ -64,7 +64,12 @@ impl HubClient {
     ) -> Result<()> {
         let span =
             tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
-        let result = fetch_into(self, repo_id, commit, file, dest, false, on_progress)
+        let origin = FileOrigin {
+            url: self.resolve_url(repo_id, commit, &file.path)?,
+            repo_id,
+            commit,
+        };
+        let result = fetch_into(self, &origin, file, dest, false, on_progress)
             .instrument(span)
             .await;
         if result.is_err()
@@ -90,7 +95,45 @@ impl HubClient {
         part: &Path,
         on_progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<()> {
-        let client = self;
+        let origin = FileOrigin {
+            url: self.resolve_url(repo_id, commit, &file.path)?,
+            repo_id,
+            commit,
+        };
+        self.download_resumable_from(&origin, file, part, on_progress)
+            .await
+    }
+
+    /// [`HubClient::download_resumable`] from another URL than the hub's resolve URL: a
+    /// presigned URL of the fleet's shared store, read by the same engine (ranges in parallel,
+    /// resumable, verified, stalls and 429s handled). `repo_id` and `commit` only name the
+    /// file in messages. The URL's query (a signature) is never shown.
+    pub async fn download_resumable_from_url(
+        &self,
+        url: Url,
+        repo_id: &str,
+        commit: &str,
+        file: &UpstreamFile,
+        part: &Path,
+        on_progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
+        let origin = FileOrigin {
+            url,
+            repo_id,
+            commit,
+        };
+        self.download_resumable_from(&origin, file, part, on_progress)
+            .await
+    }
+
+    async fn download_resumable_from(
+        &self,
+        origin: &FileOrigin<'_>,
+        file: &UpstreamFile,
+        part: &Path,
+        on_progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<()> {
+        let (client, repo_id) = (self, origin.repo_id);
         let span =
             tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
         async {
@@ -100,14 +143,14 @@ impl HubClient {
                     && file.size > client.config.chunk_size
                     && client.config.connections_per_file > 0;
                 let mut result = if parallel {
-                    chunked::fetch(client, repo_id, commit, file, part, on_progress).await
+                    chunked::fetch(client, origin, file, part, on_progress).await
                 } else {
                     Ok(false)
                 };
                 if matches!(result, Ok(false)) {
                     // Small file, or a server that ignores Range: one sequential stream that
                     // continues from what an earlier run left in `part`.
-                    result = fetch_into(client, repo_id, commit, file, part, true, on_progress)
+                    result = fetch_into(client, origin, file, part, true, on_progress)
                         .await
                         .map(|()| true);
                 }
@@ -142,15 +185,15 @@ impl HubClient {
 
 async fn fetch_into(
     client: &HubClient,
-    repo_id: &str,
-    commit: &str,
+    origin: &FileOrigin<'_>,
     file: &UpstreamFile,
     dest: &Path,
     resume: bool,
     on_progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<()> {
+    let (repo_id, commit) = (origin.repo_id, origin.commit);
     let target = Target::file(repo_id, commit, &file.path);
-    let resolve = client.resolve_url(repo_id, commit, &file.path)?;
+    let resolve = origin.url.clone();
     let mut state = Transfer {
         sink: if resume {
             Sink::resume(file, dest)?

@@ -273,6 +273,14 @@ const MAX_ERROR_BODY_BYTES: usize = 64 << 10;
 /// Guard against a server whose `Link` pages never end.
 const MAX_PAGES: usize = 100_000;
 
+/// Where a download starts: the hub's resolve URL of a file at a commit, or a URL given
+/// (a presigned URL of the shared store); `repo_id` and `commit` name the file in messages.
+pub(crate) struct FileOrigin<'a> {
+    pub url: Url,
+    pub repo_id: &'a str,
+    pub commit: &'a str,
+}
+
 /// Client for one hub endpoint. Cheap to clone (shares the connection pool).
 #[derive(Debug, Clone)]
 pub struct HubClient {

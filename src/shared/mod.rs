@@ -10,22 +10,22 @@
 //!
 //! Objects are created only from bytes already verified against the lock's hash, with a
 //! conditional create (`If-None-Match: *`) or a multipart upload, which S3 shows only once it is
-//! complete: a killed host leaves no visible partial object. Reads are ranged, several at once,
-//! and verified before anything is installed; a bad object is replaced by the next host that
+//! complete: a killed host leaves no visible partial object. Reads go through presigned URLs
+//! to the hub client's own chunk engine (ranged, parallel, resumable, verified against the
+//! lock's hash before anything is installed); a bad object is replaced by the next host that
 //! fetches the file from the hub.
 //!
 //! A tier that cannot be used (unreachable, no bucket, credentials refused) costs one warning
 //! and the rest of the run goes to the hub, unless the tier is required (`E_NET`).
 //!
 //! Edges: talks only to the configured bucket (through `object_store`, on the same reqwest and
-//! rustls as the hub client) and writes only the `.tier` file it is given under the store's
-//! downloads folder. Never prints: warnings go through `tracing`.
+//! rustls as the hub client); writes nothing locally (the hub client writes what it reads).
+//! Never prints: warnings go through `tracing`.
 
 mod config;
 pub mod lease;
 pub mod nodes;
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -42,12 +42,10 @@ pub use config::{
 };
 
 use crate::error::{Error, Result};
-use crate::upstream::{ContentHasher, FileHash, UpstreamFile};
+use crate::upstream::{FileHash, UpstreamFile};
 
-/// Bytes per ranged read of one object (several run at once per file).
-const READ_CHUNK: u64 = 8 << 20;
-/// Ranged reads in flight per file.
-const READS_PER_FILE: usize = 4;
+/// How long a presigned read URL is valid: longer than any one file takes.
+const READ_URL_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Part size of multipart uploads, and parts in flight per upload.
 const PART_SIZE: usize = 16 << 20;
 const PARTS_IN_FLIGHT: usize = 4;
@@ -173,7 +171,11 @@ impl SharedStore {
     /// Records that the tier cannot be used: the first time, one warning (the run goes on from
     /// the hub); when the tier is required, `E_NET`.
     pub fn failed(&self, what: &str, error: &object_store::Error) -> Result<()> {
-        let mut reason = format!("{what}: {}", describe(error));
+        self.failed_because(format!("{what}: {}", describe(error)))
+    }
+
+    /// [`SharedStore::failed`] for a reason already worded (a read by the hub client).
+    pub fn failed_because(&self, mut reason: String) -> Result<()> {
         if let Some((name, proxy)) = self.proxies.first() {
             reason.push_str(&format!(" (through the proxy {proxy} from {name})"));
         }
@@ -231,95 +233,41 @@ impl SharedStore {
         }
     }
 
-    /// Reads `file` from the tier into `dest` (replaced), verifying size and hash on the way;
-    /// `progress` gets the running byte count. Only `Installed` leaves `dest` behind.
-    pub async fn read(
+    /// Where to read `file` from: a presigned GET URL of its object, valid for
+    /// [`READ_URL_LIFETIME`], for the hub client's chunk engine (ranges in parallel, resumable,
+    /// verified, stalls and 429s handled as for the hub). Its query is a signature: it is never
+    /// shown. `Missing` when there is no object, `Bad` when its size is wrong.
+    pub async fn read_url(
         &self,
         file: &UpstreamFile,
-        dest: &Path,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<TierRead> {
+    ) -> Result<std::result::Result<url::Url, TierRead>> {
         match self.blob_size(&file.hash).await? {
-            None if !self.usable() => return Ok(TierRead::Unusable),
-            None => return Ok(TierRead::Missing),
+            None if !self.usable() => return Ok(Err(TierRead::Unusable)),
+            None => return Ok(Err(TierRead::Missing)),
             Some(size) if size != file.size => {
-                return Ok(TierRead::Bad(format!(
+                return Ok(Err(TierRead::Bad(format!(
                     "the object has {size} bytes, the file {}",
                     file.size
-                )));
+                ))));
             }
             Some(_) => {}
         }
-        let outcome = self.read_verified(file, dest, progress).await;
-        if !matches!(outcome, Ok(TierRead::Installed)) {
-            let _ = fs_err::remove_file(dest);
-        }
-        outcome
-    }
-
-    async fn read_verified(
-        &self,
-        file: &UpstreamFile,
-        dest: &Path,
-        progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<TierRead> {
-        let key = self.blob_key(&file.hash);
-        let ranges = chunk_ranges(file.size);
-        let out = fs_err::File::create(dest)
-            .map_err(|e| Error::io(format!("creating {}", dest.display()), &e))?;
-        // In order, several in flight: the file is written and hashed front to back.
-        let mut chunks = futures_util::stream::iter(ranges)
-            .map(|range| {
-                let (store, key) = (self.store.clone(), key.clone());
-                async move { store.get_range(&key, range).await }
-            })
-            .buffered(READS_PER_FILE);
-        let mut state = Some((
-            out.into_parts().0,
-            ContentHasher::for_hash(&file.hash, file.size),
-        ));
-        let mut written = 0u64;
-        while let Some(chunk) = chunks.next().await {
-            let bytes = match chunk {
-                Ok(bytes) => bytes,
-                Err(object_store::Error::NotFound { .. }) => return Ok(TierRead::Missing),
-                Err(error) => {
-                    self.failed("reading a blob", &error)?;
-                    return Ok(TierRead::Unusable);
-                }
-            };
-            let (mut out, mut hasher) = state.take().expect("writer state");
-            let dest_name = dest.to_path_buf();
-            let (out, hasher, len) = tokio::task::spawn_blocking(move || {
-                use std::io::Write as _;
-                hasher.update(&bytes);
-                out.write_all(&bytes)
-                    .map_err(|e| Error::io(format!("writing {}", dest_name.display()), &e))?;
-                Ok::<_, Error>((out, hasher, bytes.len() as u64))
-            })
+        use object_store::signer::Signer as _;
+        match self
+            .store
+            .signed_url(
+                reqwest::Method::GET,
+                &self.blob_key(&file.hash),
+                READ_URL_LIFETIME,
+            )
             .await
-            .map_err(|e| Error::internal(format!("a file-system task failed: {e}")))??;
-            written += len;
-            progress(written);
-            state = Some((out, hasher));
+        {
+            Ok(url) => Ok(Ok(url)),
+            Err(error) => {
+                self.failed("signing a read", &error)?;
+                Ok(Err(TierRead::Unusable))
+            }
         }
-        let (out, hasher) = state.take().expect("writer state");
-        if written != file.size {
-            return Ok(TierRead::Bad(format!(
-                "read {written} bytes, expected {}",
-                file.size
-            )));
-        }
-        let actual = hasher.finish();
-        if actual != file.hash {
-            return Ok(TierRead::Bad(format!(
-                "its bytes hash to {}, not {}",
-                actual.display(),
-                file.hash.display()
-            )));
-        }
-        drop(out);
-        Ok(TierRead::Installed)
     }
 
     /// Publishes the verified file at `path` as the object for `file` (a tier that already
@@ -444,16 +392,6 @@ pub fn hash_kind(hash: &FileHash) -> &'static str {
     if hash.is_lfs() { "sha256" } else { "sha1" }
 }
 
-/// The byte ranges a file is read in.
-fn chunk_ranges(size: u64) -> Vec<Range<u64>> {
-    if size == 0 {
-        return Vec::new();
-    }
-    (0..size.div_ceil(READ_CHUNK))
-        .map(|i| i * READ_CHUNK..((i + 1) * READ_CHUNK).min(size))
-        .collect()
-}
-
 /// An S3 error in a few words: the status and the store's own message where it has one, never
 /// a request (signed URLs and headers carry credentials).
 fn describe(error: &object_store::Error) -> String {
@@ -487,18 +425,4 @@ pub fn without_secrets(text: &str, aws: &AwsVariables) -> String {
 /// Where the store's downloads folder keeps a file being read from the tier.
 pub fn tier_part_path(downloads: &Path, hash: &FileHash) -> PathBuf {
     downloads.join(format!("{}.tier", hash.hex()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn files_are_read_in_whole_chunks_and_one_short_tail() {
-        assert!(chunk_ranges(0).is_empty());
-        assert_eq!(chunk_ranges(10), vec![0..10]);
-        let ranges = chunk_ranges(READ_CHUNK * 2 + 1);
-        assert_eq!(ranges.len(), 3);
-        assert_eq!(ranges[2], READ_CHUNK * 2..READ_CHUNK * 2 + 1);
-    }
 }

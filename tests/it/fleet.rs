@@ -173,35 +173,51 @@ fn four_hosts_started_together_take_each_file_from_the_hub_once() {
 #[test]
 fn secrets_never_reach_output_logs_or_files() {
     let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
-    let mut ws = host(&hub, "secrets", "host-s");
+    // One host publishes, the next reads everything back through presigned URLs (whose query
+    // holds a signature and the key id), both with every log on.
+    let mut runs = Vec::new();
+    let mut dirs = Vec::new();
+    for node in ["host-s1", "host-s2"] {
+        let mut ws = host(&hub, "secrets", node);
+        ws.set_env("RUST_LOG", "trace");
+        runs.push(ws.run(&["plan", "-vvv"]));
+        let applied = ws.run(&["apply", "-vvv", "--json"]);
+        applied.ok();
+        runs.push(ws.run(&["plan", "--json", "--out", "saved.plan"]));
+        runs.push(ws.run(&["fleet", "status", "--json"]));
+        runs.push(applied);
+        dirs.push(ws);
+    }
+    let report = &runs.last().unwrap().json()["data"]["report"];
+    assert!(
+        report["bytes_from_shared_store"].as_u64() > Some(0),
+        "{report}"
+    );
+    // A session token: sent by the S3 client, refused by this SeaweedFS; never shown.
+    let mut ws = host(&hub, "secrets", "host-s3");
     ws.set_env("AWS_SESSION_TOKEN", "kmm-session-token-7f3d");
     ws.set_env("RUST_LOG", "trace");
-    let runs = [
-        ws.run(&["plan", "-vvv"]),
-        ws.run(&["apply", "-vvv"]),
-        ws.run(&["plan", "--json", "--out", "saved.plan"]),
-        ws.run(&["fleet", "status", "--json"]),
-    ];
+    runs.push(ws.run(&["apply", "-vvv"]));
+    runs.push(ws.run(&["fleet", "status", "--json"]));
+    dirs.push(ws);
+
     let mut seen = String::new();
     for run in &runs {
         seen.push_str(&run.stdout);
         seen.push_str(&run.stderr);
     }
-    for file in [
-        "kari-models.lock",
-        "saved.plan",
-        "models/model_registry.json",
-    ] {
-        seen.push_str(&fs_err::read_to_string(ws.dir.path().join(file)).unwrap_or_default());
+    for ws in &dirs {
+        for file in [
+            "kari-models.lock",
+            "saved.plan",
+            "models/model_registry.json",
+        ] {
+            seen.push_str(&fs_err::read_to_string(ws.dir.path().join(file)).unwrap_or_default());
+        }
     }
     for (key, _) in list_objects("secrets") {
         if key.starts_with("nodes/") {
-            let client = seaweedfs::server().client();
-            let path = object_store::path::Path::from(format!("secrets/{key}"));
-            let bytes = seaweedfs::block_on(async {
-                use object_store::ObjectStore as _;
-                client.get(&path).await.unwrap().bytes().await.unwrap()
-            });
+            let bytes = get_object(&format!("secrets/{key}")).unwrap();
             seen.push_str(&String::from_utf8_lossy(&bytes));
         }
     }
@@ -210,7 +226,17 @@ fn secrets_never_reach_output_logs_or_files() {
         "the trace logs ran: {} bytes",
         seen.len()
     );
-    for secret in [SECRET_KEY, "kmm-session-token-7f3d"] {
+    // The presigned URLs were logged (their path), so a query left in would have shown.
+    assert!(
+        seen.contains("/secrets/blobs/sha256/"),
+        "no tier URL in the logs"
+    );
+    for secret in [
+        SECRET_KEY,
+        "kmm-session-token-7f3d",
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+    ] {
         assert!(!seen.contains(secret), "{secret} leaked");
     }
 }
@@ -559,15 +585,17 @@ fn a_tier_that_trickles_is_given_up_for_the_hub() {
     host(&hub, prefix, "host-t1")
         .run(&["apply", "--quiet"])
         .ok();
-    // The tier's answers come at 2 kB/s (the hub, on another port, at full speed).
+    // The tier's answers come at 500 B/s (the hub, on another port, at full speed): below the
+    // minimum rate, reads of it stall and are given up as the hub's would be.
     let proxy = crate::proxy::start_proxy_with(crate::proxy::Throttle {
-        download_rate: Some(2000),
+        download_rate: Some(500),
         only_port: Some(seaweedfs::server().s3_port),
         ..Default::default()
     });
     let mut slow = host(&hub, prefix, "host-t2");
     slow.set_env("HTTP_PROXY", &proxy.url);
-    slow.set_env("KMM_SHARED_STORE_TIMEOUT", "2s");
+    slow.set_env("KMM_SHARED_STORE_TIMEOUT", "10s");
+    slow.set_env("KMM_HUB_MIN_RATE_TIME", "2s");
     let run = slow.run(&["apply"]);
     run.ok();
     assert_installed(&slow);
