@@ -111,6 +111,12 @@ pub async fn fleet_status(
     cwd: &Path,
 ) -> Result<FleetStatus> {
     let session = Session::open_lenient(overrides, env, cwd).await?;
+    if session.settings.offline && session.settings.shared_store.is_some() {
+        return Err(Error::args(
+            "kmm fleet status reads the shared store, which --offline forbids",
+        )
+        .with_hint("drop --offline (and unset HF_HUB_OFFLINE)"));
+    }
     let Some(tier) = session.shared.as_deref() else {
         return Err(Error::args("no shared store is named").with_hint(
             "name it with --shared-store s3://BUCKET/PREFIX, KMM_SHARED_STORE or shared_store in [settings]",

@@ -392,23 +392,48 @@ pub fn hash_kind(hash: &FileHash) -> &'static str {
     if hash.is_lfs() { "sha256" } else { "sha1" }
 }
 
-/// An S3 error in a few words: the status and the store's own message where it has one, never
-/// a request (signed URLs and headers carry credentials).
+/// An S3 error on one line: the status and the store's error code where it sent them (an XML
+/// body is cut down to its `<Code>`), "the credentials were refused" for 401/403, "the bucket
+/// does not exist" for `NoSuchBucket`; never a request's headers.
 fn describe(error: &object_store::Error) -> String {
-    match error {
-        object_store::Error::NotFound { .. } => "not found (is the bucket there?)".to_string(),
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => "the credentials were refused".to_string(),
-        other => {
-            let text = other.to_string();
-            // object_store errors put the whole cause chain on one line; keep the first part.
-            text.split(", body:")
-                .next()
-                .unwrap_or(&text)
-                .trim()
-                .to_string()
-        }
+    let text = error.to_string();
+    let tag = |name: &str| {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(text[start..end].to_string())
+    };
+    let status = text.find("status code: ").map(|at| {
+        let rest = &text[at + "status code: ".len()..];
+        rest.split(':').next().unwrap_or(rest).trim().to_string()
+    });
+    let code = tag("Code");
+    let detail = match (&status, &code) {
+        (Some(status), Some(code)) => format!("{status}, {code}"),
+        (Some(status), None) => status.clone(),
+        (None, Some(code)) => code.clone(),
+        (None, None) => String::new(),
+    };
+    let refused = matches!(
+        error,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || status
+        .as_deref()
+        .is_some_and(|status| status.starts_with("401") || status.starts_with("403"));
+    if code.as_deref() == Some("NoSuchBucket") {
+        return format!("the bucket does not exist ({detail})");
     }
+    if refused {
+        return format!("the credentials were refused ({detail})");
+    }
+    if matches!(error, object_store::Error::NotFound { .. }) {
+        return "not found".to_string();
+    }
+    if !detail.is_empty() {
+        return detail;
+    }
+    let line = text.lines().next().unwrap_or_default();
+    line.chars().take(300).collect()
 }
 
 /// `text` with every secret of `aws` blotted out.
@@ -425,4 +450,40 @@ pub fn without_secrets(text: &str, aws: &AwsVariables) -> String {
 /// Where the store's downloads folder keeps a file being read from the tier.
 pub fn tier_part_path(downloads: &Path, hash: &FileHash) -> PathBuf {
     downloads.join(format!("{}.tier", hash.hex()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generic(text: &str) -> object_store::Error {
+        object_store::Error::Generic {
+            store: "S3",
+            source: text.to_string().into(),
+        }
+    }
+
+    #[test]
+    fn s3_errors_are_one_line_with_their_status_and_code() {
+        let refused = generic(
+            "Error performing list request: Error performing GET http://x/b?list-type=2 in 33ms - Server returned non-2xx status code: 403 Forbidden: <?xml version=\"1.0\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error>",
+        );
+        assert_eq!(
+            describe(&refused),
+            "the credentials were refused (403 Forbidden, SignatureDoesNotMatch)"
+        );
+        let missing = generic(
+            "Server returned non-2xx status code: 404 Not Found: <?xml?>\n<Error><Code>NoSuchBucket</Code></Error>",
+        );
+        assert_eq!(
+            describe(&missing),
+            "the bucket does not exist (404 Not Found, NoSuchBucket)"
+        );
+        let down =
+            generic("error sending request for url (http://127.0.0.1:9/b)\ncaused by: refused");
+        assert_eq!(
+            describe(&down),
+            "Generic S3 error: error sending request for url (http://127.0.0.1:9/b)"
+        );
+    }
 }

@@ -442,6 +442,13 @@ fn an_unusable_tier_costs_one_warning_and_the_hub_serves_the_files() {
             warnings[0]
         );
         assert!(!run.stderr.contains("not-the-secret"), "{case}");
+        assert!(!run.stderr.contains("<?xml"), "{case}: {}", run.stderr);
+        let why = match case {
+            "wrong credentials" => "the credentials were refused",
+            "no bucket" => "the bucket does not exist",
+            _ => "127.0.0.1",
+        };
+        assert!(warnings[0].contains(why), "{case}: {}", warnings[0]);
     }
 }
 
