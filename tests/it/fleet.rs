@@ -613,3 +613,37 @@ fn a_tier_that_trickles_is_given_up_for_the_hub() {
         .count();
     assert_eq!(warnings, 1, "{}", run.stderr);
 }
+
+#[test]
+fn every_watch_reconcile_writes_the_hosts_report_and_markdown_plans_say_where_bytes_come_from() {
+    let hub = FakeHub::start(vec![RepoSpec::new(MODEL).commit(files())]);
+    let prefix = "watched";
+    let first = host(&hub, prefix, "host-m");
+    first.run(&["apply", "--quiet"]).ok();
+    let reviewer = host(&hub, prefix, "host-review");
+    let markdown = reviewer.run(&["plan", "--format", "markdown"]);
+    markdown.ok();
+    assert!(
+        markdown.stdout.contains("Bytes from the shared store: ")
+            && markdown.stdout.contains("; from the hub: 0 B."),
+        "{}",
+        markdown.stdout
+    );
+
+    let watcher = host(&hub, prefix, "host-watch");
+    let mut child = watcher.spawn(&["watch", "--interval", "1s"]);
+    let report = format!("{prefix}/nodes/host-watch.json");
+    let mut times = std::collections::BTreeSet::new();
+    crate::reliability::wait_until("two reports of the watching host", || {
+        if let Some(bytes) = get_object(&report) {
+            let report: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(report["converged"], true, "{report}");
+            times.insert(report["time"].as_str().unwrap().to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        times.len() >= 2
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_installed(&watcher);
+}
