@@ -12,10 +12,15 @@ Cases:
            converged, each host's peak RSS and where its bytes came from
   no-tier  the same hosts without the tier (fresh workdirs): hub bytes / model bytes, wall time
   read     one fresh host with a converged host's lock, `kmm apply --frozen` (no hub request),
-           from the filled tier, against curl reading the same objects from SeaweedFS in one
-           process with keep-alive (sequential; --parallel; --parallel with 8 MiB ranges), the
-           best curl kept; cold (page cache dropped before every run, when this user can) and
-           warm; medians of --rounds rounds, tools interleaved
+           from the filled tier, against its peer: curl in one process with keep-alive writing
+           every object into a file (sequential and --parallel, the best kept), with the ceiling
+           beside it (the same reads to /dev/null: sequential, --parallel, --parallel with 8 MiB
+           ranges); cold (page cache dropped before every run, when this user can) and warm;
+           medians of --rounds rounds, tools interleaved. Diagnostic rows: kmm with
+           KMM_DIRECT_IO=0, with KMM_CONNECTIONS_PER_FILE=4, kmm on a host that has everything
+           (its fixed cost)
+The fleet cases run --fleet-rounds times (a fresh prefix and fresh workdirs each time); the
+read case uses the tier filled by the first round.
 """
 
 import argparse
@@ -301,7 +306,9 @@ class Host:
         installed = self.installed(expected)
         if rc == 0 and installed is not True:
             error = f"exit 0 but the model is not installed as expected: {installed}"
-        return {"node": self.node, "rc": rc, "seconds": self.finished - self.started,
+        warnings = [line.strip() for line in self.stderr.read_text(errors="replace").splitlines()
+                    if "warn" in line.lower()]
+        return {"node": self.node, "rc": rc, "seconds": self.finished - self.started, "warnings": warnings,
                 "rss": rss, "cpu": cpu, "report": report, "error": error,
                 "converged": rc == 0 and error is None}
 
@@ -319,9 +326,58 @@ class Host:
         return True if not wrong else "; ".join(wrong[:3]) + (f" (+{len(wrong) - 3})" if len(wrong) > 3 else "")
 
 
-def run_together(hosts, kmm: Path, args):
+class Timeline(threading.Thread):
+    """Polls the hub's stats file and the tier's blob listing while the hosts run: when the
+    hub had served one model's worth, when the tier held the LFS blobs and every blob."""
+
+    def __init__(self, hub: Hub, sw: SeaweedFs, prefix, model_bytes: int, n_files: int, n_lfs: int):
+        super().__init__(daemon=True)
+        self.hub, self.sw, self.prefix = hub, sw, prefix
+        self.model_bytes, self.n_files, self.n_lfs = model_bytes, n_files, n_lfs
+        self.events = {}
+        self.stop_event = threading.Event()
+
+    def begin(self, started: float, served_before: int):
+        self.started, self.before = started, served_before
+        self.start()
+
+    def mark(self, name):
+        self.events.setdefault(name, time.perf_counter() - self.started)
+
+    def run(self):
+        while not self.stop_event.is_set():
+            try:
+                served = int(re.search(r"body_bytes_served=(\d+)", self.hub.stats.read_text()).group(1))
+                if served - self.before >= self.model_bytes:
+                    self.mark("hub served one model's worth")
+            except (OSError, AttributeError):
+                pass
+            if self.prefix:
+                try:
+                    blobs = self.sw.list(self.prefix + "/blobs/")
+                except (subprocess.CalledProcessError, ET.ParseError):
+                    blobs = {}
+                lfs = sum(1 for key in blobs if "/blobs/sha256/" in key)
+                if blobs:
+                    self.mark("first blob in the tier")
+                if lfs >= 1:
+                    self.mark("first LFS blob in the tier")
+                if lfs >= self.n_lfs:
+                    self.mark("every LFS blob in the tier")
+                if len(blobs) >= self.n_files:
+                    self.mark("every blob in the tier")
+            self.stop_event.wait(0.2)
+
+    def finish(self):
+        self.stop_event.set()
+        self.join()
+
+
+def run_together(hosts, kmm: Path, args, timeline=None, served_before=0):
     """Starts every host at once; returns the wall time until the last one exited."""
     started = time.perf_counter()
+    if timeline:
+        timeline.begin(started, served_before)
     for host in hosts:
         host.start(kmm, args)
     waiters = [threading.Thread(target=host.wait) for host in hosts]
@@ -341,13 +397,16 @@ def fleet_round(args, hub: Hub, sw: SeaweedFs, expected: dict, prefix, label: st
     hosts = [Host(base / f"host-{i}", f"host-{i}", hub, tier_env) for i in range(args.hosts)]
     before = hub.served()
     hub_cpu, weed_cpu = hub.cpu(), sw.cpu()
-    wall = run_together(hosts, args.kmm, ["apply", "--json"])
+    timeline = Timeline(hub, sw, prefix, model_bytes, len(expected),
+                        sum(1 for path in expected if path.endswith(".safetensors")))
+    wall = run_together(hosts, args.kmm, ["apply", "--json"], timeline, before)
+    timeline.finish()
     served = hub.served() - before
     results = [host.result(expected) for host in hosts]
     row = {"label": label, "wall": wall, "hub_bytes": served, "ratio": served / model_bytes,
            "hosts": results, "converged": sum(r["converged"] for r in results),
            "hub_cpu": hub.cpu() - hub_cpu, "weed_cpu": sw.cpu() - weed_cpu, "base": base,
-           "prefix": prefix}
+           "prefix": prefix, "timeline": timeline.events}
     if prefix:
         objects = sw.list(prefix + "/")
         row["objects"] = objects
@@ -385,9 +444,16 @@ def print_fleet_rounds(title: str, rows, model_bytes: int, tier: bool):
     for h in shown["hosts"]:
         rep = h["report"]
         state = "converged" if h["converged"] else f"FAILED: {h['error']}"
+        if h["warnings"]:
+            state += f"; {len(h['warnings'])} warning(s), first: {h['warnings'][0][:160]}"
         tail = (f"{rep.get('bytes_from_shared_store', 0) / MIB:>15.1f}" if tier else "") + \
             f"{rep.get('bytes_downloaded', 0) / MIB:>14.1f}"
         out(f"  {h['node']:<8}{h['seconds']:>8.2f}{h['rss'] / MIB:>14.1f}{h['cpu']:>7.1f}{tail}  {state}")
+    events = sorted(shown["timeline"].items(), key=lambda item: item[1])
+    firsts = sorted(h["seconds"] for h in shown["hosts"])
+    events += [("first host done", firsts[0]), ("last host done", firsts[-1])]
+    out("timeline (s after the start, polled every 0.2 s): "
+        + "; ".join(f"{name} {at:.1f}" for name, at in sorted(events, key=lambda item: item[1])))
     if tier:
         objects = shown.get("objects", {})
         blobs = [k for k in objects if "/blobs/" in k]
@@ -400,6 +466,8 @@ def print_fleet_rounds(title: str, rows, model_bytes: int, tier: bool):
         took = sum(h["report"].get("bytes_downloaded", 0) for h in shown["hosts"])
         out(f"hosts' own count of hub bytes (sum of bytes_downloaded): {took / MIB:.1f} MiB "
             f"= {took / model_bytes:.3f}x the model")
+    warned = sum(len(h["warnings"]) for r in rows for h in r["hosts"])
+    out(f"warnings on the hosts' stderr, all rounds: {warned}")
     med_wall = statistics.median(r["wall"] for r in rows)
     med_ratio = statistics.median(r["ratio"] for r in rows)
     out(f"median over {len(rows)} round(s): hub bytes / model bytes {med_ratio:.3f}x, "
@@ -430,17 +498,19 @@ def timed(args, env=None, cwd=None, stdout_path=None):
     return elapsed, int(fields[0]) * 1024, float(fields[1]) + float(fields[2]), proc.stdout
 
 
-def curl_config(sw: SeaweedFs, keys: dict, path: Path, ranged: bool):
-    """A curl config of one transfer per object (or per 8 MiB range), each to /dev/null."""
+def curl_config(sw: SeaweedFs, keys: dict, path: Path, ranged: bool, into=None):
+    """A curl config of one transfer per object (or per 8 MiB range), each to /dev/null (or to
+    a file per object under `into`)."""
     lines = []
-    for key, size in sorted(keys.items()):
+    for n, (key, size) in enumerate(sorted(keys.items())):
         ranges = [None]
         if ranged and size > 8 * MIB:
             ranges = [(start, min(start + 8 * MIB, size) - 1) for start in range(0, size, 8 * MIB)]
         for r in ranges:
             if lines:
                 lines.append("next")
-            lines += [f'url = "{sw.url(key)}"', 'output = "/dev/null"', "silent", "show-error", "fail",
+            target = into / f"f{n:03}" if into else "/dev/null"
+            lines += [f'url = "{sw.url(key)}"', f'output = "{target}"', "silent", "show-error", "fail",
                       f'aws-sigv4 = "aws:amz:{REGION}:s3"', f'user = "{ACCESS_KEY}:{SECRET_KEY}"',
                       r'write-out = "%{size_download} %{num_connects}\n"']
             if r:
@@ -461,17 +531,29 @@ def read_case(args, hub: Hub, sw: SeaweedFs, expected: dict, prefix: str, lock: 
     for name, ranged in [("seq", False), ("par", False), ("par-ranged", True)]:
         configs[name] = base / f"curl-{name}.cfg"
         curl_config(sw, keys, configs[name], ranged)
+    files_dir = base / "curl-files"
+    configs["files"] = base / "curl-files.cfg"
+    curl_config(sw, keys, configs["files"], False, files_dir)
+    configs["par-files"] = base / "curl-par-files.cfg"
+    curl_config(sw, keys, configs["par-files"], False, files_dir)
     count = {"n": 0}
 
-    def run_kmm():
+    def fresh_kmm(extra_env):
         count["n"] += 1
-        host = Host(base / f"kmm-{count['n']}", "host-read", hub, sw.env(prefix))
+        host = Host(base / f"kmm-{count['n']}", "host-read", hub, {**sw.env(prefix), **extra_env})
         shutil.copy(lock, host.dir / "kari-models.lock")
+        return host
+
+    def apply(host):
         before = hub.served()
         seconds, rss, cpu, stdout = timed([str(args.kmm), "apply", "--frozen", "--json"],
                                           host.env, host.dir)
         served = hub.served() - before
-        report = json.loads(stdout)["data"]["report"]
+        return seconds, rss, cpu, served, json.loads(stdout)["data"]["report"]
+
+    def run_kmm(extra_env=None):
+        host = fresh_kmm(extra_env or {})
+        seconds, rss, cpu, served, report = apply(host)
         problems = []
         if served:
             problems.append(f"the hub served {served} bytes")
@@ -486,31 +568,59 @@ def read_case(args, hub: Hub, sw: SeaweedFs, expected: dict, prefix: str, lock: 
             raise SystemExit("kmm --frozen from the tier: " + "; ".join(problems))
         return seconds, rss, cpu, host.dir
 
+    converged = {}
+
+    def run_kmm_noop():
+        """`kmm apply --frozen` on a host that has everything: the fixed cost of a run."""
+        if "host" not in converged:
+            converged["host"] = fresh_kmm({})
+            apply(converged["host"])
+        seconds, rss, cpu, served, report = apply(converged["host"])
+        if served or report.get("bytes_from_shared_store") or report.get("bytes_downloaded"):
+            raise SystemExit(f"kmm apply on a converged host moved bytes: {report}")
+        return seconds, rss, cpu, None
+
     def run_curl(name, parallel):
         extra = ["--parallel", "--parallel-max", "8"] if parallel else []
+        into_files = name in ("files", "par-files")
+        if into_files:
+            # Fresh files each run, as kmm writes a fresh store.
+            shutil.rmtree(files_dir, ignore_errors=True)
+            files_dir.mkdir(parents=True, exist_ok=True)
         seconds, rss, cpu, stdout = timed(["curl"] + extra + ["-K", str(configs[name])])
         sizes = [line.split() for line in stdout.splitlines() if line.strip()]
         got = sum(int(s[0]) for s in sizes)
         if got != model_bytes:
             raise SystemExit(f"curl {name} read {got} bytes, expected {model_bytes}")
         connects = sum(int(s[1]) for s in sizes)
+        if into_files:
+            return seconds, rss, cpu, files_dir
         return seconds, rss, cpu, connects
 
-    tools = {
-        "kmm apply --frozen": lambda: run_kmm(),
-        "curl, sequential": lambda: run_curl("seq", False),
-        "curl --parallel-max 8": lambda: run_curl("par", True),
-        "curl --parallel-max 8, 8 MiB ranges": lambda: run_curl("par-ranged", True),
-    }
+    # (name, role, run): "kmm" against the "peer" (curl filling files, as a host fills its
+    # store, at its best) makes the target's ratio; the "ceiling" (curl to /dev/null) is printed
+    # beside it; "info" rows explain.
+    tools = [
+        ("kmm apply --frozen", "kmm", lambda: run_kmm()),
+        ("curl, sequential, into files", "peer", lambda: run_curl("files", False)),
+        ("curl --parallel-max 8, into files", "peer", lambda: run_curl("par-files", True)),
+        ("curl, sequential, to /dev/null", "ceiling", lambda: run_curl("seq", False)),
+        ("curl --parallel-max 8, to /dev/null", "ceiling", lambda: run_curl("par", True)),
+        ("curl --parallel-max 8, 8 MiB ranges, /dev/null", "ceiling", lambda: run_curl("par-ranged", True)),
+        ("kmm, KMM_DIRECT_IO=0", "info", lambda: run_kmm({"KMM_DIRECT_IO": "0"})),
+        ("kmm, KMM_CONNECTIONS_PER_FILE=4", "info", lambda: run_kmm({"KMM_CONNECTIONS_PER_FILE": "4"})),
+        ("kmm, nothing to do (fixed cost)", "info", run_kmm_noop),
+    ]
+    roles = {name: role for name, role, _ in tools}
     can_drop = drop_caches()
     phases = ["cold", "warm"] if can_drop else ["warm"]
     results = {}
     for phase in phases:
         if phase == "warm":
             run_curl("seq", False)  # untimed: brings the objects into the page cache
-        rows = {tool: [] for tool in tools}
+        rows = {tool: [] for tool, _, _ in tools}
         for round_ in range(args.rounds):
-            for tool, run in tools.items():
+            for tool, _, run in tools:
                 if phase == "cold":
                     drop_caches()
                 weed_cpu = sw.cpu()
@@ -518,6 +628,8 @@ def read_case(args, hub: Hub, sw: SeaweedFs, expected: dict, prefix: str, lock: 
                 weed_cpu = sw.cpu() - weed_cpu
                 if isinstance(extra, Path):
                     settle(extra, args.settle)
+                    note = ""
+                elif extra is None:
                     note = ""
                 else:
                     note = f", {extra} new connection(s)"
@@ -530,14 +642,15 @@ def read_case(args, hub: Hub, sw: SeaweedFs, expected: dict, prefix: str, lock: 
                                  "cpu": statistics.median(r[2] for r in runs_),
                                  "weed_cpu": statistics.median(r[3] for r in runs_)}
                           for tool, runs_ in rows.items()}
-    return results, can_drop, len(keys)
+    return results, roles, can_drop, len(keys)
 
 
-def print_read_case(results, can_drop, n_keys, model_bytes, rounds):
+def print_read_case(results, roles, can_drop, n_keys, model_bytes, rounds):
     out(f"\n== one fresh host fills from the filled tier ({n_keys} objects, {model_bytes / MIB:.1f} MiB): "
         f"kmm apply --frozen (lock of a converged host, no hub request) vs curl from SeaweedFS")
-    out("curl runs in one process with keep-alive and writes to /dev/null: that is the ceiling for reading")
-    out("these objects from this SeaweedFS; kmm also writes every byte to the store and verifies its hash.")
+    out("the peer: curl in one process with keep-alive writing every object into a file, as a host fills its")
+    out("store (best of sequential and --parallel); the ceiling: the same reads to /dev/null. kmm also")
+    out("verifies every byte's hash, which neither curl does.")
     if not can_drop:
         out("the page cache could not be dropped (needs root): only the warm phase was measured")
     summary = {}
@@ -545,27 +658,41 @@ def print_read_case(results, can_drop, n_keys, model_bytes, rounds):
         what = ("page cache dropped before every run" if phase == "cold"
                 else "objects already in the page cache")
         out(f"-- {phase} ({what}); medians of {rounds} rounds")
+        prev = next(iter(tools))
         out(f"  {'tool':<38}{'MB/s':>8}{'s':>8}{'peak RSS MiB':>14}{'CPU s':>7}{'SeaweedFS CPU s':>17}")
         for tool, row in tools.items():
-            out(f"  {tool:<38}{model_bytes / row['seconds'] / 1e6:>8.1f}{row['seconds']:>8.2f}"
+            if roles[tool] == "info" and roles[prev] != "info":
+                out("  diagnostics (not in the ratio):")
+            prev = tool
+            rate = "-" if "nothing to do" in tool else f"{model_bytes / row['seconds'] / 1e6:.1f}"
+            out(f"  {tool:<38}{rate:>8}{row['seconds']:>8.2f}"
                 f"{row['rss'] / MIB:>14.1f}{row['cpu']:>7.2f}{row['weed_cpu']:>17.2f}")
-        curls = {t: r for t, r in tools.items() if t.startswith("curl")}
-        best = min(curls, key=lambda t: curls[t]["seconds"])
-        ratio = curls[best]["seconds"] / tools["kmm apply --frozen"]["seconds"]
-        out(f"  kmm / best curl ({best}): {ratio:.2f}x the throughput (target >= 0.80x)")
-        summary[phase] = (ratio, best)
+        kmm_s = tools["kmm apply --frozen"]["seconds"]
+        peers = {t: r for t, r in tools.items() if roles[t] == "peer"}
+        best = min(peers, key=lambda t: peers[t]["seconds"])
+        ratio = peers[best]["seconds"] / kmm_s
+        out(f"  kmm / best peer ({best}): {ratio:.2f}x the throughput (target >= 0.80x)")
+        ceilings = {t: r for t, r in tools.items() if roles[t] == "ceiling"}
+        top = min(ceilings, key=lambda t: ceilings[t]["seconds"])
+        ceiling = ceilings[top]["seconds"] / kmm_s
+        out(f"  kmm / ceiling ({top}): {ceiling:.2f}x")
+        summary[phase] = (ratio, best, ceiling)
     return summary
 
 
 # ----------------------------------------------------------------------------- main
 
 def write_reference(sw: SeaweedFs, path: Path, prefix: str):
-    """One PUT of one LFS file with curl (one stream): what this SeaweedFS takes in."""
-    started = time.perf_counter()
-    proc = subprocess.run(["curl", "-s", "--fail", "-o", "/dev/null", "-T", str(path)] + sw.auth()
-                          + ["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", sw.url(f"{prefix}/put-test")],
-                          capture_output=True, text=True)
-    seconds = time.perf_counter() - started
+    """One PUT of one LFS file with curl (one stream): what this SeaweedFS takes in. A small
+    PUT first, untimed: a fresh SeaweedFS creates its volumes on the first write."""
+    def put(source, key):
+        started = time.perf_counter()
+        proc = subprocess.run(["curl", "-s", "--fail", "-o", "/dev/null", "-T", str(source)]
+                              + sw.auth() + ["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD", sw.url(key)],
+                              capture_output=True, text=True)
+        return proc, time.perf_counter() - started
+    put(path.parent / "config.json", f"{prefix}/warm-up")
+    proc, seconds = put(path, f"{prefix}/put-test")
     if proc.returncode != 0:
         return f"curl PUT failed ({proc.returncode}): {proc.stderr.strip()[-200:]}"
     size = path.stat().st_size
@@ -582,13 +709,14 @@ def main():
     parser.add_argument("--lfs-mib", type=int, default=480, help="size of each of the two LFS files")
     parser.add_argument("--small-count", type=int, default=40)
     parser.add_argument("--cap", type=int, default=50_000_000, help="hub bytes/s per connection")
-    parser.add_argument("--fleet-rounds", type=int, default=1,
+    parser.add_argument("--fleet-rounds", type=int, default=3,
                         help="starts of the whole fleet with and without the tier")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the read case")
     parser.add_argument("--settle", type=float, default=4.0,
                         help="seconds to wait after deleting a run's files (see settle())")
     args = parser.parse_args()
     args.kmm = args.kmm.resolve()
+    args.work = args.work.resolve()
 
     shutil.disk_usage(args.work)
     free = shutil.disk_usage(args.work).free
@@ -647,8 +775,8 @@ def main():
         if not tier_lock:
             raise SystemExit("no host converged with the tier: nothing to read the tier with")
         log(f"read case: {args.rounds} rounds ...")
-        results, can_drop, n_keys = read_case(args, hub, sw, expected, tier_prefix, tier_lock, runs)
-        reads = print_read_case(results, can_drop, n_keys, model_bytes, args.rounds)
+        results, roles, can_drop, n_keys = read_case(args, hub, sw, expected, tier_prefix, tier_lock, runs)
+        reads = print_read_case(results, roles, can_drop, n_keys, model_bytes, args.rounds)
 
         out("\n== summary")
         out(f"  {'measure':<58}{'value':>12}  {'target':<12}{'met':<6}")
@@ -671,9 +799,10 @@ def main():
         line("wall time with / without the tier", f"{tier['wall'] / plain['wall']:.2f}x")
         line("peak RSS of a host, max (with / without the tier)",
              f"{tier['rss_max'] / MIB:.0f}/{plain['rss_max'] / MIB:.0f} MiB")
-        for phase, (ratio, best) in reads.items():
-            line(f"one host from the filled tier, {phase}: kmm / best curl", f"{ratio:.2f}x", ">= 0.80x",
-                 yes(ratio >= 0.8))
+        for phase, (ratio, best, ceiling) in reads.items():
+            line(f"one host from the filled tier, {phase}: kmm / curl filling files", f"{ratio:.2f}x",
+                 ">= 0.80x", yes(ratio >= 0.8))
+            line(f"  {phase}: kmm / ceiling (curl to /dev/null)", f"{ceiling:.2f}x")
         if not can_drop:
             line("(cold page cache not measured: drop_caches needs root)", "-")
     finally:

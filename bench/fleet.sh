@@ -5,7 +5,7 @@
 # same objects. Prints hub bytes / model bytes, wall times, peak RSS, ratios and a summary.
 #
 #   bench/fleet.sh [--hosts 8] [--lfs-mib 480] [--small-count 40] [--rounds 3]
-#                  [--fleet-rounds 1] [--cap 50000000] ...
+#                  [--fleet-rounds 3] [--cap 50000000] ...
 #
 # Arguments are passed to bench/fleet.py. Work files (generated data, SeaweedFS data, runs)
 # live in $KMM_BENCH_DIR (default: target/bench-fleet). The `weed` binary comes from PyPI
