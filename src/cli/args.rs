@@ -5,8 +5,8 @@
 use clap::{Parser, Subcommand};
 
 use super::commands::{
-    apply, browse, compatibility, download, ensure, fleet, gc, info, license, list, lock, migrate,
-    path, pin, plan, registry, schemas, show, verify, watch,
+    apply, browse, compatibility, completions, download, ensure, fleet, gc, info, license, list,
+    lock, migrate, path, pin, plan, registry, schemas, show, verify, watch,
 };
 use super::global_args::GlobalArgs;
 
@@ -63,6 +63,10 @@ pub enum Command {
     /// Re-hash every installed file of the declared models and report drift (exit code 2 when
     /// anything differs; `kmm apply --verify` repairs it).
     Verify(verify::VerifyArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(completions::CompletionsArgs),
+    /// Print the kmm(1) man page, or write one page per verb into a folder.
+    Man(completions::ManArgs),
     /// Write the JSON Schemas of kmm's files and --json data into a folder (for development).
     #[command(hide = true)]
     GenerateSchemas(schemas::GenerateSchemasArgs),

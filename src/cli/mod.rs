@@ -92,6 +92,8 @@ pub fn run(cli: &Cli, out: Output) -> Result<i32> {
             Command::Fleet(args) => commands::fleet::run(global, args, &env, &cwd, out).await,
             Command::Registry(args) => commands::registry::run(global, args, &env, &cwd, out).await,
             Command::GenerateSchemas(args) => commands::schemas::run(args, &cwd, out),
+            Command::Completions(args) => commands::completions::completions(args, out),
+            Command::Man(args) => commands::completions::man(args, &cwd, out),
         }
     })
 }

@@ -667,3 +667,66 @@ fn models_whose_folders_would_nest_are_refused_before_anything_is_written() {
     );
     assert!(!ws.models().join("transformers").exists());
 }
+
+#[test]
+fn completions_parse_in_their_shells_and_man_pages_cover_every_verb() {
+    let hub = FakeHub::start(vec![]);
+    let ws = Workspace::new(&hub, "");
+    let bash = ws.ok(&["completions", "bash"]);
+    let script = ws.file("kmm.bash");
+    fs_err::write(&script, &bash.stdout).unwrap();
+    let checked = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "bash -n: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    for verb in ["apply", "fleet", "completions", "--shared-store"] {
+        assert!(bash.stdout.contains(verb), "bash completions lack {verb}");
+    }
+    for shell in ["zsh", "fish", "powershell", "elvish"] {
+        assert!(
+            ws.ok(&["completions", shell]).stdout.contains("fleet"),
+            "{shell}"
+        );
+    }
+    assert_eq!(
+        ws.run(&["completions", "tcsh", "--json"]).error_code(),
+        "E_ARGS"
+    );
+
+    let page = ws.ok(&["man"]);
+    assert!(
+        page.stdout.starts_with(".ie") && page.stdout.contains(".TH kmm 1"),
+        "{}",
+        page.stdout
+    );
+    let written = ws.ok(&["man", "man-pages", "--json"]).json();
+    let pages: Vec<String> = written["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap().to_string())
+        .collect();
+    let help = ws.ok(&["--help"]).stdout;
+    let verbs: Vec<&str> = help
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| !line.trim().is_empty())
+        .filter(|line| line.starts_with("  ") && !line.starts_with("   "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|verb| *verb != "help")
+        .collect();
+    assert!(verbs.len() >= 15, "{help}");
+    for verb in verbs {
+        let name = format!("kmm-{verb}.1");
+        assert!(pages.contains(&name), "no page for {verb}: {pages:?}");
+        let text = fs_err::read_to_string(ws.file("man-pages").join(&name)).unwrap();
+        assert!(text.contains(&format!(".TH kmm-{verb} 1")), "{name}");
+    }
+}

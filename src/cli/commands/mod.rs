@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod browse;
 pub mod compatibility;
+pub mod completions;
 pub mod download;
 pub mod ensure;
 pub mod fleet;
