@@ -286,20 +286,17 @@ impl Engine<'_> {
                 }
             }
         }
-        let downloaded = self.download(hub, model, commit, file, &dest).await;
-        if downloaded.is_ok()
+        let mut outcome = self.download(hub, model, commit, file, &dest).await;
+        if outcome.is_ok()
             && let Some(tier) = &self.sources.shared
         {
-            let published = tier.publish(file, &dest, replace).await;
-            if let Some(held) = lease {
-                held.release().await;
-            }
-            return published;
+            outcome = tier.publish(file, &dest, replace).await;
         }
+        // After the publish, or on failure so the next host need not wait for the TTL.
         if let Some(held) = lease {
             held.release().await;
         }
-        downloaded
+        outcome
     }
 
     /// `file` from the shared tier into the store, read by the hub client's chunk engine from a
@@ -337,13 +334,7 @@ impl Engine<'_> {
                 return Ok(TierRead::Unusable);
             }
         }
-        if !self.defer_sync {
-            fs_err::File::open(&part)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
-        }
-        fs_err::rename(&part, dest)
-            .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
+        self.store_verified(&part, dest)?;
         reporter.download_finished(model, &file.path);
         reporter.step(&format!(
             "{model}: {} taken from the shared store",
@@ -353,6 +344,18 @@ impl Engine<'_> {
         report.files_from_shared_store += 1;
         report.bytes_from_shared_store += file.size;
         Ok(TierRead::Installed)
+    }
+
+    /// Renames a verified partial into the store under its hash. The client leaves durability
+    /// to us: either the journal names these bytes (see `crate::durability`) or they reach the
+    /// disk before the name.
+    fn store_verified(&self, part: &Path, dest: &Path) -> Result<()> {
+        if !self.defer_sync {
+            fs_err::File::open(part)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
+        }
+        fs_err::rename(part, dest).map_err(|e| Error::io(format!("storing {}", dest.display()), &e))
     }
 
     /// `file` from the hub into the store (resumable, verified).
@@ -385,15 +388,7 @@ impl Engine<'_> {
                     file.path, file.size
                 )));
             }
-            // The client leaves durability to us: either the journal names these bytes (see
-            // `crate::durability`) or they reach the disk before the name.
-            if !self.defer_sync {
-                fs_err::File::open(&part)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| Error::io(format!("syncing {}", part.display()), &e))?;
-            }
-            fs_err::rename(&part, dest)
-                .map_err(|e| Error::io(format!("storing {}", dest.display()), &e))?;
+            self.store_verified(&part, dest)?;
         }
         reporter.download_finished(model, &file.path);
         let mut report = self.report.lock().expect("report lock");

@@ -64,11 +64,7 @@ impl HubClient {
     ) -> Result<()> {
         let span =
             tracing::info_span!("download", repo = repo_id, file = %file.path, size = file.size);
-        let origin = FileOrigin {
-            url: self.resolve_url(repo_id, commit, &file.path)?,
-            repo_id,
-            commit,
-        };
+        let origin = self.resolve_origin(repo_id, commit, file)?;
         let result = fetch_into(self, &origin, file, dest, false, on_progress)
             .instrument(span)
             .await;
@@ -95,11 +91,7 @@ impl HubClient {
         part: &Path,
         on_progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<()> {
-        let origin = FileOrigin {
-            url: self.resolve_url(repo_id, commit, &file.path)?,
-            repo_id,
-            commit,
-        };
+        let origin = self.resolve_origin(repo_id, commit, file)?;
         self.download_resumable_from(&origin, file, part, on_progress)
             .await
     }
@@ -124,6 +116,20 @@ impl HubClient {
         };
         self.download_resumable_from(&origin, file, part, on_progress)
             .await
+    }
+
+    /// The hub's resolve URL of `file` at `commit`, as a download's origin.
+    fn resolve_origin<'a>(
+        &self,
+        repo_id: &'a str,
+        commit: &'a str,
+        file: &UpstreamFile,
+    ) -> Result<FileOrigin<'a>> {
+        Ok(FileOrigin {
+            url: self.resolve_url(repo_id, commit, &file.path)?,
+            repo_id,
+            commit,
+        })
     }
 
     async fn download_resumable_from(

@@ -212,6 +212,16 @@ pub fn resolve(
         manifest.settings.max_workers.unwrap_or(DEFAULT_MAX_WORKERS)
     };
 
+    let proxies: Vec<(String, String)> = PROXY_VARIABLES
+        .iter()
+        .filter_map(|name| {
+            non_empty(env(name)).map(|value| (name.to_string(), crate::hub::redact_url(&value)))
+        })
+        .collect();
+    let ca_bundles: Vec<(String, PathBuf)> = CA_BUNDLE_VARIABLES
+        .iter()
+        .filter_map(|name| non_empty(env(name)).map(|path| (name.to_string(), path.into())))
+        .collect();
     Ok(Settings {
         manifest_path,
         models_dir,
@@ -239,27 +249,22 @@ pub fn resolve(
             min_rate_time: duration_env(env, "KMM_HUB_MIN_RATE_TIME")?,
             retry_budget: duration_env(env, "KMM_HUB_RETRY_BUDGET")?,
         },
-        proxies: PROXY_VARIABLES
-            .iter()
-            .filter_map(|name| {
-                non_empty(env(name)).map(|value| (name.to_string(), crate::hub::redact_url(&value)))
-            })
-            .collect(),
-        ca_bundles: CA_BUNDLE_VARIABLES
-            .iter()
-            .filter_map(|name| non_empty(env(name)).map(|path| (name.to_string(), path.into())))
-            .collect(),
-        shared_store: shared_store(args, env, manifest)?,
+        shared_store: shared_store(args, env, manifest, &proxies, &ca_bundles)?,
+        proxies,
+        ca_bundles,
     })
 }
 
 /// The shared tier: `--shared-store`, else `KMM_SHARED_STORE`, else the manifest's
 /// `shared_store`; required by `--require-shared-store`, `KMM_REQUIRE_SHARED_STORE` or the
 /// manifest's `require_shared_store`. Requiring a tier that is not named is `E_ARGS`.
+/// `proxies` and `ca_bundles` are the hub's, which the tier's client shares.
 fn shared_store(
     args: &Overrides,
     env: EnvLookup<'_>,
     manifest: &Manifest,
+    proxies: &[(String, String)],
+    ca_bundles: &[(String, PathBuf)],
 ) -> Result<Option<crate::shared::SharedStoreConfig>> {
     use crate::shared::{AwsVariables, SharedStoreConfig, TierTimings, check_node_name, parse_url};
     let named = if let Some(url) = &args.shared_store {
@@ -309,16 +314,8 @@ fn shared_store(
         prefix,
         required,
         aws: AwsVariables::read(env),
-        ca_bundles: CA_BUNDLE_VARIABLES
-            .iter()
-            .filter_map(|name| non_empty(env(name)).map(PathBuf::from))
-            .collect(),
-        proxies: PROXY_VARIABLES
-            .iter()
-            .filter_map(|name| {
-                non_empty(env(name)).map(|value| (name.to_string(), crate::hub::redact_url(&value)))
-            })
-            .collect(),
+        ca_bundles: ca_bundles.iter().map(|(_, path)| path.clone()).collect(),
+        proxies: proxies.to_vec(),
         node_name,
         timings,
     }))

@@ -72,6 +72,17 @@ impl Drop for Lease {
     }
 }
 
+/// The lease object of `holder` for `file`, running out `ttl` from now.
+fn lease_payload(holder: &str, file: &str, ttl: Duration) -> PutPayload {
+    let body = LeaseBody {
+        holder: holder.to_string(),
+        pid: std::process::id(),
+        file: file.to_string(),
+        expires_at_ms: now_ms() + ttl.as_millis() as u64,
+    };
+    PutPayload::from(serde_json::to_vec(&body).expect("a lease serializes"))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -84,13 +95,7 @@ impl SharedStore {
     }
 
     fn lease_body(&self, file: &UpstreamFile) -> PutPayload {
-        let body = LeaseBody {
-            holder: self.node.clone(),
-            pid: std::process::id(),
-            file: file.path.clone(),
-            expires_at_ms: now_ms() + self.timings.lease_ttl.as_millis() as u64,
-        };
-        PutPayload::from(serde_json::to_vec(&body).expect("a lease serializes"))
+        lease_payload(&self.node, &file.path, self.timings.lease_ttl)
     }
 
     /// Takes the lease of `file`, or waits for the host that holds it to publish the file.
@@ -201,15 +206,7 @@ impl SharedStore {
         let (store, beat_key, shared_version) = (self.store.clone(), key.clone(), version.clone());
         let body = {
             let (node, path, ttl) = (self.node.clone(), file.path.clone(), self.timings.lease_ttl);
-            move || {
-                let body = LeaseBody {
-                    holder: node.clone(),
-                    pid: std::process::id(),
-                    file: path.clone(),
-                    expires_at_ms: now_ms() + ttl.as_millis() as u64,
-                };
-                PutPayload::from(serde_json::to_vec(&body).expect("a lease serializes"))
-            }
+            move || lease_payload(&node, &path, ttl)
         };
         let heartbeat = tokio::spawn(async move {
             loop {
