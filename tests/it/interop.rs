@@ -74,14 +74,6 @@ fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        Some(dir) => manifest_dir().join(dir),
-        None => manifest_dir().join("target"),
-    }
-}
-
 fn pinned_client_version() -> String {
     let requirements = fs_err::read_to_string(manifest_dir().join(REQUIREMENTS)).unwrap();
     requirements
@@ -117,7 +109,7 @@ fn installed_client_version(python: &Path) -> Option<String> {
 pub(crate) fn ensure_venv() -> PathBuf {
     let _guard = VENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let pinned = pinned_client_version();
-    let venv = target_dir().join("interop-venv");
+    let venv = crate::support::target_dir().join("interop-venv");
     let python = venv_python(&venv);
     if installed_client_version(&python).as_deref() == Some(pinned.as_str()) {
         return python;

